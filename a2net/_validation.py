@@ -1,0 +1,101 @@
+"""Argument checks shared by the ops, layers and geometry.
+
+Every check raises ``ValueError`` naming the argument and giving the expected and the actual
+value, so that a wrong call fails at the boundary instead of deep inside a kernel or through a
+silent broadcast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def check_tensor(name: str, x, ndim: int | None = None, floating: bool = True) -> None:
+    """Check that ``x`` is a tensor of rank ``ndim`` (if given) with a floating dtype."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D tensor, got {x.dim()}-D with shape {tuple(x.shape)}")
+    if floating and not x.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+
+
+def check_same(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """Check that two tensors share dtype and device (no implicit promotion or transfer)."""
+    if a.dtype != b.dtype:
+        raise ValueError(f"{name_b}: expected dtype {a.dtype} (that of {name_a}), got {b.dtype}")
+    if a.device != b.device:
+        raise ValueError(f"{name_b}: expected device {a.device} (that of {name_a}), got {b.device}")
+
+
+def check_dim(name: str, x: torch.Tensor, dim: int, expected: int, what: str) -> None:
+    """Check ``x.shape[dim] == expected``; ``what`` says what the dimension is."""
+    if x.shape[dim] != expected:
+        raise ValueError(
+            f"{name}: expected {what} (dim {dim}) = {expected}, got {x.shape[dim]} (shape {tuple(x.shape)})"
+        )
+
+
+def as_size(name: str, size) -> tuple[int, int]:
+    """Normalise an int or a pair of ints to ``(H, W)`` with both >= 1."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
+    if (
+        not isinstance(size, Sequence)
+        or len(size) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in size)
+    ):
+        raise ValueError(f"{name}: expected an int or a pair of ints (H, W), got {size!r}")
+    if size[0] < 1 or size[1] < 1:
+        raise ValueError(f"{name}: expected sizes >= 1, got {tuple(size)}")
+    return int(size[0]), int(size[1])
+
+
+def check_choice(name: str, value, choices: Sequence) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+
+
+def check_correlation_inputs(source, target) -> None:
+    """Feature maps ``(B, C, Hs, Ws)`` and ``(B, C, Ht, Wt)`` on one device, one dtype."""
+    check_tensor("source", source, 4)
+    check_tensor("target", target, 4)
+    check_same("source", source, "target", target)
+    check_dim("target", target, 0, source.shape[0], "batch size")
+    check_dim("target", target, 1, source.shape[1], "channels")
+
+
+def check_oac_inputs(corr, weight, bias, source_size) -> tuple[int, int]:
+    """corr ``(B, Hs*Ws, Ht, Wt)``, weight ``(O, Hs+Ht-1, Ws+Wt-1)``, bias ``(O,)`` or None."""
+    hs, ws = as_size("source_size", source_size)
+    check_tensor("corr", corr, 4)
+    check_tensor("weight", weight, 3)
+    check_same("corr", corr, "weight", weight)
+    check_dim("corr", corr, 1, hs * ws, f"source positions Hs*Ws for source_size {(hs, ws)}")
+    ht, wt = corr.shape[2], corr.shape[3]
+    expected = (hs + ht - 1, ws + wt - 1)
+    if tuple(weight.shape[1:]) != expected:
+        raise ValueError(
+            f"weight: expected offset grid (Hs+Ht-1, Ws+Wt-1) = {expected} for source {(hs, ws)} and "
+            f"target {(ht, wt)}, got {tuple(weight.shape[1:])}"
+        )
+    if bias is not None:
+        check_tensor("bias", bias, 1)
+        check_same("weight", weight, "bias", bias)
+        check_dim("bias", bias, 0, weight.shape[0], "output channels O of weight")
+    return hs, ws
+
+
+def check_attention_inputs(logits, values) -> None:
+    """logits ``(B, 1, H, W)`` and values ``(B, C, H, W)``."""
+    check_tensor("logits", logits, 4)
+    check_tensor("values", values, 4)
+    check_same("logits", logits, "values", values)
+    check_dim("logits", logits, 1, 1, "channels")
+    if logits.shape[0] != values.shape[0] or logits.shape[2:] != values.shape[2:]:
+        raise ValueError(
+            f"values: expected batch and spatial size {(logits.shape[0], *logits.shape[2:])} "
+            f"(those of logits), got {(values.shape[0], *values.shape[2:])}"
+        )
