@@ -1,0 +1,375 @@
+"""The A2Net model: image pair -> geometric transformation (SPEC §2, stage by stage).
+
+1. frozen backbone (VGG-16 to ``pool4`` or ResNet-101 to ``layer3``), shared by both images;
+2. feature L2 normalisation; 3. correlation + ReLU + match normalisation;
+4. offset-aware correlation (OAC); 5. BN+ReLU, 7x7 conv+BN+ReLU (the local transformation
+   encoder); 6. learned 5-channel position code, 1x1 conv+BN+ReLU, 1x1 projection+BN+ReLU (the
+   attention values); 7. attention logits from the encoder output (1x1 conv, BN, ReLU, 1x1 conv),
+   softmax attention pooling; 8. a linear regressor to 6 (affine) or 18 (TPS) numbers.
+
+Module names follow the authors' code (``FeatureExtraction.model``, ``FeatureRegression.preconv``,
+``.conv``, ``.proj``, ``.att.att``, ``.linear``, ``.weight``) so their checkpoints map by name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from a2net import geometry
+from a2net._validation import as_size, check_choice, check_tensor
+from a2net.layers import INPUT_PRECISIONS, AttentionPool2d, FeatureCorrelation, OffsetAwareCorrelation
+
+GEOMETRIC_MODELS = {"affine": 6, "tps": 18}
+BACKBONES = ("resnet101", "vgg16")
+OAC_LAYOUTS = ("geometric", "official")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _torchvision_backbone(name: str) -> tuple[nn.Module, object]:
+    if name == "resnet101":
+        return torchvision.models.resnet101(weights=None), torchvision.models.ResNet101_Weights.IMAGENET1K_V1
+    return torchvision.models.vgg16(weights=None), torchvision.models.VGG16_Weights.IMAGENET1K_V1
+
+
+def _truncate(name: str, full: nn.Module) -> nn.Sequential:
+    if name == "resnet101":  # up to layer3 (1024 channels, stride 16)
+        return nn.Sequential(full.conv1, full.bn1, full.relu, full.maxpool, full.layer1, full.layer2, full.layer3)
+    return nn.Sequential(*list(full.features.children())[:24])  # up to pool4 (512 channels, stride 16)
+
+
+def _load_state_dict_file(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone_weights: no such file {str(path)!r}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"backbone_weights: expected a state_dict in {str(path)!r}, got {type(state).__name__}")
+    return state
+
+
+class FeatureExtraction(nn.Module):
+    """A frozen ImageNet backbone cut at stride 16.
+
+    Args:
+        backbone: ``"resnet101"`` (to ``layer3``, 1024 channels), ``"vgg16"`` (to ``pool4``, 512
+            channels) or any ``nn.Module`` mapping ``(B, 3, H, W)`` images to ``(B, C, h, w)``.
+        weights: ``None`` (random init), ``"imagenet"`` (torchvision's weights; downloads when
+            online) or a path to a ``state_dict`` file of the full torchvision model or of the
+            truncated extractor.
+        freeze: no gradients for the backbone and BatchNorm kept in eval mode (the paper).
+
+    Shape: ``(B, 3, H, W)`` -> ``(B, C, ceil-or-floor(H/16), ...)``.
+    """
+
+    def __init__(self, backbone="resnet101", weights=None, freeze: bool = True):
+        super().__init__()
+        self.freeze = freeze
+        if isinstance(backbone, nn.Module):
+            if weights is not None:
+                raise ValueError("backbone_weights: expected None for a custom nn.Module backbone, got "
+                                 f"{weights!r} (load its weights before passing it)")
+            self.name = "custom"
+            self.model = backbone
+        else:
+            check_choice("backbone", backbone, BACKBONES)
+            self.name = backbone
+            full, enum = _torchvision_backbone(backbone)
+            if weights is not None:
+                full = self._load(backbone, full, enum, weights)
+            self.model = _truncate(backbone, full)
+        if freeze:
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+            self.model.eval()
+
+    @staticmethod
+    def _load(name, full: nn.Module, enum, weights) -> nn.Module:
+        if weights == "imagenet":
+            try:
+                state = enum.get_state_dict(progress=True)
+            except Exception as err:  # offline: URLError, socket errors, ...
+                raise RuntimeError(
+                    f"backbone_weights='imagenet': could not download torchvision's {enum} ({err}). "
+                    "On a machine without network, download it elsewhere and pass the local file: "
+                    "backbone_weights='/path/to/state_dict.pth'"
+                ) from err
+            full.load_state_dict(state)
+            return full
+        if not isinstance(weights, (str, os.PathLike)):
+            raise ValueError(f"backbone_weights: expected None, 'imagenet' or a path, got {weights!r}")
+        state = _load_state_dict_file(Path(weights))
+        try:
+            full.load_state_dict(state)
+            return full
+        except RuntimeError:
+            pass
+        truncated = _truncate(name, full)
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+        missing, unexpected = truncated.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"backbone_weights: {str(weights)!r} fits neither torchvision's {name} nor its truncated "
+                f"extractor: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            )
+        return full
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze:
+            self.model.eval()  # frozen BatchNorm statistics, as in the paper
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+
+class Attention(nn.Module):
+    """Attention logits from the encoder output, then softmax attention pooling of the values.
+
+    Shape: score_features ``(B, 128, h, w)``, values ``(B, C, h, w)`` -> ``(B, C)``.
+    """
+
+    def __init__(self, in_channels: int = 128, hidden_channels: int = 64):
+        super().__init__()
+        self.att = nn.Sequential(
+            nn.Conv2d(in_channels, hidden_channels, kernel_size=1),
+            nn.BatchNorm2d(hidden_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden_channels, 1, kernel_size=1),
+        )
+        self.pool = AttentionPool2d()
+
+    def forward(self, score_features: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.att(score_features), values)
+
+
+class FeatureRegression(nn.Module):
+    """The A2Net head: correlation -> theta.
+
+    Args:
+        output_dim: 6 (affine) or 18 (TPS).
+        feature_size: ``(h, w)`` of the feature maps the OAC weight is built for (15x15 at 240x240).
+        channels: OAC and encoder channels (128).
+        position_channels: channels of the learned position code (5).
+        input_precision: see :class:`a2net.layers.FeatureCorrelation`.
+
+    Shape: corr ``(B, Hs*Ws, Ht, Wt)`` and ``source_size = (Hs, Ws)`` -> ``(B, output_dim)``.
+    Feature maps of another size than ``feature_size``: the OAC weight is fitted by
+    :func:`a2net.layers.fit_offset_weight` and the position code resized by bilinear
+    interpolation (align_corners=True) to the encoder's output size.
+    """
+
+    def __init__(self, output_dim: int, feature_size=(15, 15), channels: int = 128,
+                 position_channels: int = 5, input_precision: str = "tf32"):
+        super().__init__()
+        self.feature_size = as_size("feature_size", feature_size)
+        h, w = self.feature_size
+        if h < 7 or w < 7:
+            raise ValueError(f"feature_size: expected at least 7x7 (the encoder's 7x7 conv), got {(h, w)}")
+        self.preconv = nn.Sequential(
+            OffsetAwareCorrelation(self.feature_size, out_channels=channels, input_precision=input_precision),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, kernel_size=7),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+        )
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels + position_channels, channels, kernel_size=1),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+        )
+        self.proj = nn.Sequential(nn.Conv2d(channels, channels, kernel_size=1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        self.att = Attention(channels, channels // 2)
+        self.linear = nn.Linear(channels, output_dim)
+        # The position code (authors' name: ``weight``), 5 x 9 x 9 at 240x240, uniform(-1, 1).
+        self.weight = nn.Parameter(torch.empty(1, position_channels, h - 6, w - 6).uniform_(-1, 1))
+
+    @property
+    def oac(self) -> OffsetAwareCorrelation:
+        return self.preconv[0]
+
+    def forward(self, corr: torch.Tensor, source_size) -> torch.Tensor:
+        x = self.preconv[0](corr, source_size=source_size)
+        encoded = self.preconv[1:](x)
+        b, _, h, w = encoded.shape
+        code = self.weight
+        if code.shape[2:] != (h, w):
+            code = F.interpolate(code, size=(h, w), mode="bilinear", align_corners=True)
+        values = self.proj(self.conv(torch.cat((code.expand(b, -1, h, w), encoded), dim=1)))
+        return self.linear(self.att(encoded, values))
+
+
+class A2Net(nn.Module):
+    """A2Net: attentive semantic alignment with offset-aware correlation kernels.
+
+    Args:
+        geometric_model: ``"affine"`` (theta ``(B, 6)``) or ``"tps"`` (theta ``(B, 18)``);
+            layouts in :mod:`a2net.geometry`.
+        backbone: ``"resnet101"``, ``"vgg16"`` or an ``nn.Module`` (images -> features).
+        backbone_weights: ``None``, ``"imagenet"`` or a path to a state_dict file.
+        oac_layout: ``"geometric"`` (offsets ``(ys-yt, xs-xt)``, this library's definition) or
+            ``"official"`` (the authors' code: the source map's spatial axes are swapped before the
+            correlation, which their published checkpoints need; square maps only).
+        image_size: ``(H, W)`` the OAC weight and the position code are sized for (240x240 in
+            the paper: 15x15 maps, a 29x29 offset grid and a 9x9 position code). Other image sizes
+            still work at run time (see :class:`FeatureRegression`).
+        channels: OAC/encoder channels (128).
+        normalize_features, normalize_matches: the paper's normalisations (on).
+        input_precision: fp32 tensor-core precision on the Triton path (``"tf32"``, ``"ieee"``).
+        freeze_backbone: keep the backbone frozen (the paper); ``False`` fine-tunes it.
+
+    Shape:
+        ``forward(source_images, target_images)``: two ``(B, 3, H, W)`` batches, ImageNet-normalised
+        (see :func:`normalize_images`) -> theta ``(B, 6)`` or ``(B, 18)``, mapping target points
+        to source points.
+
+    Example::
+
+        >>> model = A2Net("affine", backbone="vgg16").eval()
+        >>> src, tgt = torch.randn(2, 3, 240, 240), torch.randn(2, 3, 240, 240)
+        >>> model(src, tgt).shape
+        torch.Size([2, 6])
+    """
+
+    def __init__(
+        self,
+        geometric_model: str = "affine",
+        backbone="resnet101",
+        backbone_weights=None,
+        oac_layout: str = "geometric",
+        image_size=(240, 240),
+        channels: int = 128,
+        normalize_features: bool = True,
+        normalize_matches: bool = True,
+        input_precision: str = "tf32",
+        freeze_backbone: bool = True,
+    ):
+        super().__init__()
+        check_choice("geometric_model", geometric_model, tuple(GEOMETRIC_MODELS))
+        check_choice("oac_layout", oac_layout, OAC_LAYOUTS)
+        check_choice("input_precision", input_precision, INPUT_PRECISIONS)
+        self.geometric_model = geometric_model
+        self.oac_layout = oac_layout
+        self.image_size = as_size("image_size", image_size)
+        self.FeatureExtraction = FeatureExtraction(backbone, backbone_weights, freeze=freeze_backbone)
+        self.FeatureCorrelation = FeatureCorrelation(
+            normalize_features=normalize_features, relu=normalize_matches,
+            normalize_matches=normalize_matches, input_precision=input_precision,
+        )
+        feature_size = self._feature_size(self.image_size)
+        if oac_layout == "official" and feature_size[0] != feature_size[1]:
+            raise ValueError(f"oac_layout: 'official' needs square feature maps, image_size {self.image_size} "
+                             f"gives {feature_size}")
+        self.FeatureRegression = FeatureRegression(
+            GEOMETRIC_MODELS[geometric_model], feature_size, channels=channels, input_precision=input_precision
+        )
+        self.config = {
+            "geometric_model": geometric_model,
+            "backbone": backbone if isinstance(backbone, str) else "custom",
+            "oac_layout": oac_layout,
+            "image_size": list(self.image_size),
+            "channels": channels,
+            "normalize_features": normalize_features,
+            "normalize_matches": normalize_matches,
+            "input_precision": input_precision,
+            "freeze_backbone": freeze_backbone,
+        }
+
+    def _feature_size(self, image_size) -> tuple[int, int]:
+        """Feature map size for an image size (arithmetic for the named backbones, a probe otherwise)."""
+        h, w = image_size
+        name = self.FeatureExtraction.name
+        if name == "resnet101":  # four stride-2 stages that round up
+            for _ in range(4):
+                h, w = (h + 1) // 2, (w + 1) // 2
+            return h, w
+        if name == "vgg16":  # four 2x2 max-pools that round down
+            return h // 16, w // 16
+        param = next(self.FeatureExtraction.parameters(), None)
+        probe = torch.zeros(1, 3, h, w, device=param.device if param is not None else None,
+                            dtype=param.dtype if param is not None else None)
+        with torch.no_grad():
+            out = self.FeatureExtraction(probe)
+        return int(out.shape[2]), int(out.shape[3])
+
+    @property
+    def output_dim(self) -> int:
+        return GEOMETRIC_MODELS[self.geometric_model]
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone features ``(B, C, h, w)`` of ImageNet-normalised images ``(B, 3, H, W)``."""
+        return self.FeatureExtraction(images)
+
+    def forward(self, source_images: torch.Tensor, target_images: torch.Tensor) -> torch.Tensor:
+        check_tensor("source_images", source_images, 4)
+        check_tensor("target_images", target_images, 4)
+        for name, x in (("source_images", source_images), ("target_images", target_images)):
+            if x.shape[1] != 3:
+                raise ValueError(f"{name}: expected 3 channels (RGB), got {x.shape[1]} (shape {tuple(x.shape)})")
+        if source_images.shape[0] != target_images.shape[0]:
+            raise ValueError(f"target_images: expected batch size {source_images.shape[0]} (that of "
+                             f"source_images), got {target_images.shape[0]}")
+        source = self.features(source_images)
+        target = self.features(target_images)
+        if self.oac_layout == "official":
+            source = source.transpose(2, 3)  # the authors' column-major source flattening
+        corr = self.FeatureCorrelation(source, target)
+        return self.FeatureRegression(corr, source_size=tuple(source.shape[2:]))
+
+
+def normalize_images(images: torch.Tensor, size=None) -> torch.Tensor:
+    """Images in [0, 1] (or uint8) ``(B, 3, H, W)`` -> resized and ImageNet-normalised.
+
+    Args:
+        images: ``(B, 3, H, W)`` float in [0, 1] or uint8 in [0, 255].
+        size: ``(H, W)`` to resize to (bilinear, antialiased), or None to keep the size.
+    """
+    check_tensor("images", images, 4, floating=False)
+    if images.shape[1] != 3:
+        raise ValueError(f"images: expected 3 channels (RGB), got {images.shape[1]}")
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images
+    if size is not None:
+        x = F.interpolate(x, size=as_size("size", size), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class TwoStageAligner(nn.Module):
+    """Affine then TPS ("affine+TPS", SPEC §2): the TPS model refines the affine alignment.
+
+    The affine model aligns the source; the source is warped by its theta; the TPS model then
+    aligns the warped source with the target. A target point maps through the TPS theta into the
+    affine-warped source, then through the affine theta into the source.
+
+    Shape: ``forward(source_images, target_images)`` -> ``(theta_affine (B, 6), theta_tps (B, 18))``.
+    """
+
+    def __init__(self, affine: A2Net, tps: A2Net):
+        super().__init__()
+        if affine.geometric_model != "affine" or tps.geometric_model != "tps":
+            raise ValueError(f"expected an affine and a TPS model, got {affine.geometric_model!r} and "
+                             f"{tps.geometric_model!r}")
+        self.affine = affine
+        self.tps = tps
+
+    def forward(self, source_images: torch.Tensor, target_images: torch.Tensor):
+        theta_affine = self.affine(source_images, target_images)
+        warped = geometry.warp_image(source_images, theta_affine)
+        theta_tps = self.tps(warped, target_images)
+        return theta_affine, theta_tps
+
+    @staticmethod
+    def transform_points(theta_affine: torch.Tensor, theta_tps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Target points ``(B, 2, N)`` in [-1, 1] -> source points, through TPS then affine."""
+        return geometry.transform_points(theta_affine, geometry.transform_points(theta_tps, points))
