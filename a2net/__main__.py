@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 
@@ -25,18 +26,22 @@ def demo(args: argparse.Namespace) -> int:
     print(f"A2Net({args.geometric_model}, {args.backbone}) on {device}, backend {backend()}: "
           f"aligning scikit-image photos {DEMO_PAIR[0]!r} -> {DEMO_PAIR[1]!r} at {model.image_size}")
     print("(untrained: random backbone and head; the trained demo replaces this)")
+    times = []
     with torch.no_grad():
-        model(src, tgt)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        theta = model(src, tgt)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
+        model(src, tgt)  # warm-up: first-call allocations and kernel selection
+        for _ in range(args.repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            theta = model(src, tgt)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
     values = ", ".join(f"{v:+.4f}" for v in theta[0].tolist())
     print(f"theta ({theta.shape[1]}): [{values}]")
-    print(f"forward time: {elapsed * 1e3:.1f} ms")
+    print(f"forward time: median {statistics.median(times) * 1e3:.1f} ms over {len(times)} runs "
+          f"(min {min(times) * 1e3:.1f} ms; {torch.get_num_threads()} CPU threads)" if device.type == "cpu" else
+          f"forward time: median {statistics.median(times) * 1e3:.1f} ms over {len(times)} runs")
     return 0
 
 
@@ -48,6 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--backbone", default="resnet101", choices=["resnet101", "vgg16"])
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=5, help="timed forward passes (median reported)")
     p.set_defaults(func=demo)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -33,13 +33,26 @@ def load_image(path) -> torch.Tensor:
     return decode_image(read_file(str(path)), mode=ImageReadMode.RGB).float() / 255.0
 
 
-def bundled_image(name: str) -> torch.Tensor:
-    """One of scikit-image's bundled photos (e.g. ``"chelsea"``) as ``(3, H, W)`` in [0, 1]."""
+def _bundled_dir() -> Path:
     try:
         import skimage.data
     except ImportError as err:
-        raise ImportError("bundled_image needs scikit-image: pip install 'a2net[data]'") from err
-    loader = getattr(skimage.data, name, None)
-    if loader is None or not callable(loader):
-        raise ValueError(f"name: expected a scikit-image photo such as 'chelsea' or 'astronaut', got {name!r}")
-    return to_tensor(loader())
+        raise ImportError("the bundled photos need scikit-image: pip install 'a2net[data]'") from err
+    return Path(skimage.data.data_dir)
+
+
+def bundled_names() -> list[str]:
+    """Names of the photos that ship inside scikit-image (no download)."""
+    return sorted(p.stem for p in _bundled_dir().iterdir() if p.suffix in (".png", ".jpg"))
+
+
+def bundled_image(name: str) -> torch.Tensor:
+    """One of scikit-image's bundled photos (e.g. ``"chelsea"``) as ``(3, H, W)`` in [0, 1].
+
+    Read from the files inside the installed package, never downloaded.
+    """
+    root = _bundled_dir()
+    for suffix in (".png", ".jpg"):
+        if (root / f"{name}{suffix}").is_file():
+            return load_image(root / f"{name}{suffix}")
+    raise ValueError(f"name: expected one of scikit-image's bundled photos {bundled_names()}, got {name!r}")
