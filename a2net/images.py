@@ -28,9 +28,10 @@ def load_image(path) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image: no such file {str(path)!r}")
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    from PIL import Image  # installed with torchvision
 
-    return decode_image(read_file(str(path)), mode=ImageReadMode.RGB).float() / 255.0
+    with Image.open(path) as image:
+        return to_tensor(np.asarray(image.convert("RGB")))
 
 
 def _bundled_dir() -> Path:
