@@ -19,7 +19,7 @@ def to_tensor(array: np.ndarray) -> torch.Tensor:
     if a.ndim != 3 or a.shape[2] not in (3, 4):
         raise ValueError(f"image: expected an (H, W), (H, W, 3) or (H, W, 4) array, got shape {a.shape}")
     a = a[..., :3]
-    t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
+    t = torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1)
     return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
 
 
