@@ -161,6 +161,11 @@ class FeatureRegression(nn.Module):
         channels: OAC and encoder channels (128).
         position_channels: channels of the learned position code (5).
         input_precision: see :class:`a2net.layers.FeatureCorrelation`.
+        use_oac: the offset-aware correlation (the paper). ``False`` (ablation, CNNGeometric's
+            view) reads the correlation's ``Hs*Ws`` source positions as channels of a 1x1 conv.
+        use_attention: softmax attention pooling (the paper). ``False`` (ablation, CNNGeometric's
+            regressor) flattens the values and regresses theta with one linear layer.
+        Both ablations fix the feature map size to ``feature_size``.
 
     Shape: corr ``(B, Hs*Ws, Ht, Wt)`` and ``source_size = (Hs, Ws)`` -> ``(B, output_dim)``.
     Feature maps of another size than ``feature_size``: the OAC weight is fitted by
@@ -169,14 +174,20 @@ class FeatureRegression(nn.Module):
     """
 
     def __init__(self, output_dim: int, feature_size=(15, 15), channels: int = 128,
-                 position_channels: int = 5, input_precision: str = "tf32"):
+                 position_channels: int = 5, input_precision: str = "tf32", use_oac: bool = True,
+                 use_attention: bool = True):
         super().__init__()
         self.feature_size = as_size("feature_size", feature_size)
+        self.use_oac, self.use_attention = use_oac, use_attention
         h, w = self.feature_size
         if h < 7 or w < 7:
             raise ValueError(f"feature_size: expected at least 7x7 (the encoder's 7x7 conv), got {(h, w)}")
+        first = (
+            OffsetAwareCorrelation(self.feature_size, out_channels=channels, input_precision=input_precision)
+            if use_oac else nn.Conv2d(h * w, channels, kernel_size=1)
+        )
         self.preconv = nn.Sequential(
-            OffsetAwareCorrelation(self.feature_size, out_channels=channels, input_precision=input_precision),
+            first,
             nn.BatchNorm2d(channels),
             nn.ReLU(inplace=True),
             nn.Conv2d(channels, channels, kernel_size=7),
@@ -189,23 +200,40 @@ class FeatureRegression(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.proj = nn.Sequential(nn.Conv2d(channels, channels, kernel_size=1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
-        self.att = Attention(channels, channels // 2)
-        self.linear = nn.Linear(channels, output_dim)
+        if use_attention:
+            self.att = Attention(channels, channels // 2)
+            self.linear = nn.Linear(channels, output_dim)
+        else:
+            self.linear = nn.Linear(channels * (h - 6) * (w - 6), output_dim)
         # The position code (authors' name: ``weight``), 5 x 9 x 9 at 240x240, uniform(-1, 1).
         self.weight = nn.Parameter(torch.empty(1, position_channels, h - 6, w - 6).uniform_(-1, 1))
 
     @property
     def oac(self) -> OffsetAwareCorrelation:
+        if not self.use_oac:
+            raise AttributeError("oac: this head was built with use_oac=False")
         return self.preconv[0]
 
     def forward(self, corr: torch.Tensor, source_size) -> torch.Tensor:
-        x = self.preconv[0](corr, source_size=source_size)
+        if self.use_oac:
+            x = self.preconv[0](corr, source_size=source_size)
+        else:
+            size = (tuple(source_size), tuple(corr.shape[2:]))
+            if size != (self.feature_size, self.feature_size):
+                raise ValueError(f"corr: expected feature maps {self.feature_size} (use_oac=False fixes the size), "
+                                 f"got source {size[0]} and target {size[1]}")
+            x = self.preconv[0](corr)
         encoded = self.preconv[1:](x)
         b, _, h, w = encoded.shape
         code = self.weight
         if code.shape[2:] != (h, w):
             code = F.interpolate(code, size=(h, w), mode="bilinear", align_corners=True)
         values = self.proj(self.conv(torch.cat((code.expand(b, -1, h, w), encoded), dim=1)))
+        if not self.use_attention:
+            if (h, w) != tuple(self.weight.shape[2:]):
+                raise ValueError(f"corr: expected feature maps {self.feature_size} (use_attention=False fixes "
+                                 f"the size), got an encoder output of {(h, w)}")
+            return self.linear(values.flatten(1))
         return self.linear(self.att(encoded, values))
 
 
@@ -227,6 +255,8 @@ class A2Net(nn.Module):
         normalize_features, normalize_matches: the paper's normalisations (on).
         input_precision: fp32 tensor-core precision on the Triton path (``"tf32"``, ``"ieee"``).
         freeze_backbone: keep the backbone frozen (the paper); ``False`` fine-tunes it.
+        use_oac, use_attention: the paper's two contributions, on by default; switch them off for
+            the ablation (see :class:`FeatureRegression`).
 
     Shape:
         ``forward(source_images, target_images)``: two ``(B, 3, H, W)`` batches, ImageNet-normalised
@@ -253,6 +283,8 @@ class A2Net(nn.Module):
         normalize_matches: bool = True,
         input_precision: str = "tf32",
         freeze_backbone: bool = True,
+        use_oac: bool = True,
+        use_attention: bool = True,
     ):
         super().__init__()
         check_choice("geometric_model", geometric_model, tuple(GEOMETRIC_MODELS))
@@ -271,7 +303,8 @@ class A2Net(nn.Module):
             raise ValueError(f"oac_layout: 'official' needs square feature maps, image_size {self.image_size} "
                              f"gives {feature_size}")
         self.FeatureRegression = FeatureRegression(
-            GEOMETRIC_MODELS[geometric_model], feature_size, channels=channels, input_precision=input_precision
+            GEOMETRIC_MODELS[geometric_model], feature_size, channels=channels, input_precision=input_precision,
+            use_oac=use_oac, use_attention=use_attention,
         )
         self.config = {
             "geometric_model": geometric_model,
@@ -283,6 +316,8 @@ class A2Net(nn.Module):
             "normalize_matches": normalize_matches,
             "input_precision": input_precision,
             "freeze_backbone": freeze_backbone,
+            "use_oac": use_oac,
+            "use_attention": use_attention,
         }
 
     def _feature_size(self, image_size) -> tuple[int, int]:

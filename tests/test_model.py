@@ -222,3 +222,28 @@ def test_normalize_images():
     u8 = torch.full((1, 3, 4, 6), 255, dtype=torch.uint8)
     torch.testing.assert_close(normalize_images(u8, size=(2, 3))[0, :, 0, 0],
                                (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+
+
+@pytest.mark.parametrize("use_oac, use_attention", [(False, False), (True, False), (False, True)],
+                         ids=["cnngeo", "oac-only", "attention-only"])
+def test_ablation_heads(use_oac, use_attention):
+    torch.manual_seed(5)
+    model = A2Net("affine", backbone=TinyBackbone(), image_size=(160, 176), use_oac=use_oac,
+                  use_attention=use_attention).eval()
+    head = model.FeatureRegression
+    src, tgt = torch.randn(2, 3, 160, 176), torch.randn(2, 3, 160, 176)
+    with torch.no_grad():
+        theta = model(src, tgt)
+        corr = model.FeatureCorrelation(model.features(src), model.features(tgt))
+        if use_oac:
+            x = reference.offset_aware_correlation(corr, head.oac.weight, head.oac.bias, (10, 11))
+        else:
+            x = F.conv2d(corr, head.preconv[0].weight, head.preconv[0].bias)
+            assert head.preconv[0].weight.shape == (128, 110, 1, 1)
+        encoded = head.preconv[1:](x)
+        values = head.proj(head.conv(torch.cat([head.weight.expand(2, -1, 4, 5), encoded], 1)))
+        pooled = head.att(encoded, values) if use_attention else values.flatten(1)
+        torch.testing.assert_close(theta, head.linear(pooled))
+    assert model.config["use_oac"] is use_oac and model.config["use_attention"] is use_attention
+    with pytest.raises(ValueError, match="fixes the size"):
+        model(torch.randn(1, 3, 192, 192), torch.randn(1, 3, 192, 192))
