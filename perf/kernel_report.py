@@ -1,0 +1,641 @@
+"""Ahead-of-time compile report for the Triton kernels: registers, spills and shared memory.
+
+Compiles every config that a kernel module lists in ``static_compile_specs()`` for real GPU
+architectures (sm_80 and sm_90 by default) without a GPU, and reads the resource usage of each
+cubin. This catches what the CPU interpreter cannot see: GPU compile errors, register spills, and
+configs whose shared memory exceeds the architecture's per-block limit (the compiler accepts those;
+they only fail at launch).
+
+Usage::
+
+    python perf/kernel_report.py [--all-configs] [--arch 80 90] [--json OUT] [--module M ...]
+
+Each compiled config is one row of the table:
+
+* ``regs``: registers per thread from ``cuobjdump --dump-resource-usage`` (the cuobjdump shipped
+  in the triton wheel); ``ptxas``: the count ``ptxas -v`` logged while compiling (a cross-check,
+  Triton's metadata has no register count until a kernel is loaded on a GPU).
+* ``stack``/``local``: bytes per thread from cuobjdump; ``spill_st``/``spill_ld``: spill stores and
+  loads from the ptxas log. Any of them non-zero counts as a spill.
+* ``shared``: ``compiled.metadata.shared`` (Triton's dynamic shared memory per block), against the
+  architecture's maximum (sm_80: 166912 bytes, sm_90: 232448 bytes).
+
+Exit status: 0 when every *default* config compiles, does not spill and fits in shared memory;
+1 otherwise. With ``--all-configs`` the other configs are compiled and listed, flagged, but do not
+change the exit status. A module that does not exist yet or has no ``static_compile_specs`` is
+skipped with a note.
+
+Specs (see the kernel modules): dicts with ``name``, ``fn`` (the raw ``triton.JITFunction``),
+``signature`` (non-constexpr argument -> type string such as ``"*fp32"`` or ``"i32"``),
+``constexprs`` (constexpr argument -> value), ``num_warps``, ``num_stages``. Pointer arguments are
+compiled as 16-byte aligned (``tt.divisibility=16``), as Triton specialises them for torch
+allocations at run time. Identical compilations (same function, types, constexprs, options and
+arch) are compiled once and their figures shared.
+
+Triton versions: written for triton 3.6 and 3.8, whose ``ASTSource(fn, signature, constexprs,
+attrs)`` agree: ``constexprs`` keyed by argument name, ``attrs`` keyed by ``(index,)`` tuples, and
+the signature naming every argument, constexprs typed ``"constexpr"`` (both versions' own
+``triton/tools/compile.py`` do the same). Under ``TRITON_INTERPRET`` ``@triton.jit`` builds
+interpreter functions that cannot be compiled, so the script then re-runs itself in a subprocess
+with ``TRITON_INTERPRET`` removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+KERNEL_MODULES = ("kernels.correlation", "kernels.offset_aware_correlation", "kernels.attention_pool")
+DEFAULT_ARCHS = (80, 90)
+
+# Maximum dynamic shared memory per block (bytes), CUDA programming guide, compute capabilities.
+MAX_SHARED = {
+    70: 98304,
+    75: 65536,
+    80: 166912,
+    86: 101376,
+    87: 166912,
+    89: 101376,
+    90: 232448,
+    100: 232448,
+    103: 232448,
+    120: 101376,
+}
+REGS_PER_BLOCK = 65536  # 64K 32-bit registers per block on every architecture listed above
+_DERIVED_NOTES = ("regs mismatch", "no shared-memory limit")  # notes that Row.check() writes
+
+
+def interpreting(environ=None) -> bool:
+    """Whether ``TRITON_INTERPRET`` is set to a true value (the rule kernels._tuning uses)."""
+    environ = os.environ if environ is None else environ
+    return environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# --------------------------------------------------------------------------------------------
+# Rows
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Row:
+    """The compile result of one spec on one architecture."""
+
+    name: str
+    module: str
+    arch: int
+    num_warps: int
+    num_stages: int
+    default: bool = True
+    regs: int | None = None  # cuobjdump REG
+    ptxas_regs: int | None = None  # "Used N registers" in the ptxas log
+    stack: int | None = None  # cuobjdump STACK, bytes per thread
+    local: int | None = None  # cuobjdump LOCAL, bytes per thread
+    spill_stores: int | None = None  # ptxas log, bytes
+    spill_loads: int | None = None
+    shared: int | None = None  # metadata.shared, bytes per block
+    shared_limit: int | None = None
+    compile_s: float = 0.0
+    same_as: str | None = None  # name of an identical compilation whose figures these are
+    error: str | None = None
+    problems: list[str] = dataclasses.field(default_factory=list)  # these fail a default config
+    notes: list[str] = dataclasses.field(default_factory=list)  # informational
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def spills(self) -> int:
+        """Total spill evidence in bytes (stack + local + spill stores + spill loads)."""
+        return sum(v or 0 for v in (self.stack, self.local, self.spill_stores, self.spill_loads))
+
+    def check(self) -> "Row":
+        """Fill ``problems`` and ``notes`` from the figures."""
+        self.problems = []
+        self.notes = [n for n in self.notes if not n.startswith(_DERIVED_NOTES)]
+        if self.error is not None:
+            self.problems.append("compile error")
+            return self
+        if self.spills:
+            self.problems.append(
+                f"spills (stack {self.stack}, local {self.local}, "
+                f"stores {self.spill_stores}, loads {self.spill_loads})"
+            )
+        if self.shared_limit is None:
+            self.notes.append(f"no shared-memory limit known for sm_{self.arch}")
+        elif self.shared is not None and self.shared > self.shared_limit:
+            self.problems.append(f"shared {self.shared} > {self.shared_limit}")
+        if self.regs is not None and self.regs * 32 * self.num_warps > REGS_PER_BLOCK:
+            self.problems.append(f"{self.regs} regs x {32 * self.num_warps} threads > {REGS_PER_BLOCK}")
+        if self.regs is None:
+            self.problems.append("no register count (cuobjdump)")
+        if self.ptxas_regs is not None and self.regs is not None and self.ptxas_regs != self.regs:
+            self.notes.append(f"regs mismatch: cuobjdump {self.regs}, ptxas {self.ptxas_regs}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Row":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in fields})
+
+
+def exit_status(rows: list[Row], failed_modules: list[str] = ()) -> int:
+    """1 when a default config has a problem (or a module's specs could not be listed), else 0."""
+    return int(bool(failed_modules) or any(r.default and not r.ok for r in rows))
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing the tools' output
+# --------------------------------------------------------------------------------------------
+
+_FUNCTION = re.compile(r"^\s*Function\s+(\S+?)\s*:\s*$")
+_FIELD = re.compile(r"([A-Z_]+(?:\[\d+\])?)\s*:\s*(\d+)")
+
+
+def parse_resource_usage(text: str) -> dict[str, dict[str, int]]:
+    """``cuobjdump --dump-resource-usage`` output -> ``{function: {"REG": n, "STACK": n, ...}}``.
+
+    The fields of a function sit on the lines after its ``Function name:`` header, up to the next
+    header (cuobjdump versions print them on one line; field order and extra fields vary).
+    """
+    usage: dict[str, dict[str, int]] = {}
+    current = None
+    for line in text.splitlines():
+        m = _FUNCTION.match(line)
+        if m:
+            current = usage.setdefault(m.group(1), {})
+            continue
+        if current is not None:
+            for key, value in _FIELD.findall(line):
+                current[key] = int(value)
+            if re.match(r"^\s*\S+.*:\s*$", line) and not _FIELD.search(line):
+                current = None  # another section header ("Common:", "Fatbin ...")
+    return usage
+
+
+_PTXAS_ENTRY = re.compile(r"Compiling entry function '([^']+)'")
+_PTXAS_FRAME = re.compile(
+    r"(\d+)\s+bytes stack frame,\s*(\d+)\s+bytes spill stores,\s*(\d+)\s+bytes spill loads"
+)
+_PTXAS_REGS = re.compile(r"Used\s+(\d+)\s+registers")
+
+
+def parse_ptxas_log(text: str, function: str | None = None) -> dict[str, int]:
+    """``ptxas -v`` log -> ``{"regs", "stack_frame", "spill_stores", "spill_loads"}``.
+
+    The log can describe several functions; the entry function ``function`` (or the first entry
+    function) is read. Missing figures are absent from the result.
+    """
+    sections = re.split(r"(?=ptxas info\s*:\s*Compiling entry function)", text)
+    chosen = None
+    for section in sections:
+        m = _PTXAS_ENTRY.search(section)
+        if m and (function is None or m.group(1) == function):
+            chosen = section
+            break
+    if chosen is None:
+        chosen = next((s for s in sections if _PTXAS_ENTRY.search(s)), text)
+    out = {}
+    m = _PTXAS_REGS.search(chosen)
+    if m:
+        out["regs"] = int(m.group(1))
+    m = _PTXAS_FRAME.search(chosen)
+    if m:
+        out["stack_frame"], out["spill_stores"], out["spill_loads"] = map(int, m.groups())
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Compiling
+# --------------------------------------------------------------------------------------------
+
+
+def cuobjdump_path() -> str:
+    """The cuobjdump shipped inside the triton wheel (else one on PATH)."""
+    import triton
+
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if bundled.is_file():
+        return str(bundled)
+    found = shutil.which("cuobjdump")
+    if found is None:
+        raise FileNotFoundError("cuobjdump: not in the triton wheel nor on PATH")
+    return found
+
+
+def ptxas_version() -> str | None:
+    """``"12.9"``-style release of the ptxas in the triton wheel (None when not found)."""
+    import triton
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    try:
+        text = subprocess.run([str(ptxas), "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return None
+    m = re.search(r"release (\d+\.\d+)", text)
+    return m.group(1) if m else None
+
+
+def resource_usage(cubin: bytes) -> dict[str, dict[str, int]]:
+    """Run cuobjdump on a cubin (written to a temporary file) and parse its resource usage."""
+    with tempfile.TemporaryDirectory(prefix="kernel_report_") as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        proc = subprocess.run(
+            [cuobjdump_path(), "--dump-resource-usage", str(path)], capture_output=True, text=True
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"cuobjdump failed ({proc.returncode}): {proc.stderr.strip()}")
+    return parse_resource_usage(proc.stdout)
+
+
+def jit_function(fn):
+    """The raw ``triton.JITFunction`` under autotune/heuristics wrappers."""
+    from triton.runtime.jit import JITFunction
+
+    seen = 0
+    while not isinstance(fn, JITFunction) and hasattr(fn, "fn") and seen < 8:
+        fn, seen = fn.fn, seen + 1
+    if not isinstance(fn, JITFunction):
+        hint = " (imported under TRITON_INTERPRET?)" if "Interpret" in type(fn).__name__ else ""
+        raise TypeError(f"spec 'fn' is a {type(fn).__name__}, not a triton.JITFunction{hint}")
+    return fn
+
+
+def ast_source(spec: dict):
+    """``triton.compiler.ASTSource`` of a spec, with the signature both triton 3.6 and 3.8 take.
+
+    The signature lists every argument of the function in order; constexprs are typed
+    ``"constexpr"`` and their values passed by name, a constexpr missing from the spec takes the
+    function's default. Pointers get the 16-byte divisibility hint that run-time specialisation
+    gives torch tensors.
+    """
+    from triton.compiler import ASTSource
+
+    fn = jit_function(spec["fn"])
+    given_sig = dict(spec.get("signature", {}))
+    constexprs = dict(spec.get("constexprs", {}))
+    unknown = (set(given_sig) | set(constexprs)) - set(fn.arg_names)
+    if unknown:
+        raise ValueError(f"{spec['name']}: not arguments of {fn.__name__}: {sorted(unknown)}")
+    params = {p.name: p for p in getattr(fn, "params", [])}
+    signature, attrs, missing = {}, {}, []
+    for index, arg in enumerate(fn.arg_names):
+        if arg in constexprs:
+            signature[arg] = "constexpr"
+            continue
+        if arg not in given_sig:
+            param = params.get(arg)
+            if param is not None and param.is_constexpr and param.has_default:
+                constexprs[arg] = param.default
+                signature[arg] = "constexpr"
+                continue
+            missing.append(arg)
+            continue
+        ty = given_sig[arg]
+        if ty == "constexpr":
+            missing.append(f"{arg} (typed constexpr, no value)")
+            continue
+        signature[arg] = ty
+        if ty.startswith("*"):
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    if missing:
+        raise ValueError(f"{spec['name']}: no type or value for arguments of {fn.__name__}: {missing}")
+    return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs), fn
+
+
+@contextlib.contextmanager
+def _captured_fd2():
+    """Capture file descriptor 2 (MLIR diagnostics are written there, below Python)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        box = {"text": ""}
+        try:
+            yield box
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            box["text"] = tmp.read().decode("utf-8", "replace")
+
+
+def _summarise_error(exc: BaseException, stdout: str, stderr: str) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    diag = [ln for ln in stderr.splitlines() if "error" in ln.lower()]
+    ptxas = [ln for ln in stdout.splitlines() if ln.startswith("ptxas") and "error" in ln.lower()]
+    keep = lines[:3] + (["..."] + lines[-3:] if len(lines) > 6 else lines[3:])
+    return "\n".join(keep + diag[:5] + ptxas[:5])
+
+
+def compile_spec(spec: dict, arch: int, *, module: str = "", default: bool = True) -> Row:
+    """AOT-compile one spec for ``sm_<arch>`` and measure it; errors land in ``Row.error``."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    row = Row(
+        name=spec["name"],
+        module=module,
+        arch=arch,
+        num_warps=int(spec.get("num_warps", 4)),
+        num_stages=int(spec.get("num_stages", 3)),
+        default=default,
+        shared_limit=MAX_SHARED.get(arch),
+    )
+    options = {"num_warps": row.num_warps, "num_stages": row.num_stages}
+    for key in ("num_ctas", "maxnreg"):
+        if key in spec:
+            options[key] = spec[key]
+    out = io.StringIO()
+    start = time.perf_counter()
+    try:
+        src, fn = ast_source(spec)
+        with contextlib.ExitStack() as stack:
+            knobs = getattr(triton, "knobs", None)
+            if knobs is not None:  # ptxas -v log printed to stdout, and no cache hit without it
+                stack.enter_context(knobs.nvidia.scope())
+                stack.enter_context(knobs.compilation.scope())
+                knobs.nvidia.dump_ptxas_log = True
+                knobs.compilation.always_compile = True
+            stack.enter_context(contextlib.redirect_stdout(out))
+            err = stack.enter_context(_captured_fd2())
+            try:
+                compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+            except Exception as exc:  # noqa: BLE001 - every compile failure is a row
+                stack.close()
+                row.error = _summarise_error(exc, out.getvalue(), err["text"])
+                return row.check()
+    except Exception as exc:  # noqa: BLE001 - a malformed spec is a row too
+        row.error = f"{type(exc).__name__}: {exc}"
+        return row.check()
+    finally:
+        row.compile_s = round(time.perf_counter() - start, 3)
+
+    row.shared = int(compiled.metadata.shared)
+    kernel_name = getattr(compiled.metadata, "name", fn.__name__)
+    try:
+        usage = resource_usage(compiled.asm["cubin"])
+    except Exception as exc:  # noqa: BLE001
+        row.error = f"cuobjdump: {exc}"
+        return row.check()
+    entry = usage.get(kernel_name)
+    if entry is None and len(usage) == 1:
+        entry = next(iter(usage.values()))
+    if entry is None:
+        row.notes.append(f"cuobjdump: no function {kernel_name!r} among {sorted(usage)}")
+    else:
+        row.regs, row.stack, row.local = entry.get("REG"), entry.get("STACK"), entry.get("LOCAL")
+    log = parse_ptxas_log(out.getvalue(), kernel_name)
+    row.ptxas_regs = log.get("regs")
+    row.spill_stores, row.spill_loads = log.get("spill_stores"), log.get("spill_loads")
+    if not log:
+        row.notes.append("no ptxas log captured")
+    return row.check()
+
+
+# --------------------------------------------------------------------------------------------
+# Discovering specs
+# --------------------------------------------------------------------------------------------
+
+
+def load_module(target: str):
+    """Import a dotted module name or a ``.py`` file path; ``None`` when it does not exist."""
+    if target.endswith(".py") or os.sep in target:
+        path = Path(target).resolve()
+        if not path.is_file():
+            return None
+        name = f"_kernel_report_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (target == exc.name or target.startswith(exc.name + ".")):
+            return None
+        raise
+
+
+def collect_specs(module, all_configs: bool) -> list[tuple[dict, bool]]:
+    """``[(spec, is_default)]`` of a module: its default specs, plus the others if asked."""
+    defaults = list(module.static_compile_specs(all_configs=False))
+    names = [s["name"] for s in defaults]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate spec names: {sorted({n for n in names if names.count(n) > 1})}")
+    if not all_configs:
+        return [(s, True) for s in defaults]
+    default_names = set(names)
+    specs = list(module.static_compile_specs(all_configs=True))
+    listed = {s["name"] for s in specs}
+    out = [(s, bool(s.get("default", s["name"] in default_names))) for s in specs]
+    out += [(s, True) for s in defaults if s["name"] not in listed]
+    return out
+
+
+def _dedup_key(spec: dict, arch: int):
+    fn = jit_function(spec["fn"])
+    return (
+        id(fn),
+        arch,
+        tuple(sorted((k, str(v)) for k, v in spec.get("signature", {}).items())),
+        tuple(sorted((k, repr(v)) for k, v in spec.get("constexprs", {}).items())),
+        int(spec.get("num_warps", 4)),
+        int(spec.get("num_stages", 3)),
+        spec.get("num_ctas"),
+        spec.get("maxnreg"),
+    )
+
+
+def run_report(modules=KERNEL_MODULES, archs=DEFAULT_ARCHS, all_configs=False, log=None):
+    """Compile every spec of ``modules`` for ``archs``; returns ``(rows, skipped, failed)``.
+
+    ``skipped``: ``[(module, reason)]`` for modules absent or without ``static_compile_specs``;
+    ``failed``: ``[(module, error)]`` for modules whose import or spec listing raised.
+    Must run in a process where ``TRITON_INTERPRET`` is unset (see :func:`main`).
+    """
+    if interpreting():
+        raise RuntimeError("TRITON_INTERPRET is set: run perf/kernel_report.py (it re-runs itself without)")
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    work, skipped, failed = [], [], []
+    for target in modules:
+        try:
+            module = load_module(target)
+        except Exception as exc:  # noqa: BLE001
+            failed.append((target, f"import failed: {type(exc).__name__}: {exc}"))
+            continue
+        if module is None:
+            skipped.append((target, "module does not exist yet"))
+            continue
+        if not hasattr(module, "static_compile_specs"):
+            skipped.append((target, "no static_compile_specs()"))
+            continue
+        try:
+            specs = collect_specs(module, all_configs)
+        except Exception as exc:  # noqa: BLE001
+            failed.append((target, f"static_compile_specs failed: {type(exc).__name__}: {exc}"))
+            continue
+        for arch in archs:
+            work += [(target, spec, default, arch) for spec, default in specs]
+
+    rows, done = [], {}
+    for i, (target, spec, default, arch) in enumerate(work, 1):
+        try:
+            key = _dedup_key(spec, arch)
+        except Exception:  # noqa: BLE001 - compile_spec reports the malformed spec
+            key = None
+        if key is not None and key in done:
+            first = done[key]
+            row = dataclasses.replace(
+                first, name=spec["name"], module=target, default=default, compile_s=0.0,
+                same_as=first.same_as or first.name, problems=[], notes=list(first.notes),
+            ).check()
+            log(f"[{i:>3}/{len(work)}] sm_{arch} {spec['name']}: same binary as {row.same_as}")
+        else:
+            row = compile_spec(spec, arch, module=target, default=default)
+            if key is not None:
+                done[key] = row
+            status = "ok" if row.ok else "; ".join(row.problems)
+            log(f"[{i:>3}/{len(work)}] sm_{arch} {spec['name']}: {row.compile_s:.2f} s, {status}")
+        rows.append(row)
+    return rows, skipped, failed
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+COLUMNS = ("kernel", "arch", "cfg", "warps", "stages", "regs", "ptxas", "stack", "local",
+           "spill_st", "spill_ld", "shared", "limit", "status")
+
+
+def _cell(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def format_table(rows: list[Row]) -> str:
+    """The report table, one line per row, then the errors and notes."""
+    lines = []
+    body = []
+    for r in rows:
+        if r.ok:
+            status = "ok"
+        else:
+            status = ("FAIL: " if r.default else "flagged: ") + "; ".join(r.problems)
+        body.append((
+            r.name, f"sm_{r.arch}", "default" if r.default else "extra", str(r.num_warps),
+            str(r.num_stages), _cell(r.regs), _cell(r.ptxas_regs), _cell(r.stack), _cell(r.local),
+            _cell(r.spill_stores), _cell(r.spill_loads), _cell(r.shared), _cell(r.shared_limit), status,
+        ))
+    widths = [max([len(c)] + [len(b[i]) for b in body]) for i, c in enumerate(COLUMNS)]
+
+    def fmt(cells):
+        first = [cells[0].ljust(widths[0]), cells[1].ljust(widths[1]), cells[2].ljust(widths[2])]
+        nums = [c.rjust(w) for c, w in zip(cells[3:-1], widths[3:-1])]
+        return "  ".join(first + nums + [cells[-1]]).rstrip()
+
+    lines.append(fmt(COLUMNS))
+    lines.append(fmt(tuple("-" * w for w in widths)))
+    lines += [fmt(b) for b in body]
+    for r in rows:
+        if r.error:
+            indented = "\n".join("    " + ln for ln in r.error.splitlines())
+            lines.append(f"\nerror: {r.name} sm_{r.arch}:\n{indented}")
+        for note in r.notes:
+            lines.append(f"note: {r.name} sm_{r.arch}: {note}")
+    return "\n".join(lines)
+
+
+def summary(rows, skipped, failed) -> str:
+    import triton
+
+    distinct = sum(1 for r in rows if r.same_as is None)
+    bad_default = sum(1 for r in rows if r.default and not r.ok)
+    flagged = sum(1 for r in rows if not r.default and not r.ok)
+    lines = [f"skipped {m}: {why}" for m, why in skipped]
+    lines += [f"FAILED {m}: {why}" for m, why in failed]
+    lines.append(
+        f"{len(rows)} configs ({distinct} distinct compilations), {bad_default} failing default, "
+        f"{flagged} flagged extra; triton {triton.__version__}, ptxas {ptxas_version()}"
+    )
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="AOT-compile the Triton kernels' configs for GPU archs (no GPU needed) and "
+        "report registers, spills and shared memory."
+    )
+    parser.add_argument("--all-configs", action="store_true",
+                        help="also compile the non-default configs (listed, not gating the exit)")
+    parser.add_argument("--arch", nargs="+", default=[str(a) for a in DEFAULT_ARCHS],
+                        help="compute capabilities, e.g. 80 90 (also sm_90 / sm_90a)")
+    parser.add_argument("--json", metavar="OUT", help="also write the rows as JSON to OUT")
+    parser.add_argument("--module", nargs="+", metavar="M",
+                        help="modules (dotted or .py path) to report instead of the kernel modules")
+    args = parser.parse_args(argv)
+    archs = []
+    for a in args.arch:
+        m = re.fullmatch(r"(?:sm_)?(\d+)a?", a.strip().lower())
+        if m is None:
+            parser.error(f"--arch: not a compute capability: {a!r}")
+        archs.append(int(m.group(1)))
+    args.arch = archs
+    return args
+
+
+def main(argv=None) -> int:
+    """Run the report; re-runs itself in a subprocess without TRITON_INTERPRET when it is set."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if interpreting():
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        print("kernel_report: TRITON_INTERPRET is set; compiling in a subprocess without it",
+              file=sys.stderr, flush=True)
+        return subprocess.call([sys.executable, str(Path(__file__).resolve()), *argv], env=env)
+    args = parse_args(argv)
+    rows, skipped, failed = run_report(args.module or KERNEL_MODULES, args.arch, args.all_configs)
+    print(format_table(rows))
+    print(summary(rows, skipped, failed))
+    status = exit_status(rows, [m for m, _ in failed])
+    if args.json:
+        import triton
+
+        with open(args.json, "w") as f:
+            json.dump({
+                "triton_version": triton.__version__,
+                "ptxas_version": ptxas_version(),
+                "archs": args.arch,
+                "all_configs": args.all_configs,
+                "rows": [r.to_dict() for r in rows],
+                "skipped": [{"module": m, "reason": why} for m, why in skipped],
+                "failed": [{"module": m, "error": why} for m, why in failed],
+                "exit_status": status,
+            }, f, indent=1)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
