@@ -1,0 +1,276 @@
+"""Triton 4D correlation (kernels/correlation.py) against the float64 reference.
+
+Runs in the Triton interpreter on CPU. fp16 and fp32 run the kernels as compiled for a GPU. The
+interpreter has no bf16 ``tl.dot`` (it returns garbage), so under the interpreter bf16 tiles are
+cast to fp32 before the dot (``DOT_FP32``); bf16 loads, stores and fp32 epilogues are exercised,
+the native bf16 dot only compiles (kernel report). float64 works (the kernels then accumulate in
+fp64), which the gradcheck uses.
+
+Degenerate settings are kept out of the gradient comparison on purpose: with C=1 and either
+normalisation (normalised features are +-1; a normalised column of ``x_s * y_t`` does not depend
+on ``y_t``) or with S=1 and ``normalize_matches`` (the output is r/sqrt(r^2+eps) ~ 1), the true
+gradient is eps-sized, the difference of two O(1) terms, which no fp32 evaluation resolves to
+1e-5. Those sizes run with the other flags.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels.correlation as kernel_module
+from a2net import reference
+from a2net.ops import TRITON_CALLS
+from a2net.ops.correlation import correlation
+from tests.helpers import assert_close_to_reference
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+FLAGS = {  # name -> (normalize_features, relu, normalize_matches)
+    "all": (True, True, True),
+    "none": (False, False, False),
+    "feat": (True, False, False),
+    "relu": (False, True, False),
+    "match": (False, False, True),
+    "feat-relu": (True, True, False),
+    "feat-match": (True, False, True),
+    "relu-match": (False, True, True),
+}
+
+# (B, (Hs, Ws, Ht, Wt), C, dtype, flags): a covering list, not the cartesian product. C=64 spans
+# two channel blocks, C=17 ends on a partial one; 17x16 (S=272 > MAX_FUSED_S) takes the split
+# match normalisation at its natural size; 15x15 is the paper's map, once.
+CASES = [
+    (1, (1, 1, 1, 1), 1, torch.float32, "relu"),
+    (3, (1, 1, 1, 1), 17, torch.float16, "feat-relu"),
+    (3, (5, 7, 5, 7), 17, torch.float32, "all"),
+    (3, (5, 7, 5, 7), 64, torch.float16, "all"),
+    (1, (5, 7, 5, 7), 1, torch.bfloat16, "relu"),
+    (1, (5, 7, 5, 7), 17, torch.float32, "feat-relu"),
+    (3, (4, 6, 7, 3), 17, torch.float32, "none"),
+    (1, (4, 6, 7, 3), 64, torch.float32, "feat-match"),
+    (3, (4, 6, 7, 3), 64, torch.bfloat16, "all"),
+    (1, (4, 6, 7, 3), 17, torch.float16, "match"),
+    (3, (4, 6, 7, 3), 17, torch.float32, "feat"),
+    (3, (7, 3, 4, 6), 1, torch.float32, "none"),
+    (1, (7, 3, 4, 6), 64, torch.float32, "relu-match"),
+    (3, (17, 16, 3, 5), 17, torch.float16, "feat-match"),
+    (1, (17, 16, 3, 5), 17, torch.float32, "all"),
+    (1, (15, 15, 15, 15), 64, torch.float32, "all"),
+]
+
+
+def case_id(case) -> str:
+    b, (hs, ws, ht, wt), c, dtype, flags = case
+    return f"B{b}-{hs}x{ws}to{ht}x{wt}-C{c}-{DTYPE_NAMES[dtype]}-{flags}"
+
+
+def make_inputs(b, sizes, c, dtype, seed=0):
+    hs, ws, ht, wt = sizes
+    gen = torch.Generator().manual_seed(seed)
+    source = torch.randn(b, c, hs, ws, generator=gen).to(dtype)
+    target = torch.randn(b, c, ht, wt, generator=gen).to(dtype)
+    grad = torch.randn(b, hs * ws, ht, wt, generator=gen).to(dtype)
+    return source, target, grad
+
+
+def reference_grads(source, target, grad, flags):
+    """float64 reference output and gradients at the (rounded) inputs."""
+    sd = source.detach().double().requires_grad_()
+    td = target.detach().double().requires_grad_()
+    out = reference.correlation(sd, td, *flags)
+    ds, dt = torch.autograd.grad(out, (sd, td), grad.double())
+    return out.detach(), ds, dt
+
+
+def check_against_reference(source, target, grad, dtype, flags):
+    source = source.detach().requires_grad_()
+    target = target.detach().requires_grad_()
+    before = TRITON_CALLS["correlation"], TRITON_CALLS["correlation_backward"]
+    out = correlation(source, target, *flags, input_precision="ieee")
+    ds, dt = torch.autograd.grad(out, (source, target), grad)
+    after = TRITON_CALLS["correlation"], TRITON_CALLS["correlation_backward"]
+    assert after == (before[0] + 1, before[1] + 1), "the Triton forward/backward did not run"
+    assert out.dtype == dtype and ds.dtype == dtype and dt.dtype == dtype
+    ref_out, ref_ds, ref_dt = reference_grads(source, target, grad, flags)
+    assert_close_to_reference(out.detach(), ref_out, dtype, "output")
+    assert_close_to_reference(ds, ref_ds, dtype, "dsource")
+    assert_close_to_reference(dt, ref_dt, dtype, "dtarget")
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_matches_reference(triton_backend, case):
+    b, sizes, c, dtype, flags = case
+    source, target, grad = make_inputs(b, sizes, c, dtype)
+    check_against_reference(source, target, grad, dtype, FLAGS[flags])
+
+
+@pytest.fixture
+def small_split(monkeypatch):
+    """Split the source dimension into 16-row blocks, so that small maps take the two-stage
+    match normalisation (several blocks and a partial last one)."""
+    monkeypatch.setattr(kernel_module, "MAX_FUSED_S", 8)
+    monkeypatch.setattr(kernel_module, "SPLIT_BLOCK_S", 16)
+
+
+@pytest.mark.parametrize(
+    "dtype,flags",
+    [
+        (torch.float32, "all"),
+        (torch.float32, "match"),
+        (torch.float16, "relu-match"),
+        (torch.bfloat16, "all"),
+    ],
+    ids=["fp32-all", "fp32-match", "fp16-relu-match", "bf16-all"],
+)
+def test_split_match_normalization(triton_backend, small_split, dtype, flags):
+    source, target, grad = make_inputs(3, (5, 7, 4, 6), 17, dtype, seed=1)
+    check_against_reference(source, target, grad, dtype, FLAGS[flags])
+
+
+def test_split_zero_blocks(triton_backend, small_split):
+    """A source block whose ReLU'd values are all 0 (partial norm 0) and an all-zero column."""
+    source, target, grad = make_inputs(2, (5, 7, 3, 3), 3, torch.float32, seed=2)
+    target = target.abs()
+    source.view(2, 3, -1)[:, :, :16] = -source.view(2, 3, -1)[:, :, :16].abs()  # block 0: all c < 0
+    target.view(2, 3, -1)[:, :, 4] = 0.0  # column 4 is 0 everywhere: n_t = sqrt(eps)
+    check_against_reference(source, target, grad, torch.float32, FLAGS["relu-match"])
+
+
+def test_split_deterministic(triton_backend, small_split):
+    source, target, _ = make_inputs(2, (5, 7, 5, 7), 17, torch.float32, seed=3)
+    first = correlation(source, target)
+    assert torch.equal(first, correlation(source, target))
+
+
+def test_empty_batch(triton_backend):
+    source = torch.randn(0, 5, 3, 4, requires_grad=True)
+    target = torch.randn(0, 5, 2, 3, requires_grad=True)
+    before = TRITON_CALLS["correlation"]
+    out = correlation(source, target)
+    assert TRITON_CALLS["correlation"] == before + 1
+    assert out.shape == (0, 12, 2, 3)
+    out.sum().backward()
+    assert source.grad.shape == source.shape and target.grad.shape == target.shape
+
+
+def test_non_contiguous(triton_backend):
+    gen = torch.Generator().manual_seed(4)
+    source = torch.randn(2, 6, 4, 5, generator=gen).to(memory_format=torch.channels_last)
+    target = torch.randn(2, 12, 3, 8, generator=gen)[:, ::2, :, ::2]  # channel and column strides
+    grad = torch.randn(2, 3, 4, 20, generator=gen).permute(0, 3, 1, 2)  # (B, S, Ht, Wt), s strided
+    assert not (source.is_contiguous() or target.is_contiguous() or grad.is_contiguous())
+    check_against_reference(source, target, grad, torch.float32, FLAGS["all"])
+
+
+@pytest.mark.parametrize("flags", ["all", "feat"])
+def test_expanded_grad(triton_backend, flags):
+    """``out.sum()`` sends a stride-0 gradient; without ReLU/match normalisation the GEMMs read it
+    directly."""
+    source, target, _ = make_inputs(2, (4, 6, 7, 3), 17, torch.float32, seed=9)
+    grad = torch.ones(()).expand(2, 24, 7, 3)
+    check_against_reference(source, target, grad, torch.float32, FLAGS[flags])
+
+
+@pytest.mark.parametrize("which", ["source", "target"])
+def test_single_input_gradient(triton_backend, which):
+    """Only the input that requires grad gets one; the backward op skips the other."""
+    source, target, grad = make_inputs(2, (4, 6, 7, 3), 17, torch.float32, seed=5)
+    needs = source if which == "source" else target
+    needs.requires_grad_()
+    before = TRITON_CALLS["correlation_backward"]
+    out = correlation(source, target, input_precision="ieee")
+    (got,) = torch.autograd.grad(out, (needs,), grad)
+    assert TRITON_CALLS["correlation_backward"] == before + 1
+    _, ref_ds, ref_dt = reference_grads(source, target, grad, FLAGS["all"])
+    assert_close_to_reference(got, ref_ds if which == "source" else ref_dt, torch.float32, f"d{which}")
+    saved = torch.ops.a2net.correlation(source.detach(), target.detach(), True, True, True, "ieee")
+    need = (which == "source", which == "target")
+    gs, gt = torch.ops.a2net.correlation_backward(
+        grad, source.detach(), target.detach(), *saved, True, True, True, "ieee", *need
+    )
+    assert (gt if which == "source" else gs).numel() == 0
+
+
+def test_triton_path_runs(triton_backend):
+    source, target, _ = make_inputs(1, (2, 3, 3, 2), 4, torch.float32)
+    before = TRITON_CALLS["correlation"]
+    correlation(source, target)
+    assert TRITON_CALLS["correlation"] == before + 1
+
+
+def test_torch_backend_skips_triton(torch_backend):
+    source, target, _ = make_inputs(1, (2, 3, 3, 2), 4, torch.float32)
+    before = TRITON_CALLS["correlation"]
+    out = correlation(source, target)
+    assert TRITON_CALLS["correlation"] == before
+    torch.testing.assert_close(out, reference.correlation(source, target))
+
+
+def test_opcheck(triton_backend):
+    source, target, grad = make_inputs(2, (3, 4, 2, 5), 6, torch.float32, seed=6)
+    for flags in (FLAGS["all"], FLAGS["relu"]):
+        torch.library.opcheck(
+            torch.ops.a2net.correlation.default,
+            (source.clone().requires_grad_(), target.clone().requires_grad_(), *flags, "ieee"),
+        )
+        saved = torch.ops.a2net.correlation(source, target, *flags, "ieee")
+        for need in ((True, True), (True, False), (False, True)):
+            torch.library.opcheck(
+                torch.ops.a2net.correlation_backward.default,
+                (grad, source, target, *saved, *flags, "ieee", *need),
+            )
+
+
+def test_gradcheck_float64(triton_backend):
+    gen = torch.Generator().manual_seed(7)
+    source = torch.randn(1, 4, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(1, 4, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    before = TRITON_CALLS["correlation_backward"]
+    assert torch.autograd.gradcheck(correlation, (source, target))
+    assert TRITON_CALLS["correlation_backward"] > before
+
+
+def test_compile_fullgraph(triton_backend):
+    source, target, grad = make_inputs(2, (3, 4, 2, 5), 6, torch.float32, seed=8)
+    source.requires_grad_()
+    compiled = torch.compile(correlation, fullgraph=True, backend="aot_eager")
+    before = TRITON_CALLS["correlation"], TRITON_CALLS["correlation_backward"]
+    out = compiled(source, target, input_precision="ieee")
+    (ds,) = torch.autograd.grad(out, (source,), grad)
+    assert TRITON_CALLS["correlation"] > before[0] and TRITON_CALLS["correlation_backward"] > before[1]
+    ref_out, ref_ds, _ = reference_grads(source, target, grad, FLAGS["all"])
+    assert_close_to_reference(out.detach(), ref_out, torch.float32)
+    assert_close_to_reference(ds, ref_ds, torch.float32, "dsource")
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"source": torch.randn(2, 3, 4)}, "source"),
+        ({"target": torch.randn(2, 3, 4, 4, dtype=torch.float64)}, "target"),
+        ({"target": torch.randn(2, 5, 4, 4)}, "target"),
+        ({"target": torch.randn(3, 3, 4, 4)}, "target"),
+        ({"source": torch.ones(2, 3, 4, 4, dtype=torch.int64)}, "source"),
+        ({"input_precision": "fp16"}, "input_precision"),
+        ({"relu": 1}, "relu"),
+        ({"normalize_matches": None}, "normalize_matches"),
+    ],
+    ids=["source-3d", "dtype", "channels", "batch", "int", "precision", "relu-int", "matches-none"],
+)
+def test_bad_inputs(triton_backend, kwargs, match):
+    args = {"source": torch.randn(2, 3, 4, 4), "target": torch.randn(2, 3, 4, 4), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        correlation(**args)
+
+
+def test_static_compile_specs():
+    for all_configs in (False, True):
+        specs = kernel_module.static_compile_specs(all_configs)
+        names = [s["name"] for s in specs]
+        assert len(names) == len(set(names))
+        for spec in specs:
+            assert set(spec) == {"name", "fn", "signature", "constexprs", "num_warps", "num_stages"}
+            assert set(spec["signature"]) | set(spec["constexprs"]) == set(spec["fn"].arg_names), spec["name"]
+            assert not set(spec["signature"]) & set(spec["constexprs"]), spec["name"]
+    names = [s["name"] for s in kernel_module.static_compile_specs()]
+    assert "correlation_fwd[fp32,H15,cfg0]" in names and "correlation_normalize_matches[bf16,H60]" in names
