@@ -1,23 +1,137 @@
-"""The offset-aware correlation (OAC) op."""
+"""The offset-aware correlation (OAC) op: validation, ``torch.ops.a2net`` registration, autograd.
+
+Two custom ops, registered once:
+
+* ``a2net::offset_aware_correlation(corr, weight, bias?, hs, ws, input_precision) -> out``;
+* ``a2net::offset_aware_correlation_backward(grad_out, corr, weight, hs, ws, input_precision,
+  corr_grad, weight_grad, bias_grad) -> (dcorr, dweight, dbias)``: the flags say which gradients
+  are wanted; an unwanted one is not computed and comes back as an empty tensor (``None`` to
+  autograd). In the model ``corr`` comes from frozen features, so ``dcorr`` is usually skipped.
+
+Both run the Triton kernels of :mod:`kernels.offset_aware_correlation` and stay in the graph under
+``torch.compile`` (fake implementations give the output shapes).
+"""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
 from a2net import reference
+from a2net._validation import check_choice, check_oac_inputs
+from a2net.ops._dispatch import TRITON_CALLS, use_triton
+
+#: Values of ``input_precision`` (how fp32 ``tl.dot`` runs; fp16/bf16 inputs ignore it).
+INPUT_PRECISIONS = ("tf32", "ieee", "tf32x3")
+
+
+@torch.library.custom_op("a2net::offset_aware_correlation", mutates_args=())
+def _oac_op(
+    corr: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], hs: int, ws: int, input_precision: str
+) -> torch.Tensor:
+    """Triton forward ``(B, O, Ht, Wt)``; see :func:`offset_aware_correlation`."""
+    from kernels.offset_aware_correlation import oac_forward
+
+    TRITON_CALLS["offset_aware_correlation"] += 1
+    return oac_forward(corr, weight, bias, (hs, ws), input_precision)
+
+
+@_oac_op.register_fake
+def _(corr, weight, bias, hs, ws, input_precision):
+    return corr.new_empty(corr.shape[0], weight.shape[0], corr.shape[2], corr.shape[3])
+
+
+@torch.library.custom_op("a2net::offset_aware_correlation_backward", mutates_args=())
+def _oac_backward_op(
+    grad_out: torch.Tensor,
+    corr: torch.Tensor,
+    weight: torch.Tensor,
+    hs: int,
+    ws: int,
+    input_precision: str,
+    corr_grad: bool,
+    weight_grad: bool,
+    bias_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton backward ``(dcorr, dweight, dbias)``, each empty unless its flag asks for it."""
+    from kernels.offset_aware_correlation import oac_backward_bias, oac_backward_corr, oac_backward_weight
+
+    TRITON_CALLS["offset_aware_correlation_backward"] += 1
+    dcorr = oac_backward_corr(grad_out, weight, (hs, ws), input_precision) if corr_grad else grad_out.new_empty(0)
+    dweight = oac_backward_weight(grad_out, corr, (hs, ws), input_precision) if weight_grad else grad_out.new_empty(0)
+    dbias = oac_backward_bias(grad_out) if bias_grad else grad_out.new_empty(0)
+    return dcorr, dweight, dbias
+
+
+@_oac_backward_op.register_fake
+def _(grad_out, corr, weight, hs, ws, input_precision, corr_grad, weight_grad, bias_grad):
+    return (
+        corr.new_empty(corr.shape) if corr_grad else grad_out.new_empty(0),
+        weight.new_empty(weight.shape) if weight_grad else grad_out.new_empty(0),
+        weight.new_empty(weight.shape[0]) if bias_grad else grad_out.new_empty(0),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    corr, weight, bias, hs, ws, input_precision = inputs
+    ctx.save_for_backward(corr, weight)
+    ctx.hs, ctx.ws, ctx.input_precision = hs, ws, input_precision
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_out):
+    corr, weight = ctx.saved_tensors
+    corr_grad, weight_grad, bias_grad = ctx.needs_input_grad[:3]
+    dcorr, dweight, dbias = torch.ops.a2net.offset_aware_correlation_backward(
+        grad_out, corr, weight, ctx.hs, ctx.ws, ctx.input_precision,
+        corr_grad, weight_grad, bias_grad and ctx.has_bias,
+    )  # fmt: skip
+    return (
+        dcorr if corr_grad else None,
+        dweight if weight_grad else None,
+        dbias if bias_grad and ctx.has_bias else None,
+        None,
+        None,
+        None,
+    )
+
+
+_oac_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def offset_aware_correlation(
-    corr: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, source_size
+    corr: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    source_size,
+    input_precision: str = "tf32",
 ) -> torch.Tensor:
-    """Offset-aware correlation; see :func:`a2net.reference.offset_aware_correlation`.
+    """Offset-aware correlation (SPEC §2.4), any source and target sizes.
+
+    ``out[b, o, yt, xt] = bias[o] + sum_{ys, xs} weight[o, ys-yt+Ht-1, xs-xt+Wt-1] *
+    corr[b, ys*Ws+xs, yt, xt]``. The Triton path never builds the aligned
+    ``(Hs+Ht-1)*(Ws+Wt-1)``-channel tensor, and its weight gradient is deterministic.
 
     Args:
-        corr: ``(B, Hs*Ws, Ht, Wt)``.
-        weight: ``(O, Hs+Ht-1, Ws+Wt-1)``.
+        corr: ``(B, Hs*Ws, Ht, Wt)`` correlation (source index ``s = ys*Ws + xs``).
+        weight: ``(O, Hs+Ht-1, Ws+Wt-1)``, same dtype and device as corr.
         bias: ``(O,)`` or None.
-        source_size: ``(Hs, Ws)``.
+        source_size: ``(Hs, Ws)`` (or an int for a square map).
+        input_precision: how the Triton kernels multiply fp32 inputs: ``"tf32"`` (default,
+            tensor cores, ~1e-3 relative error), ``"tf32x3"`` (three tf32 products, ~fp32
+            accuracy) or ``"ieee"`` (exact fp32). Ignored for fp16/bf16 and by the PyTorch path.
     Returns:
-        ``(B, O, Ht, Wt)``.
+        ``(B, O, Ht, Wt)`` in corr's dtype.
+
+    Example:
+        >>> corr = torch.rand(2, 15 * 15, 15, 15)
+        >>> weight = torch.randn(128, 29, 29)
+        >>> offset_aware_correlation(corr, weight, None, (15, 15)).shape
+        torch.Size([2, 128, 15, 15])
     """
-    return reference.offset_aware_correlation(corr, weight, bias, source_size)
+    hs, ws = check_oac_inputs(corr, weight, bias, source_size)
+    check_choice("input_precision", input_precision, INPUT_PRECISIONS)
+    if use_triton(corr):
+        return torch.ops.a2net.offset_aware_correlation(corr, weight, bias, hs, ws, input_precision)
+    return reference.offset_aware_correlation(corr, weight, bias, (hs, ws))

@@ -1,0 +1,249 @@
+"""Triton OAC kernels (interpreter on CPU) against the float64 reference and the authors' construction.
+
+bf16 runs too: the interpreter has no bf16 arithmetic, so the kernels' dots run on fp32 copies of
+the bf16 blocks there (``UPCAST``), loads and stores stay bf16. float64 runs through the same
+kernels (fp64 dots), which is what lets ``gradcheck`` go through the Triton path.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels.offset_aware_correlation as oac_kernels
+from a2net import reference
+from a2net.ops import TRITON_CALLS, offset_aware_correlation
+from tests.helpers import assert_close_to_reference
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+
+# (B, (Hs, Ws, Ht, Wt), O, dtype, bias): a covering list, not a product. O in {1, 16, 128}; the
+# paper's 15x15 -> 15x15 twice (interpreter time); Wt = 18, 20 > BLOCK_T spans several target tiles.
+CASES = [
+    (1, (1, 1, 1, 1), 1, torch.float32, True),
+    (3, (1, 1, 1, 1), 16, torch.float16, False),
+    (3, (5, 7, 5, 7), 16, torch.float32, True),
+    (1, (5, 7, 5, 7), 128, torch.float16, True),
+    (3, (4, 6, 7, 3), 1, torch.float32, False),
+    (1, (4, 6, 7, 3), 16, torch.bfloat16, True),
+    (3, (7, 3, 4, 6), 128, torch.float32, True),
+    (3, (2, 9, 3, 20), 16, torch.bfloat16, False),
+    (3, (6, 5, 2, 18), 1, torch.float16, True),
+    (1, (15, 15, 15, 15), 128, torch.float32, True),
+    (3, (15, 15, 15, 15), 16, torch.bfloat16, True),
+    # several channel and batch blocks in every kernel, several batch elements per dW split
+    (20, (2, 3, 3, 2), 130, torch.float32, True),
+]
+
+
+def _case_id(case) -> str:
+    b, (hs, ws, ht, wt), o, dtype, bias = case
+    return f"B{b}-{hs}x{ws}to{ht}x{wt}-O{o}-{DTYPE_NAMES[dtype]}" + ("" if bias else "-nobias")
+
+
+def _inputs(b, sizes, o, dtype, bias=True, seed=0):
+    hs, ws, ht, wt = sizes
+    gen = torch.Generator().manual_seed(seed)
+    corr = torch.rand(b, hs * ws, ht, wt, generator=gen).to(dtype)
+    weight = (torch.randn(o, hs + ht - 1, ws + wt - 1, generator=gen) / (hs * ws) ** 0.5).to(dtype)
+    bias_t = torch.randn(o, generator=gen).to(dtype) if bias else None
+    return corr, weight, bias_t
+
+
+def _precision(dtype):
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _reference(corr, weight, bias, source_size, grad_out):
+    """float64 reference output and gradients, from the same (rounded) inputs."""
+    leaves = [t.detach().double().requires_grad_() for t in (corr, weight) + ((bias,) if bias is not None else ())]
+    out = reference.offset_aware_correlation(leaves[0], leaves[1], leaves[2] if bias is not None else None, source_size)
+    grads = torch.autograd.grad(out, leaves, grad_out.double())
+    return out.detach(), grads
+
+
+def authors_construction(corr, weight, bias, source_size):
+    """The authors' OAC: scatter corr into the zero-filled (Hs+Ht-1)(Ws+Wt-1)-channel aligned tensor
+    with a Python loop over target positions, then a 1x1 convolution (geometric offsets)."""
+    hs, ws = source_size
+    b, _, ht, wt = corr.shape
+    o, dh, dw = weight.shape
+    aligned = corr.new_zeros(b, dh * dw, ht, wt)
+    ys, xs = torch.meshgrid(torch.arange(hs), torch.arange(ws), indexing="ij")
+    for yt in range(ht):
+        for xt in range(wt):
+            channels = ((ys - yt + ht - 1) * dw + (xs - xt + wt - 1)).reshape(-1)
+            aligned[:, channels, yt, xt] = corr[:, :, yt, xt]
+    return F.conv2d(aligned, weight.reshape(o, dh * dw, 1, 1), bias)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_output_and_gradients_match_reference(triton_backend, case):
+    b, sizes, o, dtype, has_bias = case
+    corr, weight, bias = _inputs(b, sizes, o, dtype, has_bias)
+    leaves = [t.requires_grad_() for t in (corr, weight, bias) if t is not None]
+    out = offset_aware_correlation(corr, weight, bias, sizes[:2], input_precision=_precision(dtype))
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+
+    ref, ref_grads = _reference(corr, weight, bias, sizes[:2], grad_out)
+    assert out.dtype == dtype
+    assert_close_to_reference(out.detach(), ref, dtype, "output")
+    for name, grad, ref_grad in zip(("corr", "weight", "bias"), grads, ref_grads):
+        assert grad.dtype == dtype
+        assert_close_to_reference(grad, ref_grad, dtype, f"grad {name}")
+
+
+def test_matches_authors_construction(triton_backend):
+    corr, weight, bias = _inputs(2, (4, 6, 5, 3), 16, torch.float32)
+    out = offset_aware_correlation(corr, weight, bias, (4, 6), input_precision="ieee")
+    expected = authors_construction(corr.double(), weight.double(), bias.double(), (4, 6))
+    assert_close_to_reference(out, expected, torch.float32, "output vs the authors' construction")
+
+
+def test_triton_path_runs(triton_backend):
+    corr, weight, bias = _inputs(2, (3, 4, 5, 2), 16, torch.float32)
+    weight.requires_grad_()
+    before = (TRITON_CALLS["offset_aware_correlation"], TRITON_CALLS["offset_aware_correlation_backward"])
+    offset_aware_correlation(corr, weight, bias, (3, 4)).sum().backward()
+    after = (TRITON_CALLS["offset_aware_correlation"], TRITON_CALLS["offset_aware_correlation_backward"])
+    assert after == (before[0] + 1, before[1] + 1), "the Triton forward/backward did not run"
+
+
+def test_only_requested_gradients_are_computed(triton_backend, monkeypatch):
+    """In the model corr comes from frozen features: the dcorr kernel must not run."""
+    corr, weight, bias = _inputs(2, (3, 4, 5, 2), 16, torch.float32)
+    weight.requires_grad_()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("dcorr computed although corr does not require grad")
+
+    monkeypatch.setattr(oac_kernels, "oac_backward_corr", forbidden)
+    monkeypatch.setattr(oac_kernels, "oac_backward_bias", forbidden)
+    out = offset_aware_correlation(corr, weight, bias, (3, 4), input_precision="ieee")
+    grad_out = torch.randn(out.shape)
+    (dweight,) = torch.autograd.grad(out, (weight,), grad_out)
+    _, (_, ref_dweight, _) = _reference(corr, weight, bias, (3, 4), grad_out)
+    assert_close_to_reference(dweight, ref_dweight, torch.float32, "grad weight")
+
+
+def test_weight_gradient_is_deterministic(triton_backend):
+    # B=5 at this size splits the batch over several dW programs (partial sums + reduction)
+    corr, weight, bias = _inputs(5, (5, 7, 5, 7), 16, torch.float32)
+    assert oac_kernels.weight_batch_split(5, 16, (9, 13))[0] > 1
+    leaves = (weight.requires_grad_(), bias.requires_grad_())
+    runs = []
+    for _ in range(2):
+        out = offset_aware_correlation(corr, weight, bias, (5, 7))
+        runs.append(torch.autograd.grad(out, leaves, torch.ones_like(out)))
+    for first, second in zip(*runs):
+        assert torch.equal(first, second), "two backward runs differ"
+
+
+def test_empty_batch(triton_backend):
+    corr, weight, bias = _inputs(0, (3, 4, 5, 2), 16, torch.float32)
+    leaves = (corr.requires_grad_(), weight.requires_grad_(), bias.requires_grad_())
+    out = offset_aware_correlation(corr, weight, bias, (3, 4))
+    assert out.shape == (0, 16, 5, 2)
+    dcorr, dweight, dbias = torch.autograd.grad(out, leaves, torch.ones_like(out))
+    assert dcorr.shape == corr.shape
+    assert torch.equal(dweight, torch.zeros_like(weight)) and torch.equal(dbias, torch.zeros_like(bias))
+
+
+def test_non_contiguous_inputs(triton_backend):
+    b, (hs, ws, ht, wt), o = 3, (4, 5, 6, 3), 16
+    gen = torch.Generator().manual_seed(3)
+    # corr stored (B, Wt, Ht, S) and viewed as (B, S, Ht, Wt); weight and bias every other element
+    corr = torch.rand(b, wt, ht, hs * ws, generator=gen).permute(0, 3, 2, 1)
+    weight = torch.randn(o, hs + ht - 1, 2 * (ws + wt - 1), generator=gen)[:, :, ::2]
+    bias = torch.randn(2 * o, generator=gen)[::2]
+    assert not (corr.is_contiguous() or weight.is_contiguous() or bias.is_contiguous())
+    leaves = (corr.requires_grad_(), weight.requires_grad_(), bias.requires_grad_())
+    out = offset_aware_correlation(corr, weight, bias, (hs, ws), input_precision="ieee")
+    grad_out = torch.randn(b, ht, wt, o, generator=gen).permute(0, 3, 1, 2)  # non-contiguous too
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    ref, ref_grads = _reference(corr, weight, bias, (hs, ws), grad_out)
+    assert_close_to_reference(out.detach(), ref, torch.float32, "output")
+    for name, grad, ref_grad in zip(("corr", "weight", "bias"), grads, ref_grads):
+        assert_close_to_reference(grad, ref_grad, torch.float32, f"grad {name}")
+
+
+def test_gradcheck_float64(triton_backend):
+    corr, weight, bias = _inputs(2, (3, 2, 2, 3), 3, torch.float64)
+    leaves = (corr.requires_grad_(), weight.requires_grad_(), bias.requires_grad_())
+    before = TRITON_CALLS["offset_aware_correlation_backward"]
+    assert torch.autograd.gradcheck(lambda c, w, b_: offset_aware_correlation(c, w, b_, (3, 2)), leaves)
+    assert TRITON_CALLS["offset_aware_correlation_backward"] > before
+
+
+def test_opcheck_forward(triton_backend):
+    corr, weight, bias = _inputs(2, (3, 4, 5, 2), 16, torch.float32)
+    corr.requires_grad_(), weight.requires_grad_(), bias.requires_grad_()
+    for b_ in (bias, None):
+        torch.library.opcheck(torch.ops.a2net.offset_aware_correlation.default, (corr, weight, b_, 3, 4, "ieee"))
+
+
+def test_opcheck_backward(triton_backend):
+    corr, weight, _ = _inputs(2, (3, 4, 5, 2), 16, torch.float32)
+    grad_out = torch.randn(2, 16, 5, 2)
+    for flags in ((True, True, True), (False, True, True), (True, False, False)):
+        torch.library.opcheck(
+            torch.ops.a2net.offset_aware_correlation_backward.default,
+            (grad_out, corr, weight, 3, 4, "ieee", *flags),
+        )
+
+
+def test_compiles_without_graph_breaks(triton_backend):
+    corr, weight, bias = _inputs(2, (3, 4, 5, 2), 16, torch.float32)
+    weight.requires_grad_(), bias.requires_grad_()
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def loss(c, w, b_):
+        return offset_aware_correlation(c, w, b_, (3, 4), input_precision="ieee").square().sum()
+
+    before = TRITON_CALLS["offset_aware_correlation_backward"]
+    dweight, dbias = torch.autograd.grad(loss(corr, weight, bias), (weight, bias))
+    assert TRITON_CALLS["offset_aware_correlation_backward"] == before + 1
+    ref = reference.offset_aware_correlation(corr, weight, bias, (3, 4)).square().sum()
+    ref_dweight, ref_dbias = torch.autograd.grad(ref, (weight, bias))
+    assert_close_to_reference(dweight, ref_dweight, torch.float32, "grad weight (compiled)")
+    assert_close_to_reference(dbias, ref_dbias, torch.float32, "grad bias (compiled)")
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda c, w, b: (c[0], w, b, (3, 4)), "corr"),
+        (lambda c, w, b: (c, w, b, (2, 4)), "corr"),
+        (lambda c, w, b: (c, w[:, 1:], b, (3, 4)), "weight"),
+        (lambda c, w, b: (c, w.double(), b, (3, 4)), "weight"),
+        (lambda c, w, b: (c, w, b[1:], (3, 4)), "bias"),
+        (lambda c, w, b: (c, w, b.half(), (3, 4)), "bias"),
+        (lambda c, w, b: (c.long(), w, b, (3, 4)), "corr"),
+        (lambda c, w, b: (c, w, b, (3, 0)), "source_size"),
+        (lambda c, w, b: (c, w, b, "3x4"), "source_size"),
+    ],
+    ids=["corr-3d", "source-mismatch", "weight-grid", "weight-dtype", "bias-length", "bias-dtype", "corr-int",
+         "size-zero", "size-str"],
+)  # fmt: skip
+def test_bad_inputs_raise(triton_backend, change, match):
+    corr, weight, bias = _inputs(2, (3, 4, 5, 2), 16, torch.float32)
+    with pytest.raises(ValueError, match=match):
+        offset_aware_correlation(*change(corr, weight, bias))
+
+
+def test_bad_input_precision_raises(triton_backend):
+    corr, weight, bias = _inputs(2, (3, 4, 5, 2), 16, torch.float32)
+    with pytest.raises(ValueError, match="input_precision"):
+        offset_aware_correlation(corr, weight, bias, (3, 4), input_precision="fp16")
+
+
+def test_static_compile_specs_cover_every_argument():
+    import inspect
+
+    specs = oac_kernels.static_compile_specs(all_configs=True)
+    assert len({spec["name"] for spec in specs}) == len(specs)
+    for spec in specs:
+        params = list(inspect.signature(spec["fn"].fn).parameters)
+        assert set(params) == set(spec["signature"]) | set(spec["constexprs"]), spec["name"]
