@@ -17,12 +17,25 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 @pytest.fixture
 def triton_backend(monkeypatch):
-    """Force the Triton kernels (interpreter on CPU) and poison every kernel output with NaN."""
+    """Force the Triton kernels and poison every kernel output with NaN.
+
+    On CPU the kernels run in the interpreter. With ``A2NET_TEST_DEVICE=cuda`` (and
+    ``TRITON_INTERPRET=0``) new tensors default to the GPU, so the same tests run the compiled
+    kernels.
+    """
     import kernels._memory
+    from tests.helpers import DEVICE
 
     monkeypatch.setenv("A2NET_BACKEND", "triton")
     monkeypatch.setattr(kernels._memory, "POISON", True)
-    yield
+    if DEVICE.type == "cpu":
+        yield
+        return
+    torch.set_default_device(DEVICE)
+    try:
+        yield
+    finally:
+        torch.set_default_device(None)
 
 
 @pytest.fixture

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+#: Where the kernel tests run: ``cpu`` (the Triton interpreter, CI) or ``cuda`` (a lent GPU,
+#: ``A2NET_TEST_DEVICE=cuda TRITON_INTERPRET=0``, see perf/gpu_check.sh).
+DEVICE = torch.device(os.environ.get("A2NET_TEST_DEVICE", "cpu"))
 
 #: Relative error ``||out - ref|| / ||ref||`` allowed against the float64 reference, per dtype.
 #: fp32 is checked with ``input_precision="ieee"``; fp16/bf16 round inputs and outputs.

@@ -15,7 +15,7 @@ from a2net import reference
 from a2net.ops import TRITON_CALLS
 from a2net.ops.attention_pool import attention_pool
 from kernels import attention_pool as kernel_module
-from tests.helpers import assert_close_to_reference
+from tests.helpers import DEVICE, assert_close_to_reference
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -45,7 +45,7 @@ def case_id(case) -> str:
 
 
 def make_inputs(b, h, w, c, dtype, scale=3.0, seed=0):
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(DEVICE).manual_seed(seed)
     logits = (scale * torch.randn(b, 1, h, w, generator=gen)).to(dtype)
     values = torch.randn(b, c, h, w, generator=gen).to(dtype)
     grad = torch.randn(b, c, generator=gen).to(dtype)
@@ -95,7 +95,7 @@ EXTREME = {
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("kind", list(EXTREME))
 def test_extreme_logits(triton_backend, kind, dtype):
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator(DEVICE).manual_seed(1)
     logits = EXTREME[kind](gen, (3, 1, 5, 7)).to(dtype)
     values = torch.randn(3, 17, 5, 7, generator=gen).to(dtype)
     grad = torch.randn(3, 17, generator=gen).to(dtype)
@@ -134,7 +134,7 @@ def test_empty(triton_backend, shape):
 
 
 def test_non_contiguous_inputs(triton_backend):
-    gen = torch.Generator().manual_seed(2)
+    gen = torch.Generator(DEVICE).manual_seed(2)
     # logits with swapped spatial strides (H and W do not merge: the launcher copies), values in
     # channels-last layout (a strided view is kept) and a channel slice; an expanded grad.
     logits = torch.randn(3, 1, 7, 5, generator=gen).transpose(2, 3)
@@ -158,7 +158,7 @@ def test_opcheck(triton_backend):
 
 
 def test_gradcheck_float64(triton_backend):
-    gen = torch.Generator().manual_seed(3)
+    gen = torch.Generator(DEVICE).manual_seed(3)
     logits = torch.randn(2, 1, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     values = torch.randn(2, 3, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     before = TRITON_CALLS["attention_pool_backward"]

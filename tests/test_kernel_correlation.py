@@ -22,7 +22,7 @@ import kernels.correlation as kernel_module
 from a2net import reference
 from a2net.ops import TRITON_CALLS
 from a2net.ops.correlation import correlation
-from tests.helpers import assert_close_to_reference
+from tests.helpers import DEVICE, assert_close_to_reference
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
 FLAGS = {  # name -> (normalize_features, relu, normalize_matches)
@@ -66,7 +66,7 @@ def case_id(case) -> str:
 
 def make_inputs(b, sizes, c, dtype, seed=0):
     hs, ws, ht, wt = sizes
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(DEVICE).manual_seed(seed)
     source = torch.randn(b, c, hs, ws, generator=gen).to(dtype)
     target = torch.randn(b, c, ht, wt, generator=gen).to(dtype)
     grad = torch.randn(b, hs * ws, ht, wt, generator=gen).to(dtype)
@@ -154,7 +154,7 @@ def test_empty_batch(triton_backend):
 
 
 def test_non_contiguous(triton_backend):
-    gen = torch.Generator().manual_seed(4)
+    gen = torch.Generator(DEVICE).manual_seed(4)
     source = torch.randn(2, 6, 4, 5, generator=gen).to(memory_format=torch.channels_last)
     target = torch.randn(2, 12, 3, 8, generator=gen)[:, ::2, :, ::2]  # channel and column strides
     grad = torch.randn(2, 3, 4, 20, generator=gen).permute(0, 3, 1, 2)  # (B, S, Ht, Wt), s strided
@@ -222,7 +222,7 @@ def test_opcheck(triton_backend):
 
 
 def test_gradcheck_float64(triton_backend):
-    gen = torch.Generator().manual_seed(7)
+    gen = torch.Generator(DEVICE).manual_seed(7)
     source = torch.randn(1, 4, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     target = torch.randn(1, 4, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
     before = TRITON_CALLS["correlation_backward"]

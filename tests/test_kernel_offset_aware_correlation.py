@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import kernels.offset_aware_correlation as oac_kernels
 from a2net import reference
 from a2net.ops import TRITON_CALLS, offset_aware_correlation
-from tests.helpers import assert_close_to_reference
+from tests.helpers import DEVICE, assert_close_to_reference
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
 
@@ -44,7 +44,7 @@ def _case_id(case) -> str:
 
 def _inputs(b, sizes, o, dtype, bias=True, seed=0):
     hs, ws, ht, wt = sizes
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(DEVICE).manual_seed(seed)
     corr = torch.rand(b, hs * ws, ht, wt, generator=gen).to(dtype)
     weight = (torch.randn(o, hs + ht - 1, ws + wt - 1, generator=gen) / (hs * ws) ** 0.5).to(dtype)
     bias_t = torch.randn(o, generator=gen).to(dtype) if bias else None
@@ -84,7 +84,7 @@ def test_output_and_gradients_match_reference(triton_backend, case):
     corr, weight, bias = _inputs(b, sizes, o, dtype, has_bias)
     leaves = [t.requires_grad_() for t in (corr, weight, bias) if t is not None]
     out = offset_aware_correlation(corr, weight, bias, sizes[:2], input_precision=_precision(dtype))
-    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    grad_out = torch.randn(out.shape, generator=torch.Generator(DEVICE).manual_seed(1)).to(dtype)
     grads = torch.autograd.grad(out, leaves, grad_out)
 
     ref, ref_grads = _reference(corr, weight, bias, sizes[:2], grad_out)
@@ -153,7 +153,7 @@ def test_empty_batch(triton_backend):
 
 def test_non_contiguous_inputs(triton_backend):
     b, (hs, ws, ht, wt), o = 3, (4, 5, 6, 3), 16
-    gen = torch.Generator().manual_seed(3)
+    gen = torch.Generator(DEVICE).manual_seed(3)
     # corr stored (B, Wt, Ht, S) and viewed as (B, S, Ht, Wt); weight and bias every other element
     corr = torch.rand(b, wt, ht, hs * ws, generator=gen).permute(0, 3, 2, 1)
     weight = torch.randn(o, hs + ht - 1, 2 * (ws + wt - 1), generator=gen)[:, :, ::2]
