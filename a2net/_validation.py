@@ -11,6 +11,9 @@ from collections.abc import Sequence
 
 import torch
 
+#: ``input_precision`` values: how fp32 ``tl.dot`` runs on the Triton path (fp16/bf16 ignore it).
+INPUT_PRECISIONS = ("tf32", "ieee", "tf32x3")
+
 
 def check_tensor(name: str, x, ndim: int | None = None, floating: bool = True) -> None:
     """Check that ``x`` is a tensor of rank ``ndim`` (if given) with a floating dtype."""

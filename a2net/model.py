@@ -23,7 +23,9 @@ from torch import nn
 
 from a2net import geometry
 from a2net._validation import as_size, check_choice, check_tensor
-from a2net.layers import INPUT_PRECISIONS, AttentionPool2d, FeatureCorrelation, OffsetAwareCorrelation
+from a2net import ops
+from a2net._validation import INPUT_PRECISIONS
+from a2net.layers import AttentionPool2d, FeatureCorrelation, OffsetAwareCorrelation, fit_offset_weight
 
 GEOMETRIC_MODELS = {"affine": 6, "tps": 18}
 BACKBONES = ("resnet101", "vgg16")
@@ -215,6 +217,7 @@ class FeatureRegression(nn.Module):
         return self.preconv[0]
 
     def forward(self, corr: torch.Tensor, source_size) -> torch.Tensor:
+        """Correlation ``(B, Hs*Ws, Ht, Wt)`` with ``source_size = (Hs, Ws)`` -> theta."""
         if self.use_oac:
             x = self.preconv[0](corr, source_size=source_size)
         else:
@@ -223,7 +226,24 @@ class FeatureRegression(nn.Module):
                 raise ValueError(f"corr: expected feature maps {self.feature_size} (use_oac=False fixes the size), "
                                  f"got source {size[0]} and target {size[1]}")
             x = self.preconv[0](corr)
-        encoded = self.preconv[1:](x)
+        return self.regress(x)
+
+    def forward_features(self, source: torch.Tensor, target: torch.Tensor, normalize_features: bool = True) -> torch.Tensor:
+        """Fused path: feature maps ``(B, C, Hs, Ws)``, ``(B, C, Ht, Wt)`` -> theta.
+
+        Runs :func:`a2net.ops.correlation_oac` (correlation, ReLU, match normalisation and OAC in
+        one op; the 4D correlation is never stored on the Triton path). Needs ``use_oac``.
+        """
+        oac = self.oac
+        sizes = (tuple(source.shape[2:]), tuple(target.shape[2:]))
+        weight = fit_offset_weight(oac.weight, (oac.source_size, oac.target_size), sizes)
+        x = ops.correlation_oac(source, target, weight, oac.bias, normalize_features=normalize_features,
+                                input_precision=oac.input_precision)
+        return self.regress(x)
+
+    def regress(self, oac_features: torch.Tensor) -> torch.Tensor:
+        """OAC output ``(B, O, Ht, Wt)`` -> theta: encoder, position code, attention, linear."""
+        encoded = self.preconv[1:](oac_features)
         b, _, h, w = encoded.shape
         code = self.weight
         if code.shape[2:] != (h, w):
@@ -257,6 +277,9 @@ class A2Net(nn.Module):
         freeze_backbone: keep the backbone frozen (the paper); ``False`` fine-tunes it.
         use_oac, use_attention: the paper's two contributions, on by default; switch them off for
             the ablation (see :class:`FeatureRegression`).
+        fused: compute correlation and OAC with the fused op :func:`a2net.ops.correlation_oac`
+            (default; the 4D correlation is never stored on the Triton path). Used when the OAC
+            and the match normalisation are on; same math as the unfused path.
 
     Shape:
         ``forward(source_images, target_images)``: two ``(B, 3, H, W)`` batches, ImageNet-normalised
@@ -285,6 +308,7 @@ class A2Net(nn.Module):
         freeze_backbone: bool = True,
         use_oac: bool = True,
         use_attention: bool = True,
+        fused: bool = True,
     ):
         super().__init__()
         check_choice("geometric_model", geometric_model, tuple(GEOMETRIC_MODELS))
@@ -318,7 +342,20 @@ class A2Net(nn.Module):
             "freeze_backbone": freeze_backbone,
             "use_oac": use_oac,
             "use_attention": use_attention,
+            "fused": fused,
         }
+        self.fused = fused and use_oac and normalize_matches
+
+    @classmethod
+    def from_official_checkpoint(cls, path, geometric_model=None, backbone=None, map_location="cpu") -> "A2Net":
+        """The authors' published ``*.pth.tar`` checkpoint as an A2Net with ``oac_layout="official"``.
+
+        See :func:`a2net.official.load_official_checkpoint` (safe loading, key mapping, inference
+        of the geometric model and the backbone from the weights).
+        """
+        from a2net import official  # a2net.official imports this module
+
+        return official.load_official_checkpoint(path, geometric_model, backbone, map_location)
 
     def _feature_size(self, image_size) -> tuple[int, int]:
         """Feature map size for an image size (arithmetic for the named backbones, a probe otherwise)."""
@@ -358,6 +395,10 @@ class A2Net(nn.Module):
         target = self.features(target_images)
         if self.oac_layout == "official":
             source = source.transpose(2, 3)  # the authors' column-major source flattening
+        if self.fused:
+            return self.FeatureRegression.forward_features(
+                source, target, normalize_features=self.FeatureCorrelation.normalize_features
+            )
         corr = self.FeatureCorrelation(source, target)
         return self.FeatureRegression(corr, source_size=tuple(source.shape[2:]))
 

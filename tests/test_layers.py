@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from a2net import reference
-from a2net.layers import AttentionPool2d, FeatureCorrelation, FeatureL2Norm, OffsetAwareCorrelation, fit_offset_weight
+from a2net.layers import (
+    AttentionPool2d,
+    CorrelationOAC,
+    FeatureCorrelation,
+    FeatureL2Norm,
+    OffsetAwareCorrelation,
+    fit_offset_weight,
+)
 
 
 def test_layers_compute_the_reference():
@@ -71,3 +78,17 @@ def test_oac_layer_rejects_a_mismatched_map():
 def test_oac_layer_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         OffsetAwareCorrelation(**kwargs)
+
+
+@pytest.mark.parametrize("normalize_features", [True, False])
+def test_correlation_oac_layer_equals_the_two_layers(normalize_features):
+    g = torch.Generator().manual_seed(1)
+    src, tgt = torch.randn(2, 8, 4, 6, generator=g), torch.randn(2, 8, 5, 3, generator=g)
+    fused = CorrelationOAC((4, 6), (5, 3), out_channels=7, normalize_features=normalize_features)
+    assert [n for n, _ in fused.named_parameters()] == ["weight", "bias"] and fused.weight.shape == (7, 8, 8)
+    oac = OffsetAwareCorrelation((4, 6), (5, 3), out_channels=7)
+    oac.load_state_dict(fused.state_dict())
+    expected = oac(FeatureCorrelation(normalize_features=normalize_features)(src, tgt))
+    torch.testing.assert_close(fused(src, tgt), expected)
+    with pytest.raises(ValueError, match="weight"):
+        fused(torch.randn(2, 8, 5, 6), tgt)

@@ -247,3 +247,21 @@ def test_ablation_heads(use_oac, use_attention):
     assert model.config["use_oac"] is use_oac and model.config["use_attention"] is use_attention
     with pytest.raises(ValueError, match="fixes the size"):
         model(torch.randn(1, 3, 192, 192), torch.randn(1, 3, 192, 192))
+
+
+def test_fused_and_unfused_paths_agree_on_the_triton_kernels(triton_backend):
+    """A2Net's default fused correlation+OAC op and the two unfused ops give the same theta and grads."""
+    torch.manual_seed(6)
+    fused = A2Net("affine", backbone=TinyBackbone(), image_size=(128, 144), input_precision="ieee").eval()
+    unfused = A2Net("affine", backbone=TinyBackbone(), image_size=(128, 144), input_precision="ieee",
+                    fused=False).eval()
+    unfused.load_state_dict(fused.state_dict())
+    assert fused.fused and not unfused.fused
+    src, tgt = torch.randn(2, 3, 128, 144), torch.randn(2, 3, 128, 144)
+    thetas, grads = [], []
+    for model in (fused, unfused):
+        theta = model(src, tgt)
+        thetas.append(theta.detach())
+        grads.append(torch.autograd.grad(theta.square().sum(), model.FeatureRegression.oac.weight)[0])
+    torch.testing.assert_close(thetas[0], thetas[1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)

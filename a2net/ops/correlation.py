@@ -19,11 +19,9 @@ from __future__ import annotations
 import torch
 
 from a2net import reference
-from a2net._validation import check_choice, check_correlation_inputs
+from a2net._validation import INPUT_PRECISIONS, check_choice, check_correlation_inputs
 from a2net.ops._dispatch import TRITON_CALLS, use_triton
 
-#: Precisions of fp32 tensor-core products (ignored for fp16/bf16 inputs).
-INPUT_PRECISIONS = ("tf32", "ieee", "tf32x3")
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:

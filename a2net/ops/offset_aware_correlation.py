@@ -19,11 +19,9 @@ from typing import Optional
 import torch
 
 from a2net import reference
-from a2net._validation import check_choice, check_oac_inputs
+from a2net._validation import INPUT_PRECISIONS, check_choice, check_oac_inputs
 from a2net.ops._dispatch import TRITON_CALLS, use_triton
 
-#: Values of ``input_precision`` (how fp32 ``tl.dot`` runs; fp16/bf16 inputs ignore it).
-INPUT_PRECISIONS = ("tf32", "ieee", "tf32x3")
 
 
 @torch.library.custom_op("a2net::offset_aware_correlation", mutates_args=())

@@ -1,0 +1,314 @@
+"""Fused correlation + OAC (kernels/correlation_oac.py) against the float64 unfused reference.
+
+The reference is :func:`a2net.reference.correlation` (ReLU and match normalisation on) followed by
+:func:`a2net.reference.offset_aware_correlation`, evaluated in float64 at the same (rounded)
+inputs. Runs in the Triton interpreter on CPU. The interpreter has no bf16 ``tl.dot``, so under
+the interpreter bf16 tiles are cast to fp32 before every dot (``DOT_FP32`` / ``OAC_FP32``); bf16
+loads, stores and the fp32 epilogues are exercised, the native bf16 dots only compile (kernel
+report). float64 runs through the same kernels (fp64 dots), which the gradcheck uses.
+
+Degenerate sizes are kept out of the *feature*-gradient comparison in 16/32-bit on purpose (as in
+tests/test_kernel_correlation.py): with one source position (S=1) the match-normalised output is
+``r / sqrt(r^2 + eps) ~ 1``, and with one channel (C=1) a normalised correlation column does not
+depend on the target feature; the true gradient is then eps-sized, the difference of two O(1)
+terms, which no fp32 evaluation resolves. Those sizes still check the output and the
+weight/bias gradients, and run in float64 once with every gradient.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels.correlation_oac as kernel_module
+from a2net import reference
+from a2net.ops import TRITON_CALLS, correlation, offset_aware_correlation
+from a2net.ops.correlation_oac import correlation_oac
+from tests.helpers import DEVICE, assert_close_to_reference
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+
+# (B, (Hs, Ws, Ht, Wt), C, O, dtype, normalize_features): a covering list, not a product. C=17
+# ends on a partial channel block, C=64 spans several; O=130 takes two output-channel programs;
+# widths above 16 take 32-column blocks, 40/35 two of them (three diagonals in dW); the paper's
+# 15x15 once; B=20 splits the batch of the weight gradient.
+CASES = [
+    (1, (1, 1, 1, 1), 1, 1, torch.float64, True),
+    (3, (1, 1, 1, 1), 17, 16, torch.float32, False),
+    (3, (5, 7, 5, 7), 17, 16, torch.float32, True),
+    (1, (5, 7, 5, 7), 64, 128, torch.float16, True),
+    (3, (4, 6, 7, 3), 17, 1, torch.float32, False),
+    (1, (4, 6, 7, 3), 64, 16, torch.bfloat16, True),
+    (3, (7, 3, 4, 6), 1, 128, torch.float32, True),
+    (1, (2, 9, 3, 20), 17, 16, torch.float16, False),
+    (1, (3, 5, 4, 4), 17, 16, torch.bfloat16, False),
+    (1, (2, 40, 1, 35), 17, 16, torch.float32, True),
+    (20, (2, 3, 3, 2), 5, 130, torch.float32, True),
+    (1, (15, 15, 15, 15), 64, 128, torch.float32, True),
+]
+
+
+def case_id(case) -> str:
+    b, (hs, ws, ht, wt), c, o, dtype, norm = case
+    return f"B{b}-{hs}x{ws}to{ht}x{wt}-C{c}-O{o}-{DTYPE_NAMES[dtype]}" + ("" if norm else "-nonorm")
+
+
+def make_inputs(b, sizes, c, o, dtype, seed=0):
+    hs, ws, ht, wt = sizes
+    gen = torch.Generator(DEVICE).manual_seed(seed)
+    source = torch.randn(b, c, hs, ws, generator=gen).to(dtype)
+    target = torch.randn(b, c, ht, wt, generator=gen).to(dtype)
+    weight = (torch.randn(o, hs + ht - 1, ws + wt - 1, generator=gen) / (hs * ws) ** 0.5).to(dtype)
+    bias = torch.randn(o, generator=gen).to(dtype)
+    grad = torch.randn(b, o, ht, wt, generator=gen).to(dtype)
+    return source, target, weight, bias, grad
+
+
+def unfused_reference(source, target, weight, bias, normalize_features=True):
+    """float64 ``reference.correlation`` then ``reference.offset_aware_correlation``."""
+    hs, ws = source.shape[2:]
+    corr = reference.correlation(source.double(), target.double(), normalize_features, True, True)
+    return reference.offset_aware_correlation(
+        corr, weight.double(), None if bias is None else bias.double(), (hs, ws)
+    )
+
+
+def reference_grads(inputs, grad, normalize_features):
+    """float64 output and gradients of every input at the (rounded) inputs."""
+    leaves = [None if t is None else t.detach().double().requires_grad_() for t in inputs]
+    out = unfused_reference(*leaves, normalize_features)
+    wanted = [t for t in leaves if t is not None]
+    return out.detach(), torch.autograd.grad(out, wanted, grad.double())
+
+
+def check_case(b, sizes, c, o, dtype, norm, seed=0, bias=True):
+    source, target, weight, bias_t, grad = make_inputs(b, sizes, c, o, dtype, seed)
+    inputs = (source, target, weight, bias_t if bias else None)
+    leaves = [t.requires_grad_() for t in inputs if t is not None]
+    before = TRITON_CALLS["correlation_oac"], TRITON_CALLS["correlation_oac_backward"]
+    out = correlation_oac(*inputs, normalize_features=norm, input_precision="ieee")
+    grads = torch.autograd.grad(out, leaves, grad)
+    after = TRITON_CALLS["correlation_oac"], TRITON_CALLS["correlation_oac_backward"]
+    assert after == (before[0] + 1, before[1] + 1), "the Triton forward/backward did not run"
+    ref, ref_grads = reference_grads(inputs, grad, norm)
+    assert out.dtype == dtype
+    assert_close_to_reference(out.detach(), ref, dtype, "output")
+    hs, ws = sizes[:2]
+    resolvable = dtype == torch.float64 or (hs * ws > 1 and c > 1)
+    for name, g, ref_g in zip(("source", "target", "weight", "bias"), grads, ref_grads):
+        assert g.dtype == dtype and g.shape == ref_g.shape, name
+        if name in ("source", "target") and not resolvable:
+            assert torch.isfinite(g).all(), f"grad {name}: not finite"
+            continue
+        assert_close_to_reference(g, ref_g, dtype, f"grad {name}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_matches_unfused_reference(triton_backend, case):
+    check_case(*case)
+
+
+@pytest.fixture
+def narrow_blocks(monkeypatch):
+    """16-column blocks for every width, so small maps span several blocks (and diagonals)."""
+    monkeypatch.setattr(kernel_module, "MAX_BLOCK_X", 16)
+
+
+@pytest.mark.parametrize(
+    "dtype,norm,bias", [(torch.float32, True, True), (torch.float16, True, False), (torch.float32, False, True)],
+    ids=["fp32", "fp16-nobias", "fp32-nonorm"],
+)  # fmt: skip
+def test_several_column_blocks(triton_backend, narrow_blocks, dtype, norm, bias):
+    check_case(2, (2, 20, 3, 35), 17, 16, dtype, norm, seed=1, bias=bias)
+
+
+def test_matches_unfused_triton_ops(triton_backend):
+    """The fused op equals the two Triton ops it replaces (within the fp32 tolerance)."""
+    source, target, weight, bias, _ = make_inputs(2, (4, 5, 3, 6), 17, 16, torch.float32, seed=2)
+    fused = correlation_oac(source, target, weight, bias, input_precision="ieee")
+    corr = correlation(source, target, input_precision="ieee")
+    unfused = offset_aware_correlation(corr, weight, bias, (4, 5), input_precision="ieee")
+    assert_close_to_reference(fused, unfused.double(), torch.float32, "fused vs unfused Triton ops")
+
+
+def test_zero_match_column(triton_backend):
+    """A target position with no positive correlation: n_t = sqrt(eps), out = bias there."""
+    source, target, weight, bias, grad = make_inputs(2, (3, 4, 2, 3), 5, 16, torch.float32, seed=3)
+    target[:, :, 1, 2] = 0.0
+    leaves = [t.requires_grad_() for t in (source, target, weight, bias)]
+    out = correlation_oac(*leaves, input_precision="ieee")
+    torch.testing.assert_close(out[:, :, 1, 2], bias.detach().expand(2, -1))
+    grads = torch.autograd.grad(out, leaves, grad)
+    _, ref_grads = reference_grads((source, target, weight, bias), grad, True)
+    for name, g, ref_g in zip(("source", "target", "weight", "bias"), grads, ref_grads):
+        assert_close_to_reference(g, ref_g, torch.float32, f"grad {name}")
+
+
+def test_only_requested_gradients(triton_backend, monkeypatch):
+    """Frozen features (the paper): the feature-gradient kernels must not run."""
+    source, target, weight, bias, grad = make_inputs(2, (3, 4, 5, 2), 6, 16, torch.float32, seed=4)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("feature gradients computed although no feature map requires grad")
+
+    monkeypatch.setattr(kernel_module, "correlation_oac_bwd_corr", forbidden)
+    weight.requires_grad_(), bias.requires_grad_()
+    out = correlation_oac(source, target, weight, bias, input_precision="ieee")
+    dweight, dbias = torch.autograd.grad(out, (weight, bias), grad)
+    _, ref_grads = reference_grads((source, target, weight, bias), grad, True)
+    assert_close_to_reference(dweight, ref_grads[2], torch.float32, "grad weight")
+    assert_close_to_reference(dbias, ref_grads[3], torch.float32, "grad bias")
+
+
+@pytest.mark.parametrize("which", ["source", "target"])
+def test_single_feature_gradient(triton_backend, which):
+    source, target, weight, bias, grad = make_inputs(2, (4, 3, 3, 5), 6, 16, torch.float32, seed=5)
+    needs = source if which == "source" else target
+    needs.requires_grad_()
+    (got,) = torch.autograd.grad(correlation_oac(source, target, weight, bias, input_precision="ieee"), (needs,), grad)
+    _, ref_grads = reference_grads((source, target, weight, bias), grad, True)
+    assert_close_to_reference(got, ref_grads[0 if which == "source" else 1], torch.float32, f"grad {which}")
+    saved = torch.ops.a2net.correlation_oac(source, target, weight, bias, True, "ieee")
+    grads = torch.ops.a2net.correlation_oac_backward(
+        grad, source, target, weight, bias, *saved, True, "ieee", which == "source", which == "target", False, False
+    )
+    assert [g.numel() == 0 for g in grads] == [which != "source", which != "target", True, True]
+
+
+def test_weight_gradient_is_deterministic(triton_backend):
+    source, target, weight, bias, grad = make_inputs(5, (5, 7, 5, 7), 6, 16, torch.float32, seed=6)
+    n_diag = 1  # 7 columns: one 16-column block per map
+    assert kernel_module.weight_batch_split(5, 9 * n_diag)[0] > 1  # several batch splits
+    weight.requires_grad_()
+    runs = [torch.autograd.grad(correlation_oac(source, target, weight, bias), (weight,), grad)[0] for _ in range(2)]
+    assert torch.equal(runs[0], runs[1]), "two backward runs differ"
+
+
+def test_empty_batch(triton_backend):
+    source, target, weight, bias, _ = make_inputs(0, (3, 4, 5, 2), 6, 16, torch.float32)
+    leaves = [t.requires_grad_() for t in (source, target, weight, bias)]
+    before = TRITON_CALLS["correlation_oac"]
+    out = correlation_oac(*leaves)
+    assert TRITON_CALLS["correlation_oac"] == before + 1
+    assert out.shape == (0, 16, 5, 2)
+    grads = torch.autograd.grad(out, leaves, torch.ones_like(out))
+    assert [g.shape for g in grads] == [t.shape for t in leaves]
+    assert not grads[2].any() and not grads[3].any()
+
+
+def test_non_contiguous_inputs(triton_backend):
+    b, (hs, ws, ht, wt), c, o = 2, (4, 5, 3, 6), 6, 16
+    gen = torch.Generator(DEVICE).manual_seed(7)
+    source = torch.randn(b, c, hs, ws, generator=gen).to(memory_format=torch.channels_last)
+    target = torch.randn(b, 2 * c, ht, 2 * wt, generator=gen)[:, ::2, :, ::2]
+    weight = torch.randn(o, hs + ht - 1, 2 * (ws + wt - 1), generator=gen)[:, :, ::2]
+    bias = torch.randn(2 * o, generator=gen)[::2]
+    grad = torch.randn(b, ht, wt, o, generator=gen).permute(0, 3, 1, 2)
+    inputs = (source, target, weight, bias)
+    assert not any(t.is_contiguous() for t in inputs + (grad,))
+    leaves = [t.requires_grad_() for t in inputs]
+    out = correlation_oac(*leaves, input_precision="ieee")
+    grads = torch.autograd.grad(out, leaves, grad)
+    ref, ref_grads = reference_grads(inputs, grad, True)
+    assert_close_to_reference(out.detach(), ref, torch.float32, "output")
+    for name, g, ref_g in zip(("source", "target", "weight", "bias"), grads, ref_grads):
+        assert_close_to_reference(g, ref_g, torch.float32, f"grad {name}")
+
+
+def test_expanded_grad(triton_backend):
+    """``out.sum()`` sends a stride-0 gradient."""
+    source, target, weight, bias, _ = make_inputs(2, (3, 4, 2, 5), 6, 16, torch.float32, seed=8)
+    grad = torch.ones(()).expand(2, 16, 2, 5)
+    leaves = [t.requires_grad_() for t in (source, target, weight, bias)]
+    grads = torch.autograd.grad(correlation_oac(*leaves, input_precision="ieee"), leaves, grad)
+    _, ref_grads = reference_grads((source, target, weight, bias), grad, True)
+    for name, g, ref_g in zip(("source", "target", "weight", "bias"), grads, ref_grads):
+        assert_close_to_reference(g, ref_g, torch.float32, f"grad {name}")
+
+
+def test_torch_backend_is_the_reference(torch_backend):
+    source, target, weight, bias, _ = make_inputs(1, (2, 3, 3, 2), 4, 16, torch.float32)
+    before = TRITON_CALLS["correlation_oac"]
+    out = correlation_oac(source, target, weight, bias)
+    assert TRITON_CALLS["correlation_oac"] == before
+    torch.testing.assert_close(out, unfused_reference(source, target, weight, bias).float())
+
+
+def test_gradcheck_float64(triton_backend):
+    source, target, weight, bias, _ = make_inputs(1, (2, 3, 3, 2), 4, 3, torch.float64, seed=9)
+    leaves = [t.requires_grad_() for t in (source, target, weight, bias)]
+    before = TRITON_CALLS["correlation_oac_backward"]
+    assert torch.autograd.gradcheck(correlation_oac, leaves, fast_mode=True)
+    assert TRITON_CALLS["correlation_oac_backward"] > before
+
+
+def test_opcheck_forward(triton_backend):
+    source, target, weight, bias, _ = make_inputs(2, (3, 4, 2, 5), 6, 16, torch.float32, seed=10)
+    for b_, norm in ((bias, True), (None, False)):
+        args = [t.clone().requires_grad_() for t in (source, target, weight)]
+        torch.library.opcheck(torch.ops.a2net.correlation_oac.default, (*args, b_, norm, "ieee"))
+
+
+def test_opcheck_backward(triton_backend):
+    source, target, weight, bias, grad = make_inputs(2, (3, 4, 2, 5), 6, 16, torch.float32, seed=11)
+    for b_, norm in ((bias, True), (None, False)):
+        saved = torch.ops.a2net.correlation_oac(source, target, weight, b_, norm, "ieee")
+        for need in ((True, True, True, b_ is not None), (False, False, True, False), (True, False, False, False)):
+            torch.library.opcheck(
+                torch.ops.a2net.correlation_oac_backward.default,
+                (grad, source, target, weight, b_, *saved, norm, "ieee", *need),
+            )
+
+
+def test_compile_fullgraph(triton_backend):
+    source, target, weight, bias, grad = make_inputs(2, (3, 4, 2, 5), 6, 16, torch.float32, seed=12)
+    weight.requires_grad_(), bias.requires_grad_()
+    compiled = torch.compile(correlation_oac, fullgraph=True, backend="aot_eager")
+    before = TRITON_CALLS["correlation_oac"], TRITON_CALLS["correlation_oac_backward"]
+    out = compiled(source, target, weight, bias, input_precision="ieee")
+    dweight, dbias = torch.autograd.grad(out, (weight, bias), grad)
+    assert TRITON_CALLS["correlation_oac"] > before[0] and TRITON_CALLS["correlation_oac_backward"] > before[1]
+    ref, ref_grads = reference_grads((source, target, weight, bias), grad, True)
+    assert_close_to_reference(out.detach(), ref, torch.float32)
+    assert_close_to_reference(dweight, ref_grads[2], torch.float32, "grad weight")
+    assert_close_to_reference(dbias, ref_grads[3], torch.float32, "grad bias")
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"source": torch.randn(2, 3, 4)}, "source"),
+        ({"target": torch.randn(2, 3, 4, 4, dtype=torch.float64)}, "target"),
+        ({"target": torch.randn(2, 5, 4, 4)}, "target"),
+        ({"source": torch.ones(2, 3, 4, 4, dtype=torch.int64)}, "source"),
+        ({"weight": torch.randn(8, 7, 6)}, "weight"),
+        ({"weight": torch.randn(8, 7)}, "weight"),
+        ({"weight": torch.randn(8, 7, 7, dtype=torch.float64)}, "weight"),
+        ({"bias": torch.randn(9)}, "bias"),
+        ({"bias": torch.randn(8, dtype=torch.float16)}, "bias"),
+        ({"input_precision": "fp16"}, "input_precision"),
+        ({"normalize_features": 1}, "normalize_features"),
+    ],
+    ids=["source-3d", "dtype", "channels", "int", "weight-grid", "weight-2d", "weight-dtype", "bias-length",
+         "bias-dtype", "precision", "normalize-int"],
+)  # fmt: skip
+def test_bad_inputs(triton_backend, kwargs, match):
+    args = {"source": torch.randn(2, 3, 4, 4), "target": torch.randn(2, 3, 4, 4), "weight": torch.randn(8, 7, 7),
+            "bias": torch.randn(8), **kwargs}  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        correlation_oac(**args)
+
+
+def test_static_compile_specs():
+    for all_configs in (False, True):
+        specs = kernel_module.static_compile_specs(all_configs)
+        names = [s["name"] for s in specs]
+        assert len(names) == len(set(names))
+        for spec in specs:
+            assert set(spec) == {"name", "fn", "signature", "constexprs", "num_warps", "num_stages"}
+            assert set(spec["signature"]) | set(spec["constexprs"]) == set(spec["fn"].arg_names), spec["name"]
+            assert not set(spec["signature"]) & set(spec["constexprs"]), spec["name"]
+    names = [s["name"] for s in kernel_module.static_compile_specs()]
+    for kernel in ("fwd", "bwd_weight", "bwd_corr"):
+        for tag in ("fp32,H15", "bf16,H30", "bf16,H60"):
+            assert f"correlation_oac_{kernel}[{tag},cfg0]" in names
