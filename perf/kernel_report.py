@@ -59,7 +59,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-KERNEL_MODULES = ("kernels.correlation", "kernels.offset_aware_correlation", "kernels.attention_pool")
+KERNEL_MODULES = (
+    "kernels.correlation",
+    "kernels.offset_aware_correlation",
+    "kernels.attention_pool",
+    "kernels.correlation_oac",
+)
 DEFAULT_ARCHS = (80, 90)
 
 # Maximum dynamic shared memory per block (bytes), CUDA programming guide, compute capabilities.
