@@ -71,23 +71,6 @@ def correlation(
     return rearrange(corr, "b s (h w) -> b s h w", h=ht, w=wt)
 
 
-def offset_index(source_size, target_size, device=None) -> torch.Tensor:
-    """Flat offset index ``off[s, t] = (ys-yt+Ht-1)*(Ws+Wt-1) + (xs-xt+Wt-1)``.
-
-    Returns:
-        ``(Hs*Ws, Ht*Wt)`` int64 tensor; for a fixed ``t`` the map ``s -> off[s, t]`` is
-        injective, which is what lets the OAC scatter without collisions.
-    """
-    hs, ws = source_size
-    ht, wt = target_size
-    ys = torch.arange(hs, device=device).view(hs, 1, 1, 1)
-    xs = torch.arange(ws, device=device).view(1, ws, 1, 1)
-    yt = torch.arange(ht, device=device).view(1, 1, ht, 1)
-    xt = torch.arange(wt, device=device).view(1, 1, 1, wt)
-    off = (ys - yt + ht - 1) * (ws + wt - 1) + (xs - xt + wt - 1)
-    return off.reshape(hs * ws, ht * wt)
-
-
 def offset_aware_correlation(
     corr: torch.Tensor,
     weight: torch.Tensor,
@@ -99,10 +82,11 @@ def offset_aware_correlation(
     ``out[b, o, yt, xt] = bias[o] + sum_{ys, xs} weight[o, ys-yt+Ht-1, xs-xt+Wt-1] *
     corr[b, ys*Ws+xs, yt, xt]``.
 
-    This reference scatters ``corr`` into the zero-filled aligned tensor
-    ``(B, (Hs+Ht-1)*(Ws+Wt-1), Ht*Wt)`` and contracts it with ``weight`` in one GEMM (the
-    fastest CPU formulation measured, SPEC §6). Its memory is about 4x that of ``corr``; the
-    Triton kernel never builds the aligned tensor.
+    This reference writes ``corr`` into the zero-filled aligned tensor (the authors'
+    construction, ``(B, Ht*Wt, (Hs+Ht-1)*(Ws+Wt-1))`` here) through one strided view, then
+    contracts it with ``weight`` in one GEMM — measured the fastest CPU formulation (SPEC §6),
+    faster than the authors' loop of slice copies and than an index scatter. Its memory is
+    about 4x that of ``corr``; the Triton kernel never builds the aligned tensor.
 
     Args:
         corr: ``(B, Hs*Ws, Ht, Wt)`` correlation.
@@ -113,14 +97,23 @@ def offset_aware_correlation(
         ``(B, O, Ht, Wt)``.
     """
     hs, ws = check_oac_inputs(corr, weight, bias, source_size)
-    b, s, ht, wt = corr.shape
-    n_off = weight.shape[1] * weight.shape[2]
-    index = offset_index((hs, ws), (ht, wt), device=corr.device).expand(b, s, ht * wt)
-    aligned = corr.new_zeros(b, n_off, ht * wt).scatter(1, index, corr.reshape(b, s, ht * wt))
-    out = torch.matmul(weight.reshape(weight.shape[0], n_off), aligned)
+    b, _, ht, wt = corr.shape
+    o, dy, dx = weight.shape
+    # aligned[b, yt, xt, ys-yt+Ht-1, xs-xt+Wt-1] = corr[b, ys*Ws+xs, yt, xt]. With the target
+    # dims outermost every stride of that map from (ys, xs, yt, xt) into ``aligned`` is positive,
+    # so it is one as_strided view (no two elements share an address: for a fixed target the
+    # offset is injective in the source position) and one strided copy fills it.
+    aligned = corr.new_zeros(b, ht, wt, dy, dx)
+    view = aligned.as_strided(
+        (b, hs, ws, ht, wt),
+        (aligned.stride(0), dx, 1, wt * dy * dx - dx, dy * dx - 1),
+        aligned.storage_offset() + (ht - 1) * dx + (wt - 1),
+    )
+    view.copy_(corr.reshape(b, hs, ws, ht, wt))
+    out = torch.matmul(aligned.view(b, ht * wt, dy * dx), weight.reshape(o, dy * dx).t())  # (B, T, O)
     if bias is not None:
-        out = out + bias.view(1, -1, 1)
-    return out.view(b, -1, ht, wt)
+        out = out + bias
+    return out.transpose(1, 2).reshape(b, o, ht, wt)
 
 
 def attention_pool(logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
