@@ -106,8 +106,8 @@ def offset_aware_correlation(
     aligned = corr.new_zeros(b, ht, wt, dy, dx)
     view = aligned.as_strided(
         (b, hs, ws, ht, wt),
-        (aligned.stride(0), dx, 1, wt * dy * dx - dx, dy * dx - 1),
-        aligned.storage_offset() + (ht - 1) * dx + (wt - 1),
+        (ht * wt * dy * dx, dx, 1, wt * dy * dx - dx, dy * dx - 1),
+        (ht - 1) * dx + (wt - 1),
     )
     view.copy_(corr.reshape(b, hs, ws, ht, wt))
     out = torch.matmul(aligned.view(b, ht * wt, dy * dx), weight.reshape(o, dy * dx).t())  # (B, T, O)

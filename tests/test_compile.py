@@ -50,3 +50,18 @@ def test_compiled_head_forward_and_backward_match_eager(triton_backend, fused):
         assert TRITON_CALLS[op] >= before.get(op, 0) + 2, f"{op}: the Triton path did not run in eager and compiled"
     explain = torch._dynamo.explain(head)(source, target)
     assert explain.graph_break_count == 0, explain.break_reasons
+
+
+def test_compiled_head_on_the_pytorch_path(torch_backend):
+    """The CPU path (the reference ops) compiles with fullgraph=True too, forward and backward."""
+    torch._dynamo.reset()
+    torch.manual_seed(1)
+    head = Head((7, 8), fused=True).eval()
+    source, target = torch.randn(2, 12, 7, 8), torch.randn(2, 12, 7, 8)
+    compiled = torch.compile(head, fullgraph=True)
+    theta_e = head(source, target)
+    theta_c = compiled(source, target)
+    torch.testing.assert_close(theta_c, theta_e, rtol=1e-4, atol=1e-5)
+    g_e = torch.autograd.grad(theta_e.sum(), head.regression.oac.weight)[0]
+    g_c = torch.autograd.grad(theta_c.sum(), head.regression.oac.weight)[0]
+    torch.testing.assert_close(g_c, g_e, rtol=1e-4, atol=1e-6)
