@@ -1,4 +1,4 @@
-"""Command line: ``python -m a2net demo`` (also the ``a2net`` console script)."""
+"""Command line: ``a2net demo|train|eval|align|...`` (also ``python -m a2net ...``)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,17 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=5, help="timed forward passes (median reported)")
     p.set_defaults(func=demo)
+    from a2net import alignment, evaluate, official, train
+
+    p = sub.add_parser("train", help="train A2Net on synthetic pairs (self-supervised)")
+    train.add_arguments(p).set_defaults(func=train.run)
+    p = sub.add_parser("eval", help="evaluate a model on a benchmark or on held-out synthetic pairs")
+    evaluate.add_arguments(p).set_defaults(func=evaluate.run)
+    p = sub.add_parser("align", help="align a source image onto a target image and draw the result")
+    alignment.add_arguments(p).set_defaults(func=alignment.run)
+    p = sub.add_parser("convert-official", help="convert the authors' published *.pth.tar checkpoint")
+    official.add_arguments(p)
+    p.set_defaults(func=official.run)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,407 @@
+"""Checkpoints: save, load and rebuild A2Net models, crash-safe.
+
+A checkpoint is a directory::
+
+    model.safetensors   the weights (safetensors); its header metadata also holds the state below,
+                        so the file alone is a complete model (the embedded demo is one such file)
+    state.json          {"format", "step", "config" (A2Net's config), "backbone", ...extra}
+    optimizer.pt        the optimizer's state_dict (torch.save; absent when saved without one)
+
+**Backbones.** A2Net's ``config`` names its backbone (``"resnet101"``, ``"vgg16"``) or says
+``"custom"``; :data:`BACKBONES` adds named small backbones that :func:`build_model` can rebuild
+(``config["backbone"]`` then holds that name). A frozen, randomly initialised backbone is not
+stored when it is large (VGG-16 or ResNet-101 without weights: tens of MB): :func:`build_model`
+creates it under a forked RNG seeded with ``backbone_seed``, and the checkpoint keeps that seed and
+the SHA-256 of the backbone's tensors, checked when loading (a PyTorch version whose
+initialisation draws other numbers fails loudly instead of running with other features). Any
+other backbone (small, pretrained, fine-tuned) is stored with the head.
+
+**Crash safety.** :func:`save_checkpoint` writes a complete sibling directory (every file
+fsynced), then swaps it in with two renames (``last`` -> ``.last.old``, new -> ``last``) and
+removes the old one; a crash between the renames leaves ``.last.old``, which the loaders use when
+``last`` is missing. A kill at any instant leaves a loadable checkpoint (the new or the previous).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from a2net._validation import check_choice
+
+__all__ = [
+    "BACKBONES",
+    "SEEDED_BACKBONE_MIN_BYTES",
+    "DEFAULT_CHECKPOINT",
+    "FORMAT",
+    "atomic_write",
+    "backbone_sha256",
+    "build_model",
+    "load_checkpoint",
+    "load_default_model",
+    "load_model",
+    "resolve_checkpoint",
+    "save_checkpoint",
+]
+
+#: ``state.json["format"]`` of this library's checkpoints.
+FORMAT = "a2net-checkpoint-1"
+#: The embedded demo checkpoint (affine, trained by ``a2net train --preset demo``), one file.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "demo_affine.safetensors"
+MODEL_FILE, STATE_FILE, OPTIMIZER_FILE = "model.safetensors", "state.json", "optimizer.pt"
+_METADATA_KEY = "a2net_state"
+#: A frozen random backbone smaller than this is stored anyway (robust to PyTorch's initialisation).
+SEEDED_BACKBONE_MIN_BYTES = 8 * 2**20
+_RESERVED = ("format", "step", "config", "backbone", "torch_version")
+
+
+# --------------------------------------------------------------------------------------------
+# Named backbones that A2Net itself does not know
+
+
+def small_cnn(channels=(32, 64, 128, 256)) -> nn.Sequential:
+    """A small stride-16 CNN: four 3x3 convolutions with stride 2 (+ReLU), ``channels`` wide.
+
+    The demo's backbone (SPEC §2 uses ResNet-101/VGG-16 with ImageNet weights, which cannot be
+    downloaded here): 0.39 M parameters, 0.42 GFLOP per 240x240 image, 15x15 feature maps at
+    240x240. Kaiming-normal weights (fan-out, as torchvision's VGG), zero biases.
+
+    Shape: ``(B, 3, H, W)`` -> ``(B, channels[-1], ceil(H/16), ceil(W/16))``.
+    """
+    layers, previous = [], 3
+    for width in channels:
+        layers += [nn.Conv2d(previous, width, kernel_size=3, stride=2, padding=1), nn.ReLU(inplace=True)]
+        previous = width
+    model = nn.Sequential(*layers)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    return model
+
+
+#: Backbones :func:`build_model` builds by name, beyond A2Net's ``"resnet101"`` and ``"vgg16"``.
+BACKBONES: dict[str, Callable[[], nn.Module]] = {"small_cnn": small_cnn}
+
+
+def build_model(config: dict, backbone_seed: int | None = 0, backbone_weights=None) -> nn.Module:
+    """Build an A2Net from a ``config`` dict (``A2Net(...).config``, possibly naming a backbone of
+    :data:`BACKBONES`).
+
+    The whole model is initialised under a forked RNG seeded with ``backbone_seed`` (the global RNG
+    is left untouched), so the same seed gives the same weights, bit for bit, on one PyTorch
+    version; ``model.backbone_init`` records the seed and the SHA-256 of the backbone when it is
+    randomly initialised (``backbone_weights=None``) so that :func:`save_checkpoint` can store the
+    seed instead of the tensors.
+
+    Args:
+        config: A2Net keyword arguments; ``"backbone"`` is ``"resnet101"``, ``"vgg16"`` or a key
+            of :data:`BACKBONES` (``"custom"`` cannot be rebuilt).
+        backbone_seed: seed of the initialisation, or ``None`` to use the global RNG as it is.
+        backbone_weights: ``None`` (random), ``"imagenet"`` or a path (named torchvision
+            backbones only; see :class:`a2net.A2Net`).
+    Returns:
+        the model (train mode, CPU).
+    """
+    from a2net.model import BACKBONES as NAMED, A2Net
+
+    config = dict(config)
+    name = config.get("backbone", "resnet101")
+    check_choice("config['backbone']", name, (*NAMED, *BACKBONES))
+    if name in BACKBONES and backbone_weights is not None:
+        raise ValueError(f"backbone_weights: expected None for the backbone {name!r} (its weights are stored in "
+                         f"the checkpoint), got {backbone_weights!r}")
+    with torch.random.fork_rng(devices=[]):
+        if backbone_seed is not None:
+            torch.manual_seed(backbone_seed)
+        if name in BACKBONES:
+            config["backbone"] = BACKBONES[name]()
+            model = A2Net(**config)
+            model.config["backbone"] = name  # rebuildable by name, not "custom"
+        else:
+            model = A2Net(**config, backbone_weights=backbone_weights)
+    if backbone_weights is None and backbone_seed is not None:
+        model.backbone_init = {"seed": int(backbone_seed), "sha256": backbone_sha256(model)}
+    return model
+
+
+def backbone_sha256(model: nn.Module) -> str:
+    """SHA-256 of the backbone's parameters and buffers (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.FeatureExtraction.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, data: bytes | str) -> None:
+    """Write a file atomically: a temp file in the same directory, flushed and fsynced, then
+    ``os.replace``; a crash leaves the old file or the new one, never a partial one."""
+    path = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _write_synced(path: Path, write: Callable) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _head_state(model: nn.Module, skip_backbone: bool) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    if skip_backbone:
+        state = {k: v for k, v in state.items() if not k.startswith("FeatureExtraction.")}
+    # safetensors refuses shared or non-contiguous storage: every tensor its own contiguous copy
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def _backbone_record(model: nn.Module, store_backbone: bool | None) -> dict:
+    """How the backbone is restored: from its seed (random init, unchanged) or stored."""
+    init = getattr(model, "backbone_init", None)
+    sha = backbone_sha256(model)
+    seeded = init is not None and init.get("sha256") == sha
+    if store_backbone is None:
+        size = sum(t.numel() * t.element_size() for t in model.FeatureExtraction.state_dict().values())
+        store_backbone = not seeded or size <= SEEDED_BACKBONE_MIN_BYTES
+    if store_backbone is False and not seeded:
+        raise ValueError("store_backbone: False needs the unchanged random backbone of build_model (its seed "
+                         "rebuilds it); this backbone is pretrained, fine-tuned or custom")
+    if store_backbone or not seeded:
+        return {"stored": True, "seed": init["seed"] if init is not None else None, "sha256": sha}
+    return {"stored": False, "seed": init["seed"], "sha256": sha}
+
+
+def save_checkpoint(directory, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, step: int = 0,
+                    extra: dict | None = None, store_backbone: bool | None = None) -> Path:
+    """Save ``model`` (and ``optimizer``) to ``directory``, replacing what is there atomically.
+
+    Args:
+        directory: the checkpoint directory (e.g. ``runs/demo/last``); its parent is created.
+        model: an A2Net (or a DDP / compiled wrapper of one); its ``config`` is stored.
+        optimizer: saved to ``optimizer.pt`` when given.
+        step: the training step (``state.json["step"]``).
+        extra: more JSON-serialisable entries for ``state.json`` (e.g. training arguments); they
+            may not override ``format``, ``step``, ``config``, ``backbone``, ``torch_version``.
+        store_backbone: store the backbone's tensors. ``None`` (default): stored unless the
+            backbone is the unchanged random initialisation of :func:`build_model` and larger than
+            :data:`SEEDED_BACKBONE_MIN_BYTES` (then its seed and SHA-256 are stored instead);
+            ``False`` is only possible for such a seeded backbone.
+    Returns:
+        the directory.
+    """
+    from safetensors.torch import save as safetensors_save
+
+    model = _unwrap(model)
+    if not hasattr(model, "config") or not hasattr(model, "FeatureExtraction"):
+        raise ValueError(f"model: expected an A2Net, got {type(model).__name__}")
+    if model.config.get("backbone") == "custom":
+        raise ValueError("model: a 'custom' backbone cannot be rebuilt from a checkpoint; build the model with "
+                         f"a2net.checkpoint.build_model and a backbone of {sorted(BACKBONES)} or A2Net's own")
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & set(_RESERVED))
+    if clash:
+        raise ValueError(f"extra: keys {clash} are reserved for the checkpoint itself")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step: expected an int >= 0, got {step!r}")
+    backbone = _backbone_record(model, store_backbone)
+    state = {"format": FORMAT, "step": step, "config": model.config, "backbone": backbone,
+             "torch_version": torch.__version__, **extra}
+    text = json.dumps(state, indent=2, sort_keys=False)
+    json.loads(text)  # fail here, before anything is written, if extra is not JSON
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    old = directory.with_name(f".{directory.name}.old")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    weights = _head_state(model, skip_backbone=not backbone["stored"])
+    blob = safetensors_save(weights, metadata={_METADATA_KEY: text})
+    _write_synced(tmp / MODEL_FILE, lambda f: f.write(blob))
+    if optimizer is not None:
+        _write_synced(tmp / OPTIMIZER_FILE, lambda f: torch.save(optimizer.state_dict(), f))
+    _write_synced(tmp / STATE_FILE, lambda f: f.write(text.encode()))
+    _fsync_dir(tmp)
+    if old.exists() and directory.exists():
+        shutil.rmtree(old)  # a leftover of an earlier crash after the swap
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    _fsync_dir(directory.parent)
+    if old.exists():
+        shutil.rmtree(old)
+    return directory
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DistributedDataParallel
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def resolve_checkpoint(path) -> Path:
+    """The checkpoint directory or model file that ``path`` designates.
+
+    A directory (or a ``model.safetensors`` inside one) whose swap was interrupted by a crash
+    resolves to the previous checkpoint ``.<name>.old`` beside it. A ``.safetensors`` file outside
+    a checkpoint directory (the embedded demo) is returned as it is.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.name != MODEL_FILE:
+        if not path.is_file():
+            raise FileNotFoundError(f"path: no such checkpoint file {str(path)!r}")
+        return path
+    directory = path.parent if path.name == MODEL_FILE else path
+    if (directory / MODEL_FILE).is_file() and (directory / STATE_FILE).is_file():
+        return directory
+    old = directory.with_name(f".{directory.name}.old")
+    if not directory.exists() and (old / MODEL_FILE).is_file() and (old / STATE_FILE).is_file():
+        return old  # a crash between the two renames of save_checkpoint
+    raise FileNotFoundError(f"path: no checkpoint at {str(path)!r} (expected a directory with {MODEL_FILE} and "
+                            f"{STATE_FILE}, or a .safetensors file)")
+
+
+def _read(path) -> tuple[Path, dict, Path]:
+    """``(resolved, state, model file)``."""
+    from safetensors import safe_open
+
+    resolved = resolve_checkpoint(path)
+    if resolved.is_dir():
+        model_file = resolved / MODEL_FILE
+        state = json.loads((resolved / STATE_FILE).read_text())
+    else:
+        model_file = resolved
+        with safe_open(str(resolved), framework="pt") as f:
+            metadata = f.metadata() or {}
+        if _METADATA_KEY not in metadata:
+            raise ValueError(f"path: {str(resolved)!r} is a safetensors file without a2net's state in its metadata; "
+                             "pass the checkpoint directory instead")
+        state = json.loads(metadata[_METADATA_KEY])
+    if state.get("format") != FORMAT:
+        raise ValueError(f"path: expected an {FORMAT!r} checkpoint, got format {state.get('format')!r} in "
+                         f"{str(resolved)!r}")
+    return resolved, state, model_file
+
+
+def _restore_weights(model: nn.Module, state: dict, model_file: Path, map_location) -> None:
+    from safetensors.torch import load_file
+
+    backbone = state["backbone"]
+    if not backbone["stored"]:
+        sha = backbone_sha256(model)
+        if sha != backbone["sha256"]:
+            raise RuntimeError(
+                f"checkpoint: the backbone rebuilt from seed {backbone['seed']} has SHA-256 {sha[:16]}..., the "
+                f"checkpoint expects {backbone['sha256'][:16]}... (saved with torch {state.get('torch_version')}, "
+                f"running torch {torch.__version__}): this PyTorch version initialises the backbone differently, so "
+                "the trained head would see other features. Retrain (a2net train) with this version, or install "
+                f"torch {state.get('torch_version')}."
+            )
+    weights = load_file(str(model_file), device=str(map_location) if map_location is not None else "cpu")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if not backbone["stored"]:
+        missing = [k for k in missing if not k.startswith("FeatureExtraction.")]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint: {str(model_file)!r} does not fit the model its config describes: missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def load_model(path, map_location="cpu") -> nn.Module:
+    """Rebuild the A2Net a checkpoint describes and load its weights.
+
+    Args:
+        path: a checkpoint directory, its ``model.safetensors``, or a self-contained
+            ``.safetensors`` model file (such as :data:`DEFAULT_CHECKPOINT`).
+        map_location: device of the returned model (``"cpu"``, ``"cuda"``, a ``torch.device``).
+    Returns:
+        the model in eval mode; ``model.checkpoint_state`` holds the checkpoint's state dict
+        (step, config, training arguments).
+    """
+    _, state, model_file = _read(path)
+    seed = state["backbone"]["seed"]
+    model = build_model(state["config"], backbone_seed=seed if seed is not None else 0)
+    _restore_weights(model, state, model_file, "cpu")
+    model.checkpoint_state = state
+    return model.to(map_location).eval()
+
+
+def load_checkpoint(directory, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
+                    map_location="cpu") -> dict:
+    """Load a checkpoint for resuming.
+
+    Args:
+        directory: the checkpoint directory (``.../last``; its crash leftover is found too).
+        model: an A2Net to load the weights into (its config must match); ``None`` rebuilds it
+            (:func:`load_model`).
+        optimizer: loaded from ``optimizer.pt`` when given (an error if the file is absent).
+        map_location: where the optimizer's tensors go (the model stays where it is).
+    Returns:
+        ``state.json``'s dict plus ``"model"`` (the model) and ``"directory"`` (the resolved path).
+    """
+    resolved, state, model_file = _read(directory)
+    if model is None:
+        model = load_model(resolved, map_location=map_location)
+    else:
+        target = _unwrap(model)
+        if dict(target.config) != state["config"]:
+            raise ValueError(f"model: its config {target.config} differs from the checkpoint's {state['config']}")
+        device = next(target.parameters()).device
+        _restore_weights(target, state, model_file, "cpu")
+        target.to(device)
+    if optimizer is not None:
+        if not resolved.is_dir() or not (resolved / OPTIMIZER_FILE).is_file():
+            raise FileNotFoundError(f"optimizer: no {OPTIMIZER_FILE} in {str(resolved)!r}")
+        optimizer.load_state_dict(torch.load(resolved / OPTIMIZER_FILE, map_location=map_location, weights_only=True))
+    return {**state, "model": model, "directory": resolved}
+
+
+def load_default_model(map_location="cpu") -> nn.Module:
+    """The embedded demo model (:data:`DEFAULT_CHECKPOINT`, affine), in eval mode.
+
+    Raises:
+        FileNotFoundError: the checkpoint is not in this installation.
+    """
+    if not DEFAULT_CHECKPOINT.is_file():
+        raise FileNotFoundError(
+            f"the embedded demo checkpoint {str(DEFAULT_CHECKPOINT)!r} is missing from this installation. Train one "
+            "with `a2net train --preset demo --output-dir runs/demo` and pass `--checkpoint runs/demo/last` "
+            "(or a2net.checkpoint.load_model('runs/demo/last'))."
+        )
+    return load_model(DEFAULT_CHECKPOINT, map_location=map_location)

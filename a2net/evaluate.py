@@ -1,0 +1,624 @@
+"""Evaluation on the semantic alignment benchmarks (SPEC §5) and on held-out synthetic pairs
+(``a2net eval``).
+
+Every ``evaluate_*`` function takes a model — an :class:`a2net.A2Net` (mode ``"affine"`` or
+``"tps"``) or a :class:`a2net.TwoStageAligner` (``"affine+tps"``) — and a dataset of
+:mod:`a2net.datasets` (or held-out pairs of :mod:`a2net.data`), runs the model on batches of
+pairs resized to the network input (:func:`a2net.datasets.collate`, then ImageNet normalisation)
+and scores every pair at its original resolution. It returns a JSON-ready dict::
+
+    {"mode": "affine", "pairs": 299, "scored": 299,
+     "metrics": {"PCK@0.05": ..., "PCK@0.1": ..., "PCK@0.15": ...},   # mean over scored pairs
+     "per_class": {"cat": {"pairs": 15, "metrics": {...}}, ...},
+     "class_average": {...},                                             # mean of the per-class means
+     "per_pair": [{"source": ..., "target": ..., "category": ..., "PCK@0.1": ..., ...}, ...],
+     ...benchmark-specific fields (reference_kind, alphas, baseline)}
+
+A pair with nothing to score (no valid keypoint, no known flow) is kept in ``per_pair`` with
+NaN (``null`` in JSON) and left out of the means; ``scored`` counts the others.
+
+* keypoints (PF-WILLOW, PF-PASCAL): the *target* keypoints are normalised with the target size,
+  mapped through theta (through TPS then affine for affine+TPS) into the source, denormalised with
+  the source size and compared with the source keypoints; PCK with the dataset's reference length
+  ``L`` (``reference_kind`` says which, always reported);
+* TSS: the dense flow of theta on the target grid (:func:`a2net.metrics.theta_to_flow`) against
+  the ground truth over the foreground, ``L = max(H, W)`` of the source;
+* Caltech-101: the source mask warped with theta onto the target grid, label-transfer accuracy and
+  IoU with the target mask, and the localisation error of the flow;
+* synthetic (the held-out pairs of :func:`a2net.data.heldout_synthetic_pairs`): a grid of target
+  points mapped by the true and by the predicted theta, PCK with ``L = max(H, W)`` of the pair
+  images (:func:`a2net.data.synthetic_pck`), next to the identity transformation as a baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import math
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from a2net import geometry, metrics
+from a2net._validation import as_size
+from a2net.alignment import input_size, mode_of, model_device, predict_chain, transfer_points, warp_chain
+from a2net.checkpoint import atomic_write
+
+__all__ = [
+    "BENCHMARKS",
+    "KEYPOINT_ALPHAS",
+    "add_arguments",
+    "evaluate_caltech",
+    "evaluate_keypoints",
+    "evaluate_synthetic",
+    "evaluate_tss",
+    "default_pair_model",
+    "format_results",
+    "run",
+    "write_json",
+]
+
+#: Benchmarks of ``a2net eval``.
+BENCHMARKS = ("pf-willow", "pf-pascal", "tss", "caltech", "synthetic")
+#: PCK tolerances reported on the keypoint benchmarks (SPEC §5).
+KEYPOINT_ALPHAS = (0.05, 0.1, 0.15)
+#: TSS's tolerance.
+TSS_ALPHAS = (0.05,)
+#: What each reference length kind is, for the reports.
+REFERENCE_DESCRIPTIONS = {
+    "keypoints": "longest side of the bounding box of the source keypoints",
+    "bbox": "longest side of the source object's bounding box",
+    "image": "longest side of the source image",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The common loop
+
+
+def _pck_name(alpha: float) -> str:
+    return f"PCK@{alpha:g}"
+
+
+def _check_alphas(alphas) -> tuple[float, ...]:
+    if isinstance(alphas, (int, float)):
+        alphas = (alphas,)
+    alphas = tuple(alphas)
+    if not alphas or not all(isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0 for a in alphas):
+        raise ValueError(f"alphas: expected a non-empty sequence of numbers > 0, got {alphas!r}")
+    return tuple(float(a) for a in alphas)
+
+
+def _check_batch_size(batch_size) -> int:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    return batch_size
+
+
+def _batches(model: nn.Module, dataset, image_size, batch_size: int, device, num_workers: int, progress: bool,
+             desc: str):
+    """Yield ``(batch, chain)``: the collated batch (images resized to the network input) and the
+    predicted thetas (:func:`a2net.alignment.predict_chain`) in float64 on the CPU."""
+    from tqdm.auto import tqdm
+
+    from a2net.datasets import collate
+    from a2net.model import normalize_images
+
+    if device is not None:
+        model.to(device)
+    model.eval()
+    device = model_device(model)
+    size = input_size(model, image_size)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=_check_batch_size(batch_size), shuffle=False, num_workers=num_workers,
+        collate_fn=functools.partial(collate, size=size),
+    )
+    with tqdm(total=len(dataset), desc=desc, unit="pair", disable=not progress, file=sys.stderr) as bar:
+        for batch in loader:
+            with torch.no_grad():
+                source = normalize_images(batch["source_image"].to(device))
+                target = normalize_images(batch["target_image"].to(device))
+                chain = [theta.detach().to("cpu", torch.float64) for theta in predict_chain(model, source, target)]
+            yield batch, chain
+            bar.update(batch["source_image"].shape[0])
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def _summarise(mode: str, records: list[dict], names: Sequence[str]) -> dict:
+    """Means over the scored pairs, overall and per class (``category``), of the metrics ``names``."""
+    scored = [r for r in records if not all(math.isnan(r[n]) for n in names)]
+    by_class = defaultdict(list)
+    for r in records:
+        by_class[r["category"]].append(r)
+    per_class = {
+        category: {"pairs": len(rs), "metrics": {n: _mean([r[n] for r in rs]) for n in names}}
+        for category, rs in sorted(by_class.items())
+    }
+    return {
+        "mode": mode,
+        "pairs": len(records),
+        "scored": len(scored),
+        "metrics": {n: _mean([r[n] for r in records]) for n in names},
+        "per_class": per_class,
+        "class_average": {n: _mean([c["metrics"][n] for c in per_class.values()]) for n in names},
+        "per_pair": records,
+    }
+
+
+def _size_pair(size: torch.Tensor) -> tuple[int, int]:
+    return int(size[0]), int(size[1])
+
+
+def _slice(chain: list[torch.Tensor], i: int) -> list[torch.Tensor]:
+    return [theta[i : i + 1] for theta in chain]
+
+
+# --------------------------------------------------------------------------------------------
+# Keypoints: PF-WILLOW, PF-PASCAL
+
+
+def evaluate_keypoints(model: nn.Module, dataset, alphas=KEYPOINT_ALPHAS, image_size=None, batch_size: int = 8,
+                       device=None, num_workers: int = 0, progress: bool = True) -> dict:
+    """PCK of keypoint transfer on PF-WILLOW or PF-PASCAL (SPEC §5).
+
+    The target keypoints ``(2, N)`` (1-based pixels) are normalised with the target size, mapped
+    through the predicted transformation(s) into the source, denormalised with the source size
+    and compared with the source keypoints (:func:`a2net.metrics.pck`), the padded keypoints left
+    out. ``L`` is each item's ``reference_length``, of the kind its ``reference_kind`` says.
+
+    Args:
+        model: :class:`a2net.A2Net` or :class:`a2net.TwoStageAligner`.
+        dataset: :class:`a2net.datasets.PFWillowDataset`, :class:`a2net.datasets.PFPascalDataset`
+            or any dataset with their keys.
+        alphas: PCK tolerances (fractions of ``L``).
+        image_size: network input ``(H, W)``; default the model's.
+        batch_size: pairs per forward pass.
+        device: move the model there first; default where it is.
+        num_workers: ``DataLoader`` workers reading the images.
+        progress: show a tqdm bar on stderr.
+    Returns:
+        the summary dict of this module (``metrics`` ``PCK@<alpha>``), plus ``alphas``,
+        ``reference_kind`` (``"keypoints"``, ``"bbox"``, ``"image"`` or ``"mixed"``),
+        ``reference_kinds`` (pair counts per kind) and ``reference_description``.
+    """
+    alphas = _check_alphas(alphas)
+    mode = mode_of(model)
+    names = [_pck_name(a) for a in alphas]
+    records = []
+    for batch, chain in _batches(model, dataset, image_size, batch_size, device, num_workers, progress,
+                                 f"keypoints {mode}"):
+        moved = transfer_points(chain, batch["target_keypoints"], batch["target_size"], batch["source_size"])
+        truth = batch["source_keypoints"].to(torch.float64)
+        lengths = batch["reference_length"].to(torch.float64)
+        scores = [metrics.pck(moved, truth, lengths, alpha=a) for a in alphas]
+        valid = geometry.valid_keypoints(truth).sum(1)
+        for i in range(truth.shape[0]):
+            records.append({
+                "source": batch["source_name"][i],
+                "target": batch["target_name"][i],
+                "category": batch["category"][i],
+                "keypoints": int(valid[i]),
+                "reference_length": float(lengths[i]),
+                "reference_kind": batch["reference_kind"][i],
+                **{n: float(s[i]) for n, s in zip(names, scores)},
+            })
+    result = _summarise(mode, records, names)
+    kinds = Counter(r["reference_kind"] for r in records)
+    kind = next(iter(kinds)) if len(kinds) == 1 else "mixed"
+    description = REFERENCE_DESCRIPTIONS.get(kind, kind) if kind != "mixed" else "; ".join(
+        f"{REFERENCE_DESCRIPTIONS.get(k, k)} ({k}) for {n} pairs" for k, n in sorted(kinds.items()))
+    result.update(alphas=list(alphas), reference_kind=kind, reference_kinds=dict(kinds),
+                  reference_description=description)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# TSS
+
+
+def evaluate_tss(model: nn.Module, dataset, alphas=TSS_ALPHAS, image_size=None, batch_size: int = 8, device=None,
+                 num_workers: int = 0, progress: bool = True) -> dict:
+    """Flow PCK on TSS over the foreground (SPEC §5), per subset (FG3DCar, JODS, PASCAL).
+
+    For each pair the predicted transformation gives a dense target -> source flow on the target
+    grid (:func:`a2net.metrics.theta_to_flow` with the two images' sizes), scored against the
+    ground truth over the target's foreground with ``L`` = the item's ``reference_length``
+    (``max(H, W)`` of the source image, :class:`a2net.datasets.TSSDataset`).
+
+    Args: as :func:`evaluate_keypoints`; ``alphas`` default ``(0.05,)``, TSS's.
+    Returns:
+        the summary dict (``metrics`` ``PCK@<alpha>``; ``per_class`` per subset; ``class_average``
+        the mean of the subsets, as the TSS tables report it), plus ``alphas`` and
+        ``reference_kind`` ``"image"``.
+    """
+    alphas = _check_alphas(alphas)
+    mode = mode_of(model)
+    names = [_pck_name(a) for a in alphas]
+    records = []
+    for batch, chain in _batches(model, dataset, image_size, batch_size, device, num_workers, progress, f"TSS {mode}"):
+        for i in range(len(batch["flow"])):
+            target_size = _size_pair(batch["target_size"][i])
+            flow = metrics.theta_to_flow(_slice(chain, i), target_size, batch["source_size"][i : i + 1])
+            truth = batch["flow"][i][None].to(torch.float64)
+            length = batch["reference_length"][i : i + 1].to(torch.float64)
+            mask = batch["target_mask"][i][None]
+            records.append({
+                "source": batch["source_name"][i],
+                "target": batch["target_name"][i],
+                "category": batch["category"][i],
+                "pair": batch["pair"][i],
+                **{n: float(metrics.flow_pck(flow, truth, mask, a, length)[0]) for n, a in zip(names, alphas)},
+            })
+    result = _summarise(mode, records, names)
+    result.update(alphas=list(alphas), reference_kind="image", reference_description=REFERENCE_DESCRIPTIONS["image"])
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Caltech-101
+
+CALTECH_METRICS = ("LT-ACC", "IoU", "LOC-ERR")
+
+
+def evaluate_caltech(model: nn.Module, dataset, image_size=None, batch_size: int = 8, device=None,
+                     num_workers: int = 0, progress: bool = True) -> dict:
+    """Label-transfer accuracy, IoU and localisation error on Caltech-101 (SPEC §5).
+
+    The source mask is warped with the predicted transformation onto the target grid (bilinear,
+    zeros outside, foreground where > 0.5; one resampling through both stages for affine+TPS,
+    :func:`a2net.alignment.warp_chain`) and compared with the target mask
+    (:func:`a2net.metrics.label_transfer_accuracy`, :func:`a2net.metrics.mask_iou`); LOC-ERR is
+    :func:`a2net.metrics.localization_error` of the predicted flow. Higher LT-ACC and IoU and lower
+    LOC-ERR are better.
+
+    Args: as :func:`evaluate_keypoints` (no ``alphas``).
+    Returns:
+        the summary dict with ``metrics`` ``LT-ACC``, ``IoU``, ``LOC-ERR``.
+    """
+    mode = mode_of(model)
+    records = []
+    for batch, chain in _batches(model, dataset, image_size, batch_size, device, num_workers, progress,
+                                 f"Caltech-101 {mode}"):
+        for i in range(len(batch["source_mask"])):
+            pair = _slice(chain, i)
+            target_size = _size_pair(batch["target_size"][i])
+            source_mask = batch["source_mask"][i][None]
+            target_mask = batch["target_mask"][i][None]
+            warped = warp_chain(source_mask[:, None].to(torch.float64), pair, target_size)[:, 0]
+            flow = metrics.theta_to_flow(pair, target_size, batch["source_size"][i : i + 1])
+            records.append({
+                "source": batch["source_name"][i],
+                "target": batch["target_name"][i],
+                "category": batch["category"][i],
+                "LT-ACC": float(metrics.label_transfer_accuracy(warped, target_mask)[0]),
+                "IoU": float(metrics.mask_iou(warped, target_mask)[0]),
+                "LOC-ERR": float(metrics.localization_error(flow, source_mask, target_mask)[0]),
+            })
+    return _summarise(mode, records, CALTECH_METRICS)
+
+
+# --------------------------------------------------------------------------------------------
+# Held-out synthetic pairs
+
+
+def default_pair_model(model: nn.Module) -> str:
+    """The kind of held-out synthetic pairs a model is evaluated on by default: TPS pairs for a
+    TPS model, affine pairs otherwise (also for affine+TPS, so that the three modes of one run
+    share one set of pairs)."""
+    return "tps" if mode_of(model) == "tps" else "affine"
+
+
+def _chain_pck(chain: list[torch.Tensor], theta_true: torch.Tensor, size, alpha: float, grid_size: int) -> torch.Tensor:
+    """:func:`a2net.data.synthetic_pck` of a prediction that is one theta of the truth's kind, or
+    the same measure through the composed map otherwise (affine+TPS, or a TPS model on affine
+    pairs), which ``synthetic_pck`` does not take."""
+    from a2net import data
+
+    if len(chain) == 1 and chain[0].shape == theta_true.shape:
+        return data.synthetic_pck(chain[0], theta_true, size, alpha=alpha, grid_size=grid_size)
+    axis = torch.linspace(-1, 1, grid_size, dtype=torch.float64) if grid_size > 1 else torch.zeros(1, dtype=torch.float64)
+    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+    points = torch.stack((xs.flatten(), ys.flatten())).unsqueeze(0).expand(theta_true.shape[0], -1, -1)
+    moved = geometry.normalized_to_pixels(geometry.compose_points(chain, points), size)
+    truth = geometry.normalized_to_pixels(geometry.transform_points(theta_true.double(), points), size)
+    return (torch.linalg.vector_norm(moved - truth, dim=1) <= alpha * max(size)).double().mean(1)
+
+
+def _synthetic_batches(pairs, batch_size: int):
+    """Batches ``(source, target, theta, names)`` of held-out pairs given as the batch dict of
+    :func:`a2net.data.heldout_synthetic_pairs` or as a dataset of
+    :class:`a2net.data.SyntheticPairDataset` items."""
+    from a2net import data
+
+    if isinstance(pairs, dict):
+        n = pairs["theta"].shape[0]
+        for start in range(0, n, batch_size):
+            end = min(n, start + batch_size)
+            yield pairs["source"][start:end], pairs["target"][start:end], pairs["theta"][start:end], \
+                list(pairs.get("name", ["synthetic"] * n))[start:end]
+        return
+    loader = torch.utils.data.DataLoader(range(len(pairs)), batch_size=batch_size, shuffle=False,
+                                         collate_fn=lambda ks: data.collate_pairs([pairs[k] for k in ks]))
+    for batch in loader:
+        yield batch["source"], batch["target"], batch["theta"], batch["name"]
+
+
+def evaluate_synthetic(model: nn.Module, pairs=None, alphas=KEYPOINT_ALPHAS, image_size=None, batch_size: int = 8,
+                       device=None, progress: bool = True, grid_size: int = 20, geometric_model: str | None = None,
+                       n_pairs: int = 100) -> dict:
+    """PCK on held-out synthetic pairs with a known transformation, next to the identity baseline.
+
+    The measure of :func:`a2net.data.synthetic_pck`: a ``grid_size`` x ``grid_size`` grid of
+    target points on ``[-1, 1]^2`` is mapped by the true and by the predicted transformation(s)
+    (through TPS then affine for affine+TPS), both in pixels of the ``(H, W)`` pair images, and a
+    point is correct within ``alpha * max(H, W)`` (``reference_kind`` ``"image"``). The identity
+    transformation (no alignment at all) is scored the same way as ``baseline``.
+
+    Args:
+        model: :class:`a2net.A2Net` or :class:`a2net.TwoStageAligner`.
+        pairs: the batch dict of :func:`a2net.data.heldout_synthetic_pairs` (``source``,
+            ``target`` ``(N, 3, h, w)`` in [0, 1], ``theta`` ``(N, P)``, ``name``), a dataset of
+            :class:`a2net.data.SyntheticPairDataset` items, or None: ``n_pairs`` held-out pairs of
+            the bundled photos at the network input size, with ``geometric_model`` thetas
+            (default :func:`default_pair_model`).
+        grid_size: points per side of the grid.
+        other arguments: as :func:`evaluate_keypoints`. Pairs of another size than the network
+            input are resized to it (bilinear, antialiased) for the model only.
+    Returns:
+        the summary dict (``metrics`` ``PCK@<alpha>``, ``per_class`` per photo), plus ``alphas``,
+        ``reference_kind`` ``"image"``, ``grid_size``, ``pair_model`` (the kind of the true thetas)
+        and ``baseline``: ``{"identity": {"PCK@<alpha>": ...}}``.
+    """
+    from tqdm.auto import tqdm
+
+    from a2net import data
+    from a2net.model import normalize_images
+
+    alphas = _check_alphas(alphas)
+    batch_size = _check_batch_size(batch_size)
+    mode = mode_of(model)
+    names = [_pck_name(a) for a in alphas]
+    if device is not None:
+        model.to(device)
+    model.eval()
+    run_on = model_device(model)
+    size = input_size(model, image_size)
+    if pairs is None:
+        pairs = data.heldout_synthetic_pairs(geometric_model or default_pair_model(model), n_pairs=n_pairs,
+                                             image_size=size)
+    kinds = set()
+    total = pairs["theta"].shape[0] if isinstance(pairs, dict) else len(pairs)
+    records, baseline = [], []
+    with tqdm(total=total, desc=f"synthetic {mode}", unit="pair", disable=not progress, file=sys.stderr) as bar:
+        for source, target, theta, photo in _synthetic_batches(pairs, batch_size):
+            pair_size = tuple(source.shape[2:])
+            resize = None if pair_size == size else size
+            with torch.no_grad():
+                chain = predict_chain(model, normalize_images(source.to(run_on), size=resize),
+                                      normalize_images(target.to(run_on), size=resize))
+            chain = [t.detach().to("cpu", torch.float64) for t in chain]
+            theta = theta.to(torch.float64)
+            kind = "affine" if theta.shape[1] == 6 else "tps"
+            kinds.add(kind)
+            identity = geometry.identity_theta(kind, theta.shape[0], dtype=torch.float64)
+            scores = [_chain_pck(chain, theta, pair_size, a, grid_size) for a in alphas]
+            base = [data.synthetic_pck(identity, theta, pair_size, alpha=a, grid_size=grid_size) for a in alphas]
+            for i in range(theta.shape[0]):
+                records.append({"index": len(records), "category": str(photo[i]),
+                                **{n: float(s[i]) for n, s in zip(names, scores)}})
+                baseline.append({n: float(s[i]) for n, s in zip(names, base)})
+            bar.update(theta.shape[0])
+    result = _summarise(mode, records, names)
+    result.update(alphas=list(alphas), reference_kind="image", reference_description=REFERENCE_DESCRIPTIONS["image"],
+                  grid_size=grid_size, pair_model="+".join(sorted(kinds)) or None,
+                  baseline={"identity": {n: _mean([r[n] for r in baseline]) for n in names}})
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Reports
+
+
+def _cell(value: float, width: int = 8) -> str:
+    return f"{'-':>{width}}" if value is None or math.isnan(value) else f"{value:>{width}.3f}"
+
+
+def format_results(report: dict) -> str:
+    """The tables ``a2net eval`` prints: one row per mode (and the baseline), metrics as columns;
+    then, where the benchmark has classes, one row per class with each mode's metrics."""
+    modes = report["modes"]
+    if not modes:
+        return ""
+    first = next(iter(modes.values()))
+    names = list(first["metrics"])
+    lines = [report.get("title", report["benchmark"])]
+    if "reference_kind" in first:
+        lines.append(f"PCK reference length L ({first['reference_kind']}): {first['reference_description']}")
+    width = max(10, *(len(n) + 1 for n in names))
+    label = max(12, *(len(m) + 2 for m in modes), 20 if "baseline" in first else 0)
+    lines.append(f"{'mode':<{label}}{'pairs':>7}" + "".join(f"{n:>{width}}" for n in names))
+    for mode, result in modes.items():
+        lines.append(f"{mode:<{label}}{result['scored']:>7}" + "".join(_cell(result["metrics"][n], width) for n in names))
+    if "baseline" in first:
+        for kind, values in first["baseline"].items():
+            lines.append(f"{kind + ' (baseline)':<{label}}{first['scored']:>7}"
+                         + "".join(_cell(values[n], width) for n in names))
+    if report.get("per_class") and len(first["per_class"]) > 1:
+        classes = list(first["per_class"])
+        name_width = max(12, *(len(c) + 2 for c in classes))
+        block = 6 * len(names) + 2
+        lines.append("")
+        lines.append(f"per class ({' / '.join(names)}):")
+        lines.append(f"{'class':<{name_width}}{'pairs':>6}  " + "".join(f"{m:<{block}}" for m in modes))
+        for category in classes:
+            cells = []
+            for result in modes.values():
+                values = result["per_class"].get(category, {}).get("metrics", {})
+                cells.append(" ".join(_cell(values.get(n, float("nan")), 5) for n in names).ljust(block))
+            lines.append(f"{category:<{name_width}}{first['per_class'][category]['pairs']:>6}  " + "".join(cells))
+        averages = [" ".join(_cell(r["class_average"][n], 5) for n in names).ljust(block) for r in modes.values()]
+        lines.append(f"{'class mean':<{name_width}}{'':>6}  " + "".join(averages))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _json_safe(value):
+    """NaN -> None (JSON has no NaN), tuples -> lists, paths -> str, recursively."""
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path, report: dict) -> Path:
+    """Write ``report`` as JSON atomically (temp file, fsync, ``os.replace``); NaN becomes null."""
+    text = json.dumps(_json_safe(report), indent=1, allow_nan=False) + "\n"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, text)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of ``a2net eval`` to ``parser`` (and return it)."""
+    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    parser.add_argument("--data", default=None,
+                        help="the benchmark's folder (for synthetic: a folder of images; default the held-out "
+                             "bundled photos)")
+    parser.add_argument("--output", required=True, help="results JSON to write")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint folder or model.safetensors (default: the embedded demo model)")
+    parser.add_argument("--affine-checkpoint", default=None,
+                        help="with --tps-checkpoint: evaluate affine, TPS and affine+TPS")
+    parser.add_argument("--tps-checkpoint", default=None, help="with --affine-checkpoint")
+    parser.add_argument("--alphas", type=float, nargs="+", default=None,
+                        help="PCK tolerances (default 0.05 0.1 0.15; TSS 0.05)")
+    parser.add_argument("--split", default="test", choices=("test", "val", "train", "all"), help="PF-PASCAL split")
+    parser.add_argument("--reference", default="bbox", choices=("bbox", "image", "keypoints"),
+                        help="PF-PASCAL PCK reference length (default: object bounding box)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="network input size (default: the model's)")
+    parser.add_argument("--pairs", type=int, default=100, help="synthetic: number of held-out pairs")
+    parser.add_argument("--pair-model", default=None, choices=("affine", "tps"),
+                        help="synthetic: kind of the pairs' random thetas (default: tps for a TPS model, else affine)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers reading the images")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _checkpoint_record(model: nn.Module, path, embedded: bool = False) -> dict:
+    state = getattr(model, "checkpoint_state", None) or {}
+    return {"path": str(Path(path).resolve()), "embedded": embedded, "step": state.get("step")}
+
+
+def _aligners(args, device) -> tuple[dict, dict]:
+    """``{mode: aligner}`` and ``{geometric model: {"path", "embedded", "step"}}`` for the report."""
+    from a2net.alignment import load_aligner
+
+    if args.affine_checkpoint is not None or args.tps_checkpoint is not None:
+        two = load_aligner(affine_checkpoint=args.affine_checkpoint, tps_checkpoint=args.tps_checkpoint,
+                           checkpoint=args.checkpoint, device=device)
+        return ({"affine": two.affine, "tps": two.tps, "affine+tps": two},
+                {"affine": _checkpoint_record(two.affine, args.affine_checkpoint),
+                 "tps": _checkpoint_record(two.tps, args.tps_checkpoint)})
+    model = load_aligner(checkpoint=args.checkpoint, device=device)
+    if args.checkpoint is not None:
+        record = _checkpoint_record(model, args.checkpoint)
+    else:
+        from a2net import checkpoint as ckpt
+
+        record = _checkpoint_record(model, ckpt.DEFAULT_CHECKPOINT, embedded=True)
+    return {mode_of(model): model}, {mode_of(model): record}
+
+
+def _dataset(args, aligners: dict):
+    from a2net import datasets
+
+    if args.benchmark == "synthetic":
+        size = input_size(next(iter(aligners.values())), args.image_size and tuple(args.image_size))
+        pairs, pair_model = _synthetic_pairs(args, aligners, size)
+        where = "held-out bundled photos" if args.data is None else str(args.data)
+        return pairs, f"synthetic {pair_model} pairs of the {where}"
+    if args.benchmark == "pf-willow":
+        return datasets.PFWillowDataset(args.data), "PF-WILLOW"
+    if args.benchmark == "pf-pascal":
+        return (datasets.PFPascalDataset(args.data, split=args.split, reference=args.reference),
+                f"PF-PASCAL ({args.split} split)")
+    if args.benchmark == "tss":
+        return datasets.TSSDataset(args.data), "TSS"
+    return datasets.CaltechDataset(args.data), "Caltech-101"
+
+
+def _synthetic_pairs(args, aligners: dict, image_size):
+    from a2net import data
+
+    pair_model = args.pair_model or default_pair_model(list(aligners.values())[-1])
+    images = "bundled:heldout" if args.data is None else args.data
+    return data.heldout_synthetic_pairs(pair_model, n_pairs=args.pairs, image_size=image_size, images=images), pair_model
+
+
+def run(args: argparse.Namespace) -> int:
+    """``a2net eval``: evaluate, print the tables, write the JSON report."""
+    import a2net
+
+    if args.data is None and args.benchmark != "synthetic":
+        raise SystemExit(f"a2net eval: --data is required for --benchmark {args.benchmark} (the dataset's folder)")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    aligners, checkpoints = _aligners(args, device)
+    dataset, title = _dataset(args, aligners)
+    common = dict(image_size=None if args.image_size is None else as_size("image_size", tuple(args.image_size)),
+                  batch_size=args.batch_size, num_workers=args.num_workers, progress=not args.no_progress)
+    results = {}
+    for mode, aligner in aligners.items():
+        if args.benchmark in ("pf-willow", "pf-pascal"):
+            results[mode] = evaluate_keypoints(aligner, dataset, alphas=args.alphas or KEYPOINT_ALPHAS, **common)
+        elif args.benchmark == "tss":
+            results[mode] = evaluate_tss(aligner, dataset, alphas=args.alphas or TSS_ALPHAS, **common)
+        elif args.benchmark == "caltech":
+            results[mode] = evaluate_caltech(aligner, dataset, **common)
+        else:
+            common.pop("num_workers", None)
+            results[mode] = evaluate_synthetic(aligner, dataset, alphas=args.alphas or KEYPOINT_ALPHAS, **common)
+    first = next(iter(results.values()))
+    report = {
+        "benchmark": args.benchmark,
+        "title": f"{title}: {first['pairs']} pairs",
+        "data": None if args.data is None else str(Path(args.data).resolve()),
+        "checkpoint": checkpoints,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "a2net_version": a2net.__version__,
+        "torch_version": torch.__version__,
+        "device": str(device),
+        "image_size": list(input_size(next(iter(aligners.values())), common["image_size"])),
+        "per_class": args.benchmark in ("pf-pascal", "tss"),
+        "modes": results,
+    }
+    for key in ("reference_kind", "reference_description", "alphas", "pair_model", "grid_size"):
+        if key in first:
+            report[key] = first[key]
+    if args.benchmark == "pf-pascal":
+        report["split"] = args.split
+    print(format_results(report))
+    written = write_json(args.output, report)
+    print(f"wrote {written}")
+    return 0
+

@@ -1,0 +1,397 @@
+"""Self-supervised training (SPEC §3-4): ``a2net train`` / ``python -m a2net train``.
+
+Adam on the transformed grid loss between the predicted and the true theta of synthetic pairs
+(:mod:`a2net.data`); the backbone is frozen as in the paper (``--fine-tune-backbone`` trains it
+too). Presets (explicit options override them):
+
+* ``paper`` — SPEC §4: ResNet-101 with ImageNet weights (required: ``--backbone-weights imagenet``
+  downloads torchvision's, or pass a local state_dict), 240x240, batch 32, lr 2e-4 (the authors'
+  script), 50 epochs of ``--data`` (PASCAL VOC 2011 images; required), images resized to 480x640.
+* ``demo`` — what trains on 2 CPU cores in at most 30 minutes and ships as the embedded model
+  (:data:`a2net.checkpoint.DEFAULT_CHECKPOINT`): see :data:`PRESETS` and the README.
+
+Output directory::
+
+    metrics.jsonl   one JSON object per step: step, loss, lr, pairs_per_s
+    last/           the latest checkpoint (a2net.checkpoint.save_checkpoint: model.safetensors,
+                    state.json with the step, the model config and these training arguments,
+                    optimizer.pt), replaced atomically every --checkpoint-every steps and at the end
+
+Steps count from 1. The data of step ``s`` is a function of ``(seed, s)`` only
+(:class:`a2net.data.StepBatchSampler`), so ``--resume`` continues from ``last/`` and, on CPU,
+reaches the same weights as an uninterrupted run, bit for bit. Launched by ``torchrun`` with
+several processes, training uses DistributedDataParallel, each rank taking its share of every
+step's global batch (``--batch-size`` is per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from a2net import checkpoint as ckpt
+from a2net import geometry
+from a2net.data import DEFAULT_RESIZE, StepBatchSampler, SyntheticPairDataset, collate_pairs
+
+__all__ = ["PRESETS", "add_arguments", "main", "run", "train"]
+
+#: Presets of ``--preset``; every key is an option of ``a2net train`` (dashes as underscores).
+PRESETS: dict[str, dict] = {
+    "demo": {
+        "geometric_model": "affine",
+        "backbone": "small_cnn",  # random init, trained with the head: no pretrained weights offline
+        "backbone_weights": None,
+        "fine_tune_backbone": True,
+        "image_size": 176,  # 11x11 feature maps, a 5x5 encoder output
+        "resize": [313, 417],  # the 9/16 crop of the resized image is ~176 px: sampled ~1:1
+        "batch_size": 16,
+        "lr": 1e-3,
+        "lr_schedule": "cosine",
+        "max_steps": 6000,
+        "epochs": None,
+        "data": "bundled:training",
+        "augment": True,
+        "checkpoint_every": 250,
+    },
+    "paper": {
+        "geometric_model": "affine",
+        "backbone": "resnet101",
+        "backbone_weights": "imagenet",
+        "image_size": 240,
+        "resize": list(DEFAULT_RESIZE),
+        "batch_size": 32,
+        "lr": 2e-4,
+        "max_steps": None,
+        "epochs": 50,
+        "data": None,  # PASCAL VOC 2011 JPEGImages: must be given with --data
+        "augment": False,
+        "lr_schedule": "constant",
+        "checkpoint_every": 1000,
+    },
+}
+#: Defaults of the options no preset sets (and of every option without a preset).
+DEFAULTS = {
+    "geometric_model": "affine",
+    "backbone": "resnet101",
+    "backbone_weights": None,
+    "image_size": 240,
+    "resize": list(DEFAULT_RESIZE),
+    "batch_size": 16,
+    "lr": 2e-4,
+    "lr_schedule": "constant",
+    "max_steps": None,
+    "epochs": None,
+    "data": "bundled:training",
+    "thetas": None,
+    "augment": False,
+    "checkpoint_every": 500,
+    "seed": 0,
+    "backbone_seed": 0,
+    "fine_tune_backbone": False,
+    "use_oac": True,
+    "use_attention": True,
+    "output_dir": "runs/a2net",
+}
+#: Options that define the run: a resumed run takes them from the checkpoint.
+RUN_KEYS = ("geometric_model", "backbone", "backbone_weights", "image_size", "resize", "batch_size", "lr",
+            "lr_schedule", "data",
+            "thetas", "augment", "seed", "backbone_seed", "fine_tune_backbone", "use_oac", "use_attention")
+METRICS_FILE = "metrics.jsonl"
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(options: dict, step: int, max_steps: int) -> float:
+    """The learning rate of ``step`` (from 1): a function of the step alone, so resuming needs no
+    scheduler state."""
+    if options["lr_schedule"] == "cosine":
+        return options["lr"] * 0.5 * (1 + math.cos(math.pi * (step - 1) / max(max_steps, 1)))
+    return options["lr"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of ``a2net train`` to ``parser``."""
+    p = parser
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="defaults of a recipe: 'demo' (2 CPU cores, <= 30 min) or 'paper' (SPEC §4)")
+    p.add_argument("--geometric-model", choices=["affine", "tps"], default=None)
+    p.add_argument("--backbone", choices=["resnet101", "vgg16", *sorted(ckpt.BACKBONES)], default=None)
+    p.add_argument("--backbone-weights", default=None,
+                   help="'imagenet' (torchvision's, downloaded), a state_dict path, or 'none' (random init)")
+    p.add_argument("--backbone-seed", type=int, default=None, help="seed of the model's initialisation (0)")
+    p.add_argument("--fine-tune-backbone", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the backbone too (demo preset: on; the paper: off)")
+    p.add_argument("--no-oac", dest="use_oac", action="store_false", default=None,
+                   help="ablation: plain 1x1 conv over the correlation instead of the OAC")
+    p.add_argument("--no-attention", dest="use_attention", action="store_false", default=None,
+                   help="ablation: flatten + linear regressor instead of attention pooling")
+    p.add_argument("--image-size", type=int, default=None, help="square input size (pixels)")
+    p.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="images are resized to this before padding and cropping (480 640)")
+    p.add_argument("--batch-size", type=int, default=None, help="pairs per step (per process)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help="constant (the paper) or cosine decay to 0 at the last step")
+    p.add_argument("--max-steps", type=int, default=None, help="train until this step")
+    p.add_argument("--epochs", type=float, default=None,
+                   help="train for this many passes over the images (sets --max-steps)")
+    p.add_argument("--data", default=None,
+                   help="image folder (recursive jpg/png), or bundled:training (scikit-image photos)")
+    p.add_argument("--thetas", default=None, help="CSV of image name + 6/18 theta numbers (the authors' files)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop + flip of each image (demo preset: on)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the data stream (0)")
+    p.add_argument("--output-dir", default=None, help="where metrics.jsonl and last/ go (runs/a2net)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="save last/ every N steps")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
+    return parser
+
+
+def _resolve(args: argparse.Namespace, stored: dict | None) -> dict:
+    """The run's options: explicit > preset > defaults; when resuming (``stored`` = the
+    checkpoint's state), the options that define the run come from the checkpoint, and so do the
+    length and the checkpoint interval unless given again."""
+    explicit = {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
+    if str(explicit.get("backbone_weights", "")).lower() == "none":
+        explicit["backbone_weights"] = None
+    if "max_steps" in explicit or "epochs" in explicit:  # the one given sets the length
+        explicit.setdefault("max_steps", None)
+        explicit.setdefault("epochs", None)
+    preset = getattr(args, "preset", None)
+    if stored is not None:
+        preset = stored.get("preset", preset)
+    options = dict(DEFAULTS)
+    if preset is not None:
+        options.update(PRESETS[preset])
+    if stored is not None:
+        for key in ("max_steps", "epochs", "checkpoint_every"):
+            options[key] = stored["options"][key]
+    options.update(explicit)
+    if stored is not None:
+        for key in RUN_KEYS:
+            if key in explicit and explicit[key] != stored["options"][key]:
+                raise ValueError(f"--{key.replace('_', '-')}: the run being resumed used {stored['options'][key]!r}, "
+                                 f"got {explicit[key]!r} (a resumed run keeps its data, model and optimiser)")
+            options[key] = stored["options"][key]
+    options["preset"] = preset
+    options["resize"] = list(options["resize"])
+    return options
+
+
+def _check(options: dict) -> None:
+    for key in ("batch_size", "checkpoint_every", "image_size"):
+        if not isinstance(options[key], int) or options[key] < 1:
+            raise ValueError(f"--{key.replace('_', '-')}: expected an int >= 1, got {options[key]!r}")
+    if not options["lr"] > 0:
+        raise ValueError(f"--lr: expected a number > 0, got {options['lr']!r}")
+    if options["data"] is None:
+        raise ValueError("--data: expected an image folder (the paper preset trains on PASCAL VOC 2011 images: "
+                         "pass their folder) or bundled:training")
+    if options["lr_schedule"] not in LR_SCHEDULES:
+        raise ValueError(f"--lr-schedule: expected one of {list(LR_SCHEDULES)}, got {options['lr_schedule']!r}")
+    if options["max_steps"] is None and options["epochs"] is None:
+        raise ValueError("--max-steps/--epochs: expected one of them")
+
+
+def _distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def _rewind_metrics(path: Path, step: int) -> None:
+    """Keep the complete lines of steps <= ``step`` (a killed run may have logged further, or half
+    a line): a resumed run appends from ``step + 1`` and the file keeps one line per step."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    ckpt.atomic_write(path, "".join(f"{line}\n" for line in kept))
+
+
+def train(options: dict, output_dir, resume: bool = False, device=None, amp: bool = False, compile: bool = False,
+          num_workers: int = 0, progress: bool = True, log=print) -> dict:
+    """Train A2Net on synthetic pairs; see the module docstring.
+
+    Args:
+        options: the run's options (keys of :data:`DEFAULTS`, e.g. ``dict(DEFAULTS, **PRESETS["demo"])``).
+        output_dir: where ``metrics.jsonl`` and ``last/`` go.
+        resume: continue from ``output_dir/last`` (options are then those stored there).
+        device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
+        amp: bf16 autocast on CUDA.
+        compile: ``torch.compile`` the model.
+        num_workers: DataLoader workers.
+        progress: show a tqdm bar (rank 0).
+        log: where messages go.
+    Returns:
+        ``{"step", "loss", "seconds", "output_dir"}`` of the run.
+    """
+    from tqdm import tqdm
+
+    from a2net.model import normalize_images
+
+    output_dir = Path(output_dir)
+    stored = None
+    if resume:
+        state_dir = ckpt.resolve_checkpoint(output_dir / "last")
+        stored = json.loads((state_dir / ckpt.STATE_FILE).read_text())
+        options = dict(stored["options"], max_steps=options["max_steps"], epochs=options["epochs"],
+                       checkpoint_every=options["checkpoint_every"])
+    _check(options)
+    rank, local_rank, world = _distributed()
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    use_amp = amp and device.type == "cuda"
+    if amp and not use_amp and rank == 0:
+        log("--amp: bf16 autocast is used on CUDA only; training in fp32 on CPU")
+
+    dataset = SyntheticPairDataset(options["data"], options["geometric_model"], options["image_size"],
+                                   resize=tuple(options["resize"]), seed=options["seed"], thetas=options["thetas"],
+                                   augment=options["augment"])
+    max_steps = options["max_steps"]
+    if max_steps is None:
+        max_steps = math.ceil(options["epochs"] * len(dataset) / (options["batch_size"] * world))
+
+    config = {
+        "geometric_model": options["geometric_model"],
+        "backbone": options["backbone"],
+        "image_size": [options["image_size"], options["image_size"]],
+        "freeze_backbone": not options["fine_tune_backbone"],
+        "use_oac": options["use_oac"],
+        "use_attention": options["use_attention"],
+    }
+    model = ckpt.build_model(config, backbone_seed=options["backbone_seed"],
+                             backbone_weights=options["backbone_weights"])
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=options["lr"])
+    step = 0
+    if stored is not None:
+        state = ckpt.load_checkpoint(output_dir / "last", model=model, optimizer=optimizer)
+        step = state["step"]
+    model.to(device)
+    for group in optimizer.state.values():  # Adam moments follow the model's device
+        for key, value in group.items():
+            if isinstance(value, torch.Tensor) and key != "step":
+                group[key] = value.to(device)
+    net = model
+    if world > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if compile:
+        net = torch.compile(net)
+    loss_fn = geometry.TransformedGridLoss(options["geometric_model"])
+
+    metrics_path = output_dir / METRICS_FILE
+    if rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if stored is not None:
+            _rewind_metrics(metrics_path, step)
+        elif metrics_path.exists():
+            metrics_path.unlink()  # a fresh run: metrics of an earlier run in this directory go
+    extra = {"options": options, "preset": options.get("preset")}
+
+    sampler = StepBatchSampler(options["batch_size"], step + 1, max_steps, rank=rank, world_size=world)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_pairs,
+                                         num_workers=num_workers, persistent_workers=False,
+                                         pin_memory=device.type == "cuda")
+    if rank == 0:
+        log(f"training {options['geometric_model']} A2Net ({options['backbone']}, {options['image_size']}px, batch "
+            f"{options['batch_size']}x{world}, lr {options['lr']}) on {len(dataset)} images of {options['data']} "
+            f"-> {output_dir}: steps {step + 1}..{max_steps} on {device}")
+    bar = tqdm(total=max_steps, initial=step, disable=not progress or rank != 0, dynamic_ncols=True, unit="step")
+    start = time.perf_counter()
+    last_time, loss_value = start, float("nan")
+    metrics = open(metrics_path, "a") if rank == 0 else None
+    try:
+        for batch in loader:
+            step += 1
+            source = normalize_images(batch["source"].to(device, non_blocking=True))
+            target = normalize_images(batch["target"].to(device, non_blocking=True))
+            theta_true = batch["theta"].to(device, non_blocking=True)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(options, step, max_steps)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                theta = net(source, target)
+            loss = loss_fn(theta.float(), theta_true)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            logged = loss.detach()
+            if world > 1:
+                torch.distributed.all_reduce(logged)
+                logged /= world
+            loss_value = float(logged)
+            now = time.perf_counter()
+            record = {"step": step, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
+                      "pairs_per_s": options["batch_size"] * world / max(now - last_time, 1e-9)}
+            last_time = now
+            if rank == 0:
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}", pairs_s=f"{record['pairs_per_s']:.1f}")
+                if step % options["checkpoint_every"] == 0 or step == max_steps:
+                    os.fsync(metrics.fileno())
+                    ckpt.save_checkpoint(output_dir / "last", model, optimizer, step=step, extra=extra)
+    finally:
+        bar.close()
+        if metrics is not None:
+            metrics.close()
+    if rank == 0 and stored is None and step == 0:
+        ckpt.save_checkpoint(output_dir / "last", model, optimizer, step=0, extra=extra)
+    seconds = time.perf_counter() - start
+    if rank == 0:
+        log(f"done: step {step}, loss {loss_value:.4f}, {seconds:.0f} s -> {output_dir / 'last'}")
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return {"step": step, "loss": loss_value, "seconds": seconds, "output_dir": str(output_dir)}
+
+
+def run(args: argparse.Namespace) -> int:
+    """``a2net train`` with parsed arguments (see :func:`add_arguments`)."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    stored = None
+    output_dir = Path(args.output_dir or DEFAULTS["output_dir"])
+    if args.resume:
+        state_dir = ckpt.resolve_checkpoint(output_dir / "last")
+        stored = json.loads((state_dir / ckpt.STATE_FILE).read_text())
+    options = _resolve(args, stored)
+    train(options, output_dir, resume=args.resume, device=args.device, amp=args.amp, compile=args.compile,
+          num_workers=args.num_workers, progress=args.progress)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry point: ``python -m a2net.train ...``."""
+    parser = add_arguments(argparse.ArgumentParser(prog="a2net train", description=__doc__.splitlines()[0]))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
