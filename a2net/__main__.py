@@ -3,57 +3,69 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
+from pathlib import Path
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Align two bundled photos with the full model (random head, untrained backbone)."""
+    """Align held-out bundled photos with the embedded trained model; figure and PCK."""
     import torch
 
-    from a2net import A2Net, normalize_images
-    from a2net.images import DEMO_PAIR, bundled_image
+    from a2net import data, geometry
+    from a2net.alignment import align, save_alignment_figure
+    from a2net.checkpoint import DEFAULT_CHECKPOINT, load_default_model
+    from a2net.evaluate import evaluate_synthetic, format_results
     from a2net.ops import backend
 
-    torch.manual_seed(args.seed)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    source = bundled_image(DEMO_PAIR[0])[None]
-    target = bundled_image(DEMO_PAIR[1])[None]
-    model = A2Net(args.geometric_model, backbone=args.backbone).to(device).eval()
-    src = normalize_images(source, size=model.image_size).to(device)
-    tgt = normalize_images(target, size=model.image_size).to(device)
-    print(f"A2Net({args.geometric_model}, {args.backbone}) on {device}, backend {backend()}: "
-          f"aligning scikit-image photos {DEMO_PAIR[0]!r} -> {DEMO_PAIR[1]!r} at {model.image_size}")
-    print("(untrained: random backbone and head; the trained demo replaces this)")
-    times = []
-    with torch.no_grad():
-        model(src, tgt)  # warm-up: first-call allocations and kernel selection
-        for _ in range(args.repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            theta = model(src, tgt)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    values = ", ".join(f"{v:+.4f}" for v in theta[0].tolist())
-    print(f"theta ({theta.shape[1]}): [{values}]")
-    print(f"forward time: median {statistics.median(times) * 1e3:.1f} ms over {len(times)} runs "
-          f"(min {min(times) * 1e3:.1f} ms; {torch.get_num_threads()} CPU threads)" if device.type == "cpu" else
-          f"forward time: median {statistics.median(times) * 1e3:.1f} ms over {len(times)} runs")
+    model = load_default_model(map_location=device)
+    state = getattr(model, "checkpoint_state", {})
+    print(f"embedded model: {DEFAULT_CHECKPOINT.name} ({model.geometric_model}, backbone "
+          f"{model.config['backbone']}, {model.image_size[0]}x{model.image_size[1]} input, trained "
+          f"{state.get('step', '?')} steps by `a2net train --preset demo`) on {device}, backend {backend()}")
+
+    # 1. PCK on held-out synthetic pairs (photos never seen in training, known transformations).
+    start = time.perf_counter()
+    report = evaluate_synthetic(model, n_pairs=args.pairs, device=device, progress=False)
+    print(f"\nheld-out synthetic pairs of the bundled photos ({args.pairs} pairs, "
+          f"{time.perf_counter() - start:.1f} s):")
+    print(format_results({"benchmark": "synthetic", "modes": {report["mode"]: report}}))
+
+    # 2. One held-out pair as a figure: the true transformation's keypoints vs the predicted ones.
+    pairs = data.heldout_synthetic_pairs(model.geometric_model, n_pairs=args.index + 1, image_size=model.image_size)
+    source, target, theta = pairs["source"][args.index], pairs["target"][args.index], pairs["theta"][args.index]
+    h, w = target.shape[1:]
+    axis = torch.linspace(-0.7, 0.7, 4, dtype=torch.float64)
+    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+    grid = torch.stack((xs.flatten(), ys.flatten()))[None]
+    size = torch.tensor([[h, w]])
+    target_points = geometry.normalized_to_pixels(grid, size)[0]
+    source_points = geometry.normalized_to_pixels(geometry.transform_points(theta[None].double(), grid), size)[0]
+    start = time.perf_counter()
+    result = align(source, target, model=model, source_points=source_points.float(), target_points=target_points.float())
+    elapsed = time.perf_counter() - start
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_alignment_figure(result, out)
+    errors = result.transfer_errors()
+    inside = ~torch.isnan(errors)  # keypoints whose true source position lies inside the image
+    identity = torch.linalg.vector_norm(source_points - target_points, dim=0)[inside]
+    print(f"\npair {args.index} ({pairs['name'][args.index]}): aligned in {elapsed * 1e3:.0f} ms; keypoint "
+          f"error {errors[inside].mean():.1f} px mean over {int(inside.sum())} points inside the source "
+          f"(without alignment: {identity.mean():.1f} px)")
+    print(f"figure: {out}")
     return 0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="a2net", description="A2Net semantic alignment")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="align two bundled photos with the full model")
-    p.add_argument("--geometric-model", default="affine", choices=["affine", "tps"])
-    p.add_argument("--backbone", default="resnet101", choices=["resnet101", "vgg16"])
+    p = sub.add_parser("demo", help="align held-out bundled photos with the embedded trained model")
+    p.add_argument("--out", default="demo/alignment.png", help="the alignment figure (default: %(default)s)")
+    p.add_argument("--pairs", type=int, default=200, help="held-out synthetic pairs scored (default: %(default)s)")
+    p.add_argument("--index", type=int, default=3, help="which held-out pair the figure shows (default: %(default)s)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=5, help="timed forward passes (median reported)")
     p.set_defaults(func=demo)
     from a2net import alignment, evaluate, official, train
 

@@ -165,11 +165,12 @@ def atomic_write(path, data: bytes | str) -> None:
     path = Path(path)
     payload = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        _write_synced(tmp, lambda f: f.write(payload))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # the old file is untouched; leave no temp file behind
+        raise
     _fsync_dir(path.parent)
 
 

@@ -430,29 +430,32 @@ def synthetic_pck(theta_pred: torch.Tensor, theta_true: torch.Tensor, image_size
     pixels (the PCK of :func:`a2net.metrics.pck`, without its padding rule: every point counts).
 
     Args:
-        theta_pred: ``(B, 6)`` or ``(B, 18)`` predictions (identity thetas give the baseline).
-        theta_true: the ground truth, same shape.
+        theta_pred: ``(B, 6)`` or ``(B, 18)`` predictions (identity thetas give the baseline), or a
+            chain of them applied in :func:`a2net.geometry.compose_points` order
+            (``[theta_tps, theta_affine]`` for affine+TPS); any kind, whatever the truth's.
+        theta_true: the ground truth ``(B, 6)`` or ``(B, 18)``.
         image_size: ``(H, W)`` of the pair images, or an int.
         alpha: tolerance as a fraction of ``max(H, W)``.
         grid_size: points per side.
     Returns:
         ``(B,)`` float64 fraction of correct points; ``.mean()`` is the PCK of the set.
     """
-    _, pred = geometry._flatten_theta(theta_pred, name="theta_pred")
+    chain = list(theta_pred) if isinstance(theta_pred, (list, tuple)) else [theta_pred]
+    chain = [geometry._flatten_theta(t, name="theta_pred")[1].detach().double().cpu() for t in chain]
     _, true = geometry._flatten_theta(theta_true, name="theta_true")
-    if pred.shape != true.shape:
-        raise ValueError(f"theta_true: expected shape {tuple(pred.shape)} (that of theta_pred), "
-                         f"got {tuple(true.shape)}")
+    if any(t.shape[0] != true.shape[0] for t in chain):
+        raise ValueError(f"theta_true: expected batch size {chain[0].shape[0]} (that of theta_pred), "
+                         f"got {true.shape[0]}")
     size = as_size("image_size", image_size)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
         raise ValueError(f"alpha: expected a number > 0, got {alpha!r}")
     if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 1:
         raise ValueError(f"grid_size: expected an int >= 1, got {grid_size!r}")
-    pred, true = pred.detach().double().cpu(), true.detach().double().cpu()
+    true = true.detach().double().cpu()
     axis = geometry._axis(grid_size, "cpu", torch.float64)  # align_corners=True; one point sits at 0
     ys, xs = torch.meshgrid(axis, axis, indexing="ij")
-    points = torch.stack((xs.flatten(), ys.flatten())).unsqueeze(0).expand(pred.shape[0], -1, -1)
-    moved = geometry.normalized_to_pixels(geometry.transform_points(pred, points), size)
+    points = torch.stack((xs.flatten(), ys.flatten())).unsqueeze(0).expand(true.shape[0], -1, -1)
+    moved = geometry.normalized_to_pixels(geometry.compose_points(chain, points), size)
     truth = geometry.normalized_to_pixels(geometry.transform_points(true, points), size)
     # Not metrics.pck: a true point that leaves the image has negative pixels, which pck would
     # take for padding; here every grid point counts.

@@ -318,22 +318,6 @@ def default_pair_model(model: nn.Module) -> str:
     return "tps" if mode_of(model) == "tps" else "affine"
 
 
-def _chain_pck(chain: list[torch.Tensor], theta_true: torch.Tensor, size, alpha: float, grid_size: int) -> torch.Tensor:
-    """:func:`a2net.data.synthetic_pck` of a prediction that is one theta of the truth's kind, or
-    the same measure through the composed map otherwise (affine+TPS, or a TPS model on affine
-    pairs), which ``synthetic_pck`` does not take."""
-    from a2net import data
-
-    if len(chain) == 1 and chain[0].shape == theta_true.shape:
-        return data.synthetic_pck(chain[0], theta_true, size, alpha=alpha, grid_size=grid_size)
-    axis = torch.linspace(-1, 1, grid_size, dtype=torch.float64) if grid_size > 1 else torch.zeros(1, dtype=torch.float64)
-    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
-    points = torch.stack((xs.flatten(), ys.flatten())).unsqueeze(0).expand(theta_true.shape[0], -1, -1)
-    moved = geometry.normalized_to_pixels(geometry.compose_points(chain, points), size)
-    truth = geometry.normalized_to_pixels(geometry.transform_points(theta_true.double(), points), size)
-    return (torch.linalg.vector_norm(moved - truth, dim=1) <= alpha * max(size)).double().mean(1)
-
-
 def _synthetic_batches(pairs, batch_size: int):
     """Batches ``(source, target, theta, names)`` of held-out pairs given as the batch dict of
     :func:`a2net.data.heldout_synthetic_pairs` or as a dataset of
@@ -411,7 +395,7 @@ def evaluate_synthetic(model: nn.Module, pairs=None, alphas=KEYPOINT_ALPHAS, ima
             kind = "affine" if theta.shape[1] == 6 else "tps"
             kinds.add(kind)
             identity = geometry.identity_theta(kind, theta.shape[0], dtype=torch.float64)
-            scores = [_chain_pck(chain, theta, pair_size, a, grid_size) for a in alphas]
+            scores = [data.synthetic_pck(chain, theta, pair_size, alpha=a, grid_size=grid_size) for a in alphas]
             base = [data.synthetic_pck(identity, theta, pair_size, alpha=a, grid_size=grid_size) for a in alphas]
             for i in range(theta.shape[0]):
                 records.append({"index": len(records), "category": str(photo[i]),

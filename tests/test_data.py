@@ -169,6 +169,11 @@ def test_synthetic_pck_values():
     far = geometry.identity_theta("affine", 1)
     far[0, 2] = 5.0
     assert data.synthetic_pck(far, far, 50).item() == 1.0
-    with pytest.raises(ValueError, match="theta_true"):
-        data.synthetic_pck(theta, geometry.identity_theta("tps", 2), 10)
+    with pytest.raises(ValueError, match="theta_true: expected batch size 2"):
+        data.synthetic_pck(theta, geometry.identity_theta("tps", 3), 10)
+    # Any kind of prediction, and chains (affine+TPS): the identity TPS after theta is theta.
+    identity_tps = geometry.identity_theta("tps", 2)
+    assert data.synthetic_pck([identity_tps, theta], theta, 10).tolist() == [1.0, 1.0]
+    torch.testing.assert_close(data.synthetic_pck(identity_tps, theta, 10), data.synthetic_pck(
+        geometry.identity_theta("affine", 2), theta, 10))
     assert data.synthetic_pck(theta, theta, (20, 30), grid_size=1).tolist() == [1.0, 1.0]
