@@ -77,7 +77,13 @@ def check_oac_inputs(corr, weight, bias, source_size) -> tuple[int, int]:
     check_tensor("weight", weight, 3)
     check_same("corr", corr, "weight", weight)
     check_dim("corr", corr, 1, hs * ws, f"source positions Hs*Ws for source_size {(hs, ws)}")
-    ht, wt = corr.shape[2], corr.shape[3]
+    check_offset_weight(weight, bias, (hs, ws), (corr.shape[2], corr.shape[3]))
+    return hs, ws
+
+
+def check_offset_weight(weight, bias, source_size, target_size) -> None:
+    """An OAC weight ``(O, Hs+Ht-1, Ws+Wt-1)`` and bias ``(O,)`` (or None) for these map sizes."""
+    (hs, ws), (ht, wt) = source_size, target_size
     expected = (hs + ht - 1, ws + wt - 1)
     if tuple(weight.shape[1:]) != expected:
         raise ValueError(
@@ -88,7 +94,6 @@ def check_oac_inputs(corr, weight, bias, source_size) -> tuple[int, int]:
         check_tensor("bias", bias, 1)
         check_same("weight", weight, "bias", bias)
         check_dim("bias", bias, 0, weight.shape[0], "output channels O of weight")
-    return hs, ws
 
 
 def check_attention_inputs(logits, values) -> None:

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._memory import empty
+from kernels._memory import accumulation_dtype, empty
 from kernels._tuning import autotune, launch
 
 # The first config of each list is the default (the only one in interpreter mode); it is sized
@@ -180,11 +180,6 @@ def attention_pool_bwd_kernel(
         tl.store(p_dlogits + i_b * stride_dlb + o_t * stride_dlt, b_dl.to(p_dlogits.dtype.element_ty), mask=m_t)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation (and ``lse``) dtype: fp64 for fp64 inputs, fp32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def attention_pool_fwd(logits: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward launcher.
 
@@ -197,7 +192,7 @@ def attention_pool_fwd(logits: torch.Tensor, values: torch.Tensor) -> tuple[torc
     """
     b, c, h, w = values.shape
     t = h * w
-    acc = _acc_dtype(values.dtype)
+    acc = accumulation_dtype(values.dtype)
     out = empty(b, c, dtype=acc, device=values.device)
     lse = empty(b, 2, dtype=acc, device=values.device)
     if b == 0:
@@ -323,7 +318,7 @@ def static_compile_specs(all_configs: bool = False) -> list[dict]:
     specs = []
     for dtype in (torch.float32, torch.bfloat16):
         ty = f"*{_TRITON_DTYPE[dtype]}"
-        acc = f"*{_TRITON_DTYPE[_acc_dtype(dtype)]}"
+        acc = f"*{_TRITON_DTYPE[accumulation_dtype(dtype)]}"
         fwd_sig = {"p_logits": ty, "p_values": ty, "p_out": acc, "p_lse": acc}
         fwd_sig.update({k: "i32" for k in ("C", "T", "stride_lb", "stride_lt", "stride_vb", "stride_vc")})
         fwd_sig.update({k: "i32" for k in ("stride_vt", "stride_ob", "stride_oc")})

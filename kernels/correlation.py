@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._memory import empty
+from kernels._memory import accumulation_dtype, empty
 from kernels._tuning import INTERPRET, autotune, launch
 
 #: Largest source size whose column norm is fused into the GEMM tile (one ``s``-block).
@@ -385,12 +385,7 @@ def correlation_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 accumulation, fp64 for fp64 inputs (what makes a float64 gradcheck possible)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _dot_options(dtype: torch.dtype, input_precision: str) -> dict:
+def dot_options(dtype: torch.dtype, input_precision: str) -> dict:
     """``input_precision`` only means something for fp32 operands; 16/64-bit dots take "ieee"."""
     return {
         "INPUT_PRECISION": input_precision if dtype == torch.float32 else "ieee",
@@ -407,7 +402,7 @@ def fused_block_s(S: int) -> int | None:
 def inverse_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """``1 / sqrt(sum_c x^2 + eps)`` of a ``(B, C, N)`` tensor (any strides) -> ``(B, N)``."""
     B, C, N = x.shape
-    inv = empty(B, N, dtype=_acc_dtype(x.dtype), device=x.device)
+    inv = empty(B, N, dtype=accumulation_dtype(x.dtype), device=x.device)
     inverse_norm_kernel[(triton.cdiv(N, NORM_BLOCK_N), B)](
         p_x=x,
         p_inv=inv,
@@ -446,7 +441,7 @@ def correlation_fwd(
     B, C, Hs, Ws = source.shape
     Ht, Wt = target.shape[2:]
     S, T = Hs * Ws, Ht * Wt
-    dev, acc_dtype = source.device, _acc_dtype(source.dtype)
+    dev, acc_dtype = source.device, accumulation_dtype(source.dtype)
     out = empty(B, S, Ht, Wt, dtype=source.dtype, device=dev)
     # distinct empty tensors: custom-op outputs must not alias each other
     inv_src, inv_tgt, inv_match = (source.new_empty((0,), dtype=acc_dtype) for _ in range(3))
@@ -497,7 +492,7 @@ def correlation_fwd(
         NORM_MATCH=normalize_matches,
         SPLIT=split,
         BLOCK_S=block_s,
-        **_dot_options(source.dtype, input_precision),
+        **dot_options(source.dtype, input_precision),
     )
     if split:
         normalize_matches_kernel[(triton.cdiv(T, RESCALE_BLOCK_T), n_sblocks, B)](
@@ -516,7 +511,7 @@ def correlation_fwd(
     return out, inv_src, inv_tgt, inv_match
 
 
-def _feature_grad(x, y, e, x_scale, y_scale, dot, normalize_features, input_precision):
+def feature_grad(x, y, e, x_scale, y_scale, dot, normalize_features, input_precision):
     """Launch :func:`correlation_bwd_kernel`: x (B, C, K), y (B, C, N), e (B, K, N) views."""
     B, C, N = y.shape
     K = x.shape[2]
@@ -548,7 +543,7 @@ def _feature_grad(x, y, e, x_scale, y_scale, dot, normalize_features, input_prec
         stride_ek=e.stride(1),
         stride_en=e.stride(2),
         NORM_FEAT=normalize_features,
-        **_dot_options(y.dtype, input_precision),
+        **dot_options(y.dtype, input_precision),
     )
     return grad
 
@@ -581,7 +576,7 @@ def correlation_bwd(
     B, C, Hs, Ws = source.shape
     Ht, Wt = target.shape[2:]
     S, T = Hs * Ws, Ht * Wt
-    dev, acc_dtype = source.device, _acc_dtype(source.dtype)
+    dev, acc_dtype = source.device, accumulation_dtype(source.dtype)
     grad_src, grad_tgt = source.new_empty((0,)), source.new_empty((0,))  # distinct: no aliasing
     if B * C * S * T == 0:  # nothing to reduce: the gradients are zero (or empty)
         grad_src = source.new_zeros((B, C, Hs, Ws)) if need_source else grad_src
@@ -618,11 +613,11 @@ def correlation_bwd(
         )
     if need_source:  # df_s[c, s] from x = target (k = t), e[t, s] = dc[s, t]
         e_src = dcorr.transpose(1, 2)
-        grad_src = _feature_grad(
+        grad_src = feature_grad(
             tgt, src, e_src, inv_target, inv_source, dot_src, normalize_features, input_precision
         ).view(B, C, Hs, Ws)
     if need_target:  # df_t[c, t] from x = source (k = s), e[s, t] = dc[s, t]
-        grad_tgt = _feature_grad(
+        grad_tgt = feature_grad(
             src, tgt, dcorr, inv_source, inv_target, dot_tgt, normalize_features, input_precision
         ).view(B, C, Ht, Wt)
     return grad_src, grad_tgt
@@ -669,8 +664,8 @@ def static_compile_specs(all_configs: bool = False) -> list[dict]:
     specs = []
     for dtype in (torch.float32, torch.bfloat16):
         ty = f"*{_TRITON_DTYPE[dtype]}"
-        acc = f"*{_TRITON_DTYPE[_acc_dtype(dtype)]}"
-        dot = {**_dot_options(dtype, "tf32"), "DOT_FP32": False}  # compiled for a GPU, not the interpreter
+        acc = f"*{_TRITON_DTYPE[accumulation_dtype(dtype)]}"
+        dot = {**dot_options(dtype, "tf32"), "DOT_FP32": False}  # compiled for a GPU, not the interpreter
         for size in _SPEC_SIZES:
             tag = f"{_TRITON_DTYPE[dtype]},H{size}"
             split = fused_block_s(size * size) is None

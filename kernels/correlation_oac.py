@@ -39,7 +39,7 @@ Backward (``g`` the incoming gradient, ``Y = out - bias``, ``R = relu(c)``):
   dot against the transposed weight slice, un-skewed by ``tl.gather``):
   ``dc = (P - q_t R) / n_t`` where ``c > 0``. ``dc`` (B, S, T) is written (the one (HW)^2 buffer,
   on this path only) with the feature-norm dots, and the correlation's backward GEMMs
-  (:func:`kernels.correlation._feature_grad`) finish.
+  (:func:`kernels.correlation.feature_grad`) finish.
 
 Memory: forward O(B*(C*(S+T) + O*T)); weight/bias backward adds ``n_split * n_diag * O * Dh * 2BX``
 fp32 partial sums (a few MB); the feature-gradient path adds ``B*S*T``.
@@ -51,9 +51,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._memory import empty
+from kernels._memory import accumulation_dtype, empty
 from kernels._tuning import INTERPRET, autotune, launch
-from kernels.correlation import _feature_grad, inverse_norm
+from kernels.correlation import dot_options, feature_grad, inverse_norm
 from kernels.offset_aware_correlation import oac_backward_bias
 
 # ---------------------------------------------------------------------------------------------
@@ -435,20 +435,6 @@ def correlation_oac_bwd_corr_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 accumulation, fp64 for fp64 inputs (what makes a float64 gradcheck possible)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _dot_options(dtype: torch.dtype, input_precision: str) -> dict:
-    """``input_precision`` only means something for fp32 operands; 16/64-bit dots take "ieee"."""
-    return {
-        "INPUT_PRECISION": input_precision if dtype == torch.float32 else "ieee",
-        "DOT_FP32": INTERPRET and dtype == torch.bfloat16,
-        "FP64": dtype == torch.float64,
-    }
-
-
 def _oac_dot_options(dtype: torch.dtype, normalize_features: bool, input_precision: str) -> dict:
     """The ``W @ relu(c)`` product of the forward: in the input dtype, except for 16-bit inputs
     without feature normalisation (relu(c) unbounded: fp32 operands, tf32) and bf16 under the
@@ -510,7 +496,7 @@ def _inverse_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """``1 / sqrt(sum_c x^2 + eps)`` of ``(B, C, H, W)`` -> ``(B, H*W)`` (the correlation's kernel)."""
     b, c, h, w = x.shape
     if h * w == 0:
-        return x.new_empty((b, 0), dtype=_acc_dtype(x.dtype))
+        return x.new_empty((b, 0), dtype=accumulation_dtype(x.dtype))
     return inverse_norm(x.reshape(b, c, h * w), eps)
 
 
@@ -536,7 +522,7 @@ def correlation_oac_fwd(
     b, c, hs, ws = source.shape
     ht, wt = target.shape[2:]
     o = weight.shape[0]
-    dev, acc_dtype = source.device, _acc_dtype(source.dtype)
+    dev, acc_dtype = source.device, accumulation_dtype(source.dtype)
     out = empty(b, o, ht, wt, dtype=source.dtype, device=dev)
     inv_match = empty(b, ht * wt, dtype=acc_dtype, device=dev)
     inv_src, inv_tgt = (source.new_empty((0,), dtype=acc_dtype) for _ in range(2))  # distinct: no aliasing
@@ -564,7 +550,7 @@ def correlation_oac_fwd(
         **_strides("o", out, "boyx"),
         eps=eps,
         NORM_FEAT=normalize_features, HAS_BIAS=bias is not None,
-        **_dot_options(source.dtype, input_precision),
+        **dot_options(source.dtype, input_precision),
         **_oac_dot_options(source.dtype, normalize_features, input_precision),
         BLOCK_O=block_o, BLOCK_XS=block_xs, BLOCK_XT=block_xt,
     )  # fmt: skip
@@ -596,7 +582,7 @@ def correlation_oac_bwd_weight(
     n_xt = triton.cdiv(wt, block_x)
     n_k = triton.cdiv(ws, block_x) + n_xt - 1
     n_split, per_split = weight_batch_split(b, dh * n_k * triton.cdiv(o, block_o))
-    partial = empty(n_split, n_k, o, dh, 2 * block_x, dtype=_acc_dtype(source.dtype), device=dev)
+    partial = empty(n_split, n_k, o, dh, 2 * block_x, dtype=accumulation_dtype(source.dtype), device=dev)
     launch(
         correlation_oac_bwd_weight_kernel,
         lambda meta: (dh * n_k, triton.cdiv(o, block_o), n_split),
@@ -611,7 +597,7 @@ def correlation_oac_bwd_weight(
         **_strides("s", source, "bcyx"), **_strides("t", target, "bcyx"), **_strides("g", grad, "boyx"),
         stride_pn=partial.stride(0),
         NORM_FEAT=normalize_features,
-        **_dot_options(source.dtype, input_precision),
+        **dot_options(source.dtype, input_precision),
         BLOCK_O=block_o, BLOCK_X=block_x,
     )  # fmt: skip
     correlation_oac_reduce_weight_kernel[(triton.cdiv(dweight.numel(), REDUCE_BLOCK),)](
@@ -637,12 +623,12 @@ def correlation_oac_bwd_corr(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``dcorr`` ``(B, S, T)`` (gradient w.r.t. the pre-ReLU correlation, input dtype) and, with
     ``normalize_features``, the feature-norm dots ``dot_src`` ``(B, n, S)`` (partials) and
-    ``dot_tgt`` ``(B, 1, T)`` that :func:`kernels.correlation._feature_grad` takes."""
+    ``dot_tgt`` ``(B, 1, T)`` that :func:`kernels.correlation.feature_grad` takes."""
     b, c, hs, ws = source.shape
     ht, wt = target.shape[2:]
     o = weight.shape[0]
     s, t = hs * ws, ht * wt
-    dev, acc_dtype = source.device, _acc_dtype(source.dtype)
+    dev, acc_dtype = source.device, accumulation_dtype(source.dtype)
     block_xs, block_xt = column_block(ws), column_block(wt)
     wpad = padded_weight(weight, ws, wt, block_xs, block_xt)
     n_prog = ht * triton.cdiv(wt, block_xt)
@@ -666,7 +652,7 @@ def correlation_oac_bwd_corr(
         stride_bias=0 if bias is None else bias.stride(0),
         **_strides("o", out, "boyx"), **_strides("g", grad, "boyx"),
         NORM_FEAT=normalize_features, HAS_BIAS=bias is not None,
-        **_dot_options(source.dtype, input_precision),
+        **dot_options(source.dtype, input_precision),
         BLOCK_O=output_block(o, BWD_CORR_BLOCK_O), BLOCK_XS=block_xs, BLOCK_XT=block_xt,
     )  # fmt: skip
     return dcorr, dot_src, dot_tgt
@@ -723,11 +709,11 @@ def correlation_oac_bwd(
     )  # fmt: skip
     src, tgt = source.reshape(b, c, s), target.reshape(b, c, t)
     if need_source:  # df_s[c, s] from x = target (k = t), e[t, s] = dc[s, t]
-        dsrc = _feature_grad(
+        dsrc = feature_grad(
             tgt, src, dcorr.transpose(1, 2), inv_target, inv_source, dot_src, normalize_features, input_precision
         ).view(b, c, hs, ws)
     if need_target:  # df_t[c, t] from x = source (k = s), e[s, t] = dc[s, t]
-        dtgt = _feature_grad(
+        dtgt = feature_grad(
             src, tgt, dcorr, inv_source, inv_target, dot_tgt, normalize_features, input_precision
         ).view(b, c, ht, wt)
     return dsrc, dtgt, dweight, dbias
@@ -776,7 +762,7 @@ def static_compile_specs(all_configs: bool = False) -> list[dict]:
     specs = []
     for dtype in (torch.float32, torch.bfloat16):
         ty = f"*{_TRITON_DTYPE[dtype]}"
-        acc = f"*{_TRITON_DTYPE[_acc_dtype(dtype)]}"
+        acc = f"*{_TRITON_DTYPE[accumulation_dtype(dtype)]}"
         dot = {"INPUT_PRECISION": "tf32" if dtype == torch.float32 else "ieee", "DOT_FP32": False, "FP64": False}
         oac_dot = {"OAC_FP32": False, "OAC_PRECISION": dot["INPUT_PRECISION"]}  # compiled for a GPU
         for size in _SPEC_SIZES:

@@ -21,11 +21,8 @@ import torch
 from a2net import reference
 from a2net._validation import INPUT_PRECISIONS, check_choice, check_correlation_inputs
 from a2net.ops._dispatch import TRITON_CALLS, use_triton
+from kernels._memory import accumulation_dtype
 
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @torch.library.custom_op("a2net::correlation", mutates_args=())
@@ -50,7 +47,7 @@ def _correlation_op(
 def _correlation_fake(source, target, normalize_features, relu, normalize_matches, input_precision):
     B, C, Hs, Ws = source.shape
     Ht, Wt = target.shape[2:]
-    acc = _acc_dtype(source.dtype)
+    acc = accumulation_dtype(source.dtype)
     out = source.new_empty((B, Hs * Ws, Ht, Wt))
     inv_src = source.new_empty((B, Hs * Ws) if normalize_features else (0,), dtype=acc)
     inv_tgt = source.new_empty((B, Ht * Wt) if normalize_features else (0,), dtype=acc)

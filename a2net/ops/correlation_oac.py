@@ -32,16 +32,13 @@ from a2net._validation import (
     INPUT_PRECISIONS,
     check_choice,
     check_correlation_inputs,
-    check_dim,
+    check_offset_weight,
     check_same,
     check_tensor,
 )
 from a2net.ops._dispatch import TRITON_CALLS, use_triton
+from kernels._memory import accumulation_dtype
 
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @torch.library.custom_op("a2net::correlation_oac", mutates_args=())
@@ -64,7 +61,7 @@ def _correlation_oac_op(
 def _correlation_oac_fake(source, target, weight, bias, normalize_features, input_precision):
     b, _, hs, ws = source.shape
     ht, wt = target.shape[2:]
-    acc = _acc_dtype(source.dtype)
+    acc = accumulation_dtype(source.dtype)
     out = source.new_empty((b, weight.shape[0], ht, wt))
     inv_src = source.new_empty((b, hs * ws) if normalize_features else (0,), dtype=acc)
     inv_tgt = source.new_empty((b, ht * wt) if normalize_features else (0,), dtype=acc)
@@ -146,17 +143,7 @@ def check_correlation_oac_inputs(source, target, weight, bias) -> None:
     check_correlation_inputs(source, target)
     check_tensor("weight", weight, 3)
     check_same("source", source, "weight", weight)
-    (hs, ws), (ht, wt) = source.shape[2:], target.shape[2:]
-    expected = (hs + ht - 1, ws + wt - 1)
-    if tuple(weight.shape[1:]) != expected:
-        raise ValueError(
-            f"weight: expected offset grid (Hs+Ht-1, Ws+Wt-1) = {expected} for source {(hs, ws)} and "
-            f"target {(ht, wt)}, got {tuple(weight.shape[1:])}"
-        )
-    if bias is not None:
-        check_tensor("bias", bias, 1)
-        check_same("weight", weight, "bias", bias)
-        check_dim("bias", bias, 0, weight.shape[0], "output channels O of weight")
+    check_offset_weight(weight, bias, tuple(source.shape[2:]), tuple(target.shape[2:]))
 
 
 def correlation_oac(
