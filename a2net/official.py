@@ -41,12 +41,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from a2net._validation import check_choice
 from a2net.model import BACKBONES, GEOMETRIC_MODELS, A2Net
 
 __all__ = [
     "ALLOWED_GLOBALS",
+    "authors_correlation",
+    "authors_correlation_align",
+    "authors_offset_aware_correlation",
     "add_arguments",
     "convert_official",
     "load_official_checkpoint",
@@ -54,6 +58,66 @@ __all__ = [
     "read_official_checkpoint",
     "run",
 ]
+
+# --------------------------------------------------------------------------------------------
+# The authors' construction of the head's first stages, written once: the baseline of the CPU
+# benchmark and what the tests hold the reference ops and the kernels to.
+
+
+def authors_correlation(feature_a: torch.Tensor, feature_b: torch.Tensor) -> torch.Tensor:
+    """The authors' correlation: the *source* map flattened column-major.
+
+    Args:
+        feature_a: ``(B, C, H, W)`` source features. feature_b: ``(B, C, H, W)`` target features.
+    Returns:
+        ``(B, H*W, H, W)``; channel ``xs*H + ys`` is source position ``(ys, xs)`` (this library's
+        :func:`a2net.reference.correlation` uses ``ys*W + xs``).
+    """
+    b, c, h, w = feature_a.shape
+    source = feature_a.transpose(2, 3).reshape(b, c, h * w)
+    target = feature_b.reshape(b, c, h * w).transpose(1, 2)
+    return torch.bmm(target, source).view(b, h, w, h * w).permute(0, 3, 1, 2)
+
+
+def authors_correlation_align(corr: torch.Tensor, source_size=None) -> torch.Tensor:
+    """The authors' aligned tensor: a Python loop over target positions scatters each target's
+    ``(Hs, Ws)`` block of source scores into a zero-filled ``(Hs+Ht-1, Ws+Wt-1)`` offset grid.
+
+    Target ``(yt, xt)`` sees source ``(ys, xs)`` at offset ``(ys - yt + Ht - 1, xs - xt + Wt - 1)``,
+    so its block lands on rows ``Ht-1-yt .. Ht-1-yt+Hs-1`` and columns ``Wt-1-xt .. Wt-1-xt+Ws-1``.
+
+    Args:
+        corr: ``(B, Hs*Ws, Ht, Wt)``, channel ``ys*Ws + xs``.
+        source_size: ``(Hs, Ws)``; default the target size (the authors' maps are square and equal).
+    Returns:
+        ``(B, (Hs+Ht-1)*(Ws+Wt-1), Ht, Wt)``, channel ``dy*(Ws+Wt-1) + dx``.
+    """
+    b, _, ht, wt = corr.shape
+    hs, ws = source_size if source_size is not None else (ht, wt)
+    dh, dw = hs + ht - 1, ws + wt - 1
+    blocks = corr.reshape(b, hs, ws, ht, wt)
+    aligned = corr.new_zeros(b, dh, dw, ht, wt)
+    for yt in range(ht):
+        for xt in range(wt):
+            aligned[:, ht - 1 - yt : ht - 1 - yt + hs, wt - 1 - xt : wt - 1 - xt + ws, yt, xt] = blocks[:, :, :, yt, xt]
+    return aligned.view(b, dh * dw, ht, wt)
+
+
+def authors_offset_aware_correlation(corr: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                                     source_size=None) -> torch.Tensor:
+    """The authors' OAC: :func:`authors_correlation_align`, then a 1x1 convolution over its
+    ``(Hs+Ht-1)(Ws+Wt-1)`` channels.
+
+    Args:
+        corr: ``(B, Hs*Ws, Ht, Wt)``. weight: ``(O, Hs+Ht-1, Ws+Wt-1)``. bias: ``(O,)`` or ``None``.
+        source_size: ``(Hs, Ws)``; default the target size.
+    Returns:
+        ``(B, O, Ht, Wt)``, equal to :func:`a2net.reference.offset_aware_correlation`.
+    """
+    o, dh, dw = weight.shape
+    aligned = authors_correlation_align(corr, source_size)
+    return F.conv2d(aligned, weight.reshape(o, dh * dw, 1, 1), bias)
+
 
 _BACKBONE_PREFIX = "FeatureExtraction.model."
 _OLD_VGG_PREFIX = "FeatureExtraction.vgg."

@@ -29,8 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._memory import accumulation_dtype, empty
-from kernels._tuning import autotune, launch
+from a2net.kernels._memory import accumulation_dtype, empty
+from a2net.kernels._tuning import autotune, launch
 
 # The first config of each list is the default (the only one in interpreter mode); it is sized
 # for the model's shapes (C=128, 9x9 positions, B=32) and stays reasonable for C=1024 at 60x60.

@@ -40,8 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._memory import accumulation_dtype, empty
-from kernels._tuning import INTERPRET, autotune, launch
+from a2net.kernels._memory import accumulation_dtype, empty
+from a2net.kernels._tuning import INTERPRET, autotune, launch
 
 #: Largest source size whose column norm is fused into the GEMM tile (one ``s``-block).
 MAX_FUSED_S = 256

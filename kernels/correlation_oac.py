@@ -32,14 +32,14 @@ Backward (``g`` the incoming gradient, ``Y = out - bias``, ``R = relu(c)``):
   correlation tile is computed exactly once over all programs. Neighbouring diagonals overlap by
   ``BLOCK_X`` columns; :func:`correlation_oac_reduce_weight_kernel` adds the partial rows (and the
   batch splits) in a fixed order: deterministic, no atomics. ``dbias`` is the sum of ``g``
-  (:func:`kernels.offset_aware_correlation.oac_backward_bias`).
+  (:func:`a2net.kernels.offset_aware_correlation.oac_backward_bias`).
 * Only when a feature map needs a gradient (the paper freezes the backbone, so the default
   training path skips this), :func:`correlation_oac_bwd_corr_kernel` recomputes the tiles again,
   with ``q_t = sum_o g[o, t] Y[o, t] / n_t`` and ``P[s, t] = sum_o W[o, off(s, t)] g[o, t]`` (a
   dot against the transposed weight slice, un-skewed by ``tl.gather``):
   ``dc = (P - q_t R) / n_t`` where ``c > 0``. ``dc`` (B, S, T) is written (the one (HW)^2 buffer,
   on this path only) with the feature-norm dots, and the correlation's backward GEMMs
-  (:func:`kernels.correlation.feature_grad`) finish.
+  (:func:`a2net.kernels.correlation.feature_grad`) finish.
 
 Memory: forward O(B*(C*(S+T) + O*T)); weight/bias backward adds ``n_split * n_diag * O * Dh * 2BX``
 fp32 partial sums (a few MB); the feature-gradient path adds ``B*S*T``.
@@ -51,10 +51,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._memory import accumulation_dtype, empty
-from kernels._tuning import INTERPRET, autotune, launch
-from kernels.correlation import dot_options, feature_grad, inverse_norm
-from kernels.offset_aware_correlation import oac_backward_bias
+from a2net.kernels._memory import accumulation_dtype, empty
+from a2net.kernels._tuning import INTERPRET, autotune, launch
+from a2net.kernels.correlation import dot_options, feature_grad, inverse_norm
+from a2net.kernels.offset_aware_correlation import oac_backward_bias
 
 # ---------------------------------------------------------------------------------------------
 # Configs. The column blocks (BLOCK_XS/XT/X) and BLOCK_O are chosen by the launchers from the
@@ -623,7 +623,7 @@ def correlation_oac_bwd_corr(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``dcorr`` ``(B, S, T)`` (gradient w.r.t. the pre-ReLU correlation, input dtype) and, with
     ``normalize_features``, the feature-norm dots ``dot_src`` ``(B, n, S)`` (partials) and
-    ``dot_tgt`` ``(B, 1, T)`` that :func:`kernels.correlation.feature_grad` takes."""
+    ``dot_tgt`` ``(B, 1, T)`` that :func:`a2net.kernels.correlation.feature_grad` takes."""
     b, c, hs, ws = source.shape
     ht, wt = target.shape[2:]
     o = weight.shape[0]

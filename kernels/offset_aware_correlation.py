@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._memory import empty
-from kernels._tuning import INTERPRET, autotune, launch
+from a2net.kernels._memory import empty
+from a2net.kernels._tuning import INTERPRET, autotune, launch
 
 # ---------------------------------------------------------------------------------------------
 # Configs. The first entry of each list is the default (the only one under the interpreter).

@@ -1,9 +1,9 @@
 """Sweep every kernel's config list at given shapes on a GPU and write the winners to the
-tuned-config table (``kernels/tuned_configs.json``, read by :mod:`kernels._tuning`).
+tuned-config table (``kernels/tuned_configs.json``, read by :mod:`a2net.kernels._tuning`).
 
-How: each op runs once forward and backward with :func:`kernels._tuning.launch` replaced by a
+How: each op runs once forward and backward with :func:`a2net.kernels._tuning.launch` replaced by a
 recorder, which keeps every distinct launch — kernel, grid, the ``sizes`` the launcher passed
-(so the table key is exactly the one :func:`kernels._tuning.launch` will look up) and its
+(so the table key is exactly the one :func:`a2net.kernels._tuning.launch` will look up) and its
 arguments — and lets it run with the default config. Then, per recorded launch, every config of
 the kernel's list (``all_configs``, pruned by the kernel's own ``early_config_prune``) is
 
@@ -50,7 +50,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-import kernels._tuning as tuning  # noqa: E402
+import a2net.kernels._tuning as tuning  # noqa: E402
 
 #: Relative error of a config's outputs against the default config's, per output width.
 CONFIG_TOLERANCE = {4: 1e-3, 8: 1e-9, 2: 2e-2}
@@ -154,10 +154,10 @@ def recording(store: dict):
     import importlib
     import pkgutil
 
-    import kernels
+    import a2net.kernels as kernel_package
 
-    for info in pkgutil.iter_modules(kernels.__path__):  # the ops import their kernels lazily
-        importlib.import_module(f"kernels.{info.name}")
+    for info in pkgutil.iter_modules(kernel_package.__path__):  # the ops import their kernels lazily
+        importlib.import_module(f"a2net.kernels.{info.name}")
     original = tuning.launch
 
     def recorder(kernel, grid, *, name, device, sizes, **args):
@@ -170,7 +170,7 @@ def recording(store: dict):
         run_config(launch, candidate_configs(kernel, args)[0])
 
     patched = [m for m in list(sys.modules.values())
-               if getattr(m, "__name__", "").startswith("kernels") and getattr(m, "launch", None) is original]
+               if getattr(m, "__name__", "").startswith("a2net.kernels") and getattr(m, "launch", None) is original]
     for module in patched:
         module.launch = recorder
     try:

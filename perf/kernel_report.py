@@ -60,10 +60,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL_MODULES = (
-    "kernels.correlation",
-    "kernels.offset_aware_correlation",
-    "kernels.attention_pool",
-    "kernels.correlation_oac",
+    "a2net.kernels.correlation",
+    "a2net.kernels.offset_aware_correlation",
+    "a2net.kernels.attention_pool",
+    "a2net.kernels.correlation_oac",
 )
 DEFAULT_ARCHS = (80, 90)
 

@@ -23,11 +23,11 @@ def triton_backend(monkeypatch):
     ``TRITON_INTERPRET=0``) new tensors default to the GPU, so the same tests run the compiled
     kernels.
     """
-    import kernels._memory
+    import a2net.kernels._memory
     from tests.helpers import DEVICE
 
     monkeypatch.setenv("A2NET_BACKEND", "triton")
-    monkeypatch.setattr(kernels._memory, "POISON", True)
+    monkeypatch.setattr(a2net.kernels._memory, "POISON", True)
     if DEVICE.type == "cpu":
         yield
         return

@@ -14,7 +14,7 @@ import torch
 from a2net import reference
 from a2net.ops import TRITON_CALLS
 from a2net.ops.attention_pool import attention_pool
-from kernels import attention_pool as kernel_module
+from a2net.kernels import attention_pool as kernel_module
 from tests.helpers import DEVICE, assert_close_to_reference
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}

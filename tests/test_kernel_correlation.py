@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels.correlation as kernel_module
+import a2net.kernels.correlation as kernel_module
 from a2net import reference
 from a2net.ops import TRITON_CALLS
 from a2net.ops.correlation import correlation

@@ -20,7 +20,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels.correlation_oac as kernel_module
+import a2net.kernels.correlation_oac as kernel_module
 from a2net import reference
 from a2net.ops import TRITON_CALLS, correlation, offset_aware_correlation
 from a2net.ops.correlation_oac import correlation_oac

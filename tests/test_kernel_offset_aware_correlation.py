@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels.offset_aware_correlation as oac_kernels
+import a2net.kernels.offset_aware_correlation as oac_kernels
 from a2net import reference
 from a2net.ops import TRITON_CALLS, offset_aware_correlation
 from tests.helpers import DEVICE, assert_close_to_reference

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels._tuning as tuning
+import a2net.kernels._tuning as tuning
 from perf import _harness as H
 from tests.helpers import DEVICE
 

@@ -22,7 +22,7 @@ from a2net.ops._dispatch import TRITON_CALLS, use_triton
 
 @torch.library.custom_op("a2net::attention_pool", mutates_args=())
 def _attention_pool_op(logits: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from kernels.attention_pool import attention_pool_fwd
+    from a2net.kernels.attention_pool import attention_pool_fwd
 
     TRITON_CALLS["attention_pool"] += 1
     return attention_pool_fwd(logits, values)
@@ -45,7 +45,7 @@ def _attention_pool_backward_op(
     need_dlogits: bool,
     need_dvalues: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    from kernels.attention_pool import attention_pool_bwd
+    from a2net.kernels.attention_pool import attention_pool_bwd
 
     TRITON_CALLS["attention_pool_backward"] += 1
     return attention_pool_bwd(grad, logits, values, out, lse, need_dlogits, need_dvalues)

@@ -21,7 +21,7 @@ import torch
 from a2net import reference
 from a2net._validation import INPUT_PRECISIONS, check_choice, check_correlation_inputs
 from a2net.ops._dispatch import TRITON_CALLS, use_triton
-from kernels._memory import accumulation_dtype
+from a2net.kernels._memory import accumulation_dtype
 
 
 
@@ -35,7 +35,7 @@ def _correlation_op(
     input_precision: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton forward: ``(out, inv_source, inv_target, inv_match)``; see :func:`correlation`."""
-    from kernels.correlation import correlation_fwd
+    from a2net.kernels.correlation import correlation_fwd
 
     TRITON_CALLS["correlation"] += 1
     return correlation_fwd(
@@ -72,7 +72,7 @@ def _correlation_backward_op(
     need_target: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton backward: ``(grad_source, grad_target)``, empty where not needed."""
-    from kernels.correlation import correlation_bwd
+    from a2net.kernels.correlation import correlation_bwd
 
     TRITON_CALLS["correlation_backward"] += 1
     return correlation_bwd(

@@ -4,7 +4,7 @@ Equal in math to :func:`a2net.ops.correlation` (ReLU and match normalisation on)
 :func:`a2net.ops.offset_aware_correlation`, but the Triton path never writes the
 ``(B, Hs*Ws, Ht, Wt)`` correlation (13 million entries per pair at 60x60) nor the aligned tensor:
 tiles of it are computed on chip and contracted with the OAC weights at once
-(:mod:`kernels.correlation_oac`).
+(:mod:`a2net.kernels.correlation_oac`).
 
 Registered ops (``S = Hs*Ws``, ``T = Ht*Wt``):
 
@@ -37,7 +37,7 @@ from a2net._validation import (
     check_tensor,
 )
 from a2net.ops._dispatch import TRITON_CALLS, use_triton
-from kernels._memory import accumulation_dtype
+from a2net.kernels._memory import accumulation_dtype
 
 
 
@@ -51,7 +51,7 @@ def _correlation_oac_op(
     input_precision: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton forward: ``(out, inv_source, inv_target, inv_match)``; see :func:`correlation_oac`."""
-    from kernels.correlation_oac import correlation_oac_fwd
+    from a2net.kernels.correlation_oac import correlation_oac_fwd
 
     TRITON_CALLS["correlation_oac"] += 1
     return correlation_oac_fwd(source, target, weight, bias, normalize_features, input_precision, reference.EPS)
@@ -88,7 +88,7 @@ def _correlation_oac_backward_op(
     need_bias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton backward: ``(grad_source, grad_target, grad_weight, grad_bias)``, empty where not needed."""
-    from kernels.correlation_oac import correlation_oac_bwd
+    from a2net.kernels.correlation_oac import correlation_oac_bwd
 
     TRITON_CALLS["correlation_oac_backward"] += 1
     return correlation_oac_bwd(

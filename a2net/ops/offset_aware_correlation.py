@@ -8,7 +8,7 @@ Two custom ops, registered once:
   are wanted; an unwanted one is not computed and comes back as an empty tensor (``None`` to
   autograd). In the model ``corr`` comes from frozen features, so ``dcorr`` is usually skipped.
 
-Both run the Triton kernels of :mod:`kernels.offset_aware_correlation` and stay in the graph under
+Both run the Triton kernels of :mod:`a2net.kernels.offset_aware_correlation` and stay in the graph under
 ``torch.compile`` (fake implementations give the output shapes).
 """
 
@@ -29,7 +29,7 @@ def _oac_op(
     corr: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], hs: int, ws: int, input_precision: str
 ) -> torch.Tensor:
     """Triton forward ``(B, O, Ht, Wt)``; see :func:`offset_aware_correlation`."""
-    from kernels.offset_aware_correlation import oac_forward
+    from a2net.kernels.offset_aware_correlation import oac_forward
 
     TRITON_CALLS["offset_aware_correlation"] += 1
     return oac_forward(corr, weight, bias, (hs, ws), input_precision)
@@ -53,7 +53,7 @@ def _oac_backward_op(
     bias_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton backward ``(dcorr, dweight, dbias)``, each empty unless its flag asks for it."""
-    from kernels.offset_aware_correlation import oac_backward_bias, oac_backward_corr, oac_backward_weight
+    from a2net.kernels.offset_aware_correlation import oac_backward_bias, oac_backward_corr, oac_backward_weight
 
     TRITON_CALLS["offset_aware_correlation_backward"] += 1
     dcorr = oac_backward_corr(grad_out, weight, (hs, ws), input_precision) if corr_grad else grad_out.new_empty(0)
