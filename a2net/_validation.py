@@ -57,8 +57,15 @@ def as_size(name: str, size) -> tuple[int, int]:
 
 
 def check_choice(name: str, value, choices: Sequence) -> None:
+    """Check that ``value`` is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+
+
+def check_flag(name: str, value) -> None:
+    """Check that ``value`` is a bool (not merely truthy: a flag given a tensor or a string is a bug)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected a bool, got {value!r}")
 
 
 def check_correlation_inputs(source, target) -> None:
@@ -70,8 +77,9 @@ def check_correlation_inputs(source, target) -> None:
     check_dim("target", target, 1, source.shape[1], "channels")
 
 
-def check_oac_inputs(corr, weight, bias, source_size) -> tuple[int, int]:
-    """corr ``(B, Hs*Ws, Ht, Wt)``, weight ``(O, Hs+Ht-1, Ws+Wt-1)``, bias ``(O,)`` or None."""
+def check_offset_aware_correlation_inputs(corr, weight, bias, source_size) -> tuple[int, int]:
+    """corr ``(B, Hs*Ws, Ht, Wt)``, weight ``(O, Hs+Ht-1, Ws+Wt-1)``, bias ``(O,)`` or None;
+    returns ``source_size`` as ``(Hs, Ws)``."""
     hs, ws = as_size("source_size", source_size)
     check_tensor("corr", corr, 4)
     check_tensor("weight", weight, 3)
@@ -96,7 +104,15 @@ def check_offset_weight(weight, bias, source_size, target_size) -> None:
         check_dim("bias", bias, 0, weight.shape[0], "output channels O of weight")
 
 
-def check_attention_inputs(logits, values) -> None:
+def check_correlation_oac_inputs(source, target, weight, bias) -> None:
+    """Feature maps as for the correlation, weight ``(O, Hs+Ht-1, Ws+Wt-1)``, bias ``(O,)`` or None."""
+    check_correlation_inputs(source, target)
+    check_tensor("weight", weight, 3)
+    check_same("source", source, "weight", weight)
+    check_offset_weight(weight, bias, tuple(source.shape[2:]), tuple(target.shape[2:]))
+
+
+def check_attention_pool_inputs(logits, values) -> None:
     """logits ``(B, 1, H, W)`` and values ``(B, C, H, W)``."""
     check_tensor("logits", logits, 4)
     check_tensor("values", values, 4)

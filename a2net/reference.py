@@ -4,7 +4,7 @@ Everything here is vectorised (no Python loop over positions), works for any flo
 (float64 included) and is differentiable by autograd. The Triton kernels in ``kernels/`` are
 tested against these functions.
 
-Layouts (SPEC §2):
+Layouts (docs/design.md §4):
 
 * feature maps: ``(B, C, H, W)``;
 * correlation: ``(B, Hs*Ws, Ht, Wt)`` with source index ``s = ys*Ws + xs`` (row-major);
@@ -17,7 +17,12 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from a2net._validation import check_attention_inputs, check_correlation_inputs, check_oac_inputs, check_tensor
+from a2net._validation import (
+    check_attention_pool_inputs,
+    check_correlation_inputs,
+    check_offset_aware_correlation_inputs,
+    check_tensor,
+)
 
 EPS = 1e-6  # the eps of both L2 normalisations (authors' FeatureL2Norm)
 
@@ -77,14 +82,14 @@ def offset_aware_correlation(
     bias: torch.Tensor | None,
     source_size,
 ) -> torch.Tensor:
-    """Offset-aware correlation (OAC), SPEC §2.4 generalised to any source/target sizes.
+    """Offset-aware correlation (OAC), docs/design.md §3.2, for any source and target sizes.
 
     ``out[b, o, yt, xt] = bias[o] + sum_{ys, xs} weight[o, ys-yt+Ht-1, xs-xt+Wt-1] *
     corr[b, ys*Ws+xs, yt, xt]``.
 
     This reference writes ``corr`` into the zero-filled aligned tensor (the authors'
     construction, ``(B, Ht*Wt, (Hs+Ht-1)*(Ws+Wt-1))`` here) through one strided view, then
-    contracts it with ``weight`` in one GEMM — measured the fastest CPU formulation (SPEC §6),
+    contracts it with ``weight`` in one GEMM — measured the fastest CPU formulation (docs/design.md §10),
     faster than the authors' loop of slice copies and than an index scatter. Its memory is
     about 4x that of ``corr``; the Triton kernel never builds the aligned tensor.
 
@@ -96,7 +101,7 @@ def offset_aware_correlation(
     Returns:
         ``(B, O, Ht, Wt)``.
     """
-    hs, ws = check_oac_inputs(corr, weight, bias, source_size)
+    hs, ws = check_offset_aware_correlation_inputs(corr, weight, bias, source_size)
     b, _, ht, wt = corr.shape
     o, dy, dx = weight.shape
     # aligned[b, yt, xt, ys-yt+Ht-1, xs-xt+Wt-1] = corr[b, ys*Ws+xs, yt, xt]. With the target
@@ -125,6 +130,6 @@ def attention_pool(logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(B, C)``.
     """
-    check_attention_inputs(logits, values)
+    check_attention_pool_inputs(logits, values)
     p = torch.softmax(logits.flatten(1), dim=1)
     return torch.einsum("bt,bct->bc", p, values.flatten(2))

@@ -1,4 +1,4 @@
-"""Triton kernels of the softmax attention pooling (SPEC §2.7).
+"""Triton kernels of the softmax attention pooling (docs/design.md §3.4).
 
 ``out[b, c] = sum_t p[b, t] * values[b, c, t]`` with ``p[b] = softmax(logits[b, 0, :])`` over the
 ``T = H*W`` positions.
@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from a2net.kernels._common import dtype_name, strides
 from a2net.kernels._memory import accumulation_dtype, empty
 from a2net.kernels._tuning import autotune, launch
 
@@ -120,8 +121,8 @@ def attention_pool_bwd_kernel(
     p_values,  # (B, C, T)
     p_out,  # (B, C) forward output (accumulation dtype)
     p_lse,  # (B, 2) contiguous (max, log-sum) from the forward
-    p_dlogits,  # (B, T), strides (stride_dlb, stride_dlt); untouched unless NEED_DLOGITS
-    p_dvalues,  # (B, C, T), strides (stride_dvb, stride_dvc, stride_dvt); untouched unless NEED_DVALUES
+    p_dlogits,  # (B, T), strides (stride_dlb, stride_dlt); untouched unless NEED_LOGITS
+    p_dvalues,  # (B, C, T), strides (stride_dvb, stride_dvc, stride_dvt); untouched unless NEED_VALUES
     C,
     T,
     stride_gb,
@@ -138,8 +139,8 @@ def attention_pool_bwd_kernel(
     stride_dvb,
     stride_dvc,
     stride_dvt,
-    NEED_DLOGITS: tl.constexpr,
-    NEED_DVALUES: tl.constexpr,
+    NEED_LOGITS: tl.constexpr,
+    NEED_VALUES: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_T: tl.constexpr,
 ):
@@ -163,11 +164,11 @@ def attention_pool_bwd_kernel(
         o_c64 = (c0 + o_c).to(tl.int64)
         b_g = tl.load(p_grad + i_b * stride_gb + o_c64 * stride_gc, mask=m_c, other=0.0).to(acc_dtype)  # [BC]
         m_ct = m_c[:, None] & m_t[None, :]
-        if NEED_DVALUES:
+        if NEED_VALUES:
             p_dv = p_dvalues + i_b * stride_dvb + (o_c64 * stride_dvc)[:, None] + (o_t * stride_dvt)[None, :]
             b_dv = b_g[:, None] * b_p[None, :]  # [BC, BT]
             tl.store(p_dv, b_dv.to(p_dvalues.dtype.element_ty), mask=m_ct)
-        if NEED_DLOGITS:
+        if NEED_LOGITS:
             p_v = p_values + i_b * stride_vb + (o_c64 * stride_vc)[:, None] + (o_t * stride_vt)[None, :]
             b_v = tl.load(p_v, mask=m_ct, other=0.0).to(acc_dtype)  # [BC, BT]
             # <g, v_t - out> rather than <g, v_t> - <g, out>: less cancellation when one
@@ -175,7 +176,7 @@ def attention_pool_bwd_kernel(
             b_o = tl.load(p_out + i_b * stride_ob + o_c64 * stride_oc, mask=m_c, other=0.0)  # [BC]
             b_gv += tl.sum(b_g[:, None] * (b_v - b_o[:, None]), axis=0)
 
-    if NEED_DLOGITS:
+    if NEED_LOGITS:
         b_dl = b_p * b_gv  # [BT]
         tl.store(p_dlogits + i_b * stride_dlb + o_t * stride_dlt, b_dl.to(p_dlogits.dtype.element_ty), mask=m_t)
 
@@ -210,20 +211,16 @@ def attention_pool_fwd(logits: torch.Tensor, values: torch.Tensor) -> tuple[torc
         grid,
         name="attention_pool_fwd",
         device=values.device,
-        sizes={"C": c, "T": t, "dtype": str(values.dtype)},
+        sizes={"C": c, "T": t, "dtype": dtype_name(values.dtype)},
         p_logits=logits2,
         p_values=values3,
         p_out=out,
         p_lse=lse,
         C=c,
         T=t,
-        stride_lb=logits2.stride(0),
-        stride_lt=logits2.stride(1),
-        stride_vb=values3.stride(0),
-        stride_vc=values3.stride(1),
-        stride_vt=values3.stride(2),
-        stride_ob=out.stride(0),
-        stride_oc=out.stride(1),
+        **strides("l", logits2, "bt"),
+        **strides("v", values3, "bct"),
+        **strides("o", out, "bc"),
     )
     return out, lse
 
@@ -234,8 +231,8 @@ def attention_pool_bwd(
     values: torch.Tensor,
     out: torch.Tensor,
     lse: torch.Tensor,
-    need_dlogits: bool,
-    need_dvalues: bool,
+    need_logits: bool,
+    need_values: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward launcher.
 
@@ -243,23 +240,23 @@ def attention_pool_bwd(
         grad: ``(B, C)`` gradient of ``out`` (same dtype as ``out``).
         logits, values: the forward inputs.
         out, lse: the forward outputs (accumulation dtype).
-        need_dlogits, need_dvalues: which gradients to compute.
+        need_logits, need_values: which gradients to compute.
     Returns:
         ``dlogits`` ``(B, 1, H, W)`` and ``dvalues`` ``(B, C, H, W)`` (contiguous, input dtype);
         a gradient that was not asked for is an empty tensor.
     """
     b, c, h, w = values.shape
     t = h * w
-    dlogits = empty(*(logits.shape if need_dlogits else (0,)), dtype=logits.dtype, device=logits.device)
-    dvalues = empty(*(values.shape if need_dvalues else (0,)), dtype=values.dtype, device=values.device)
-    if b == 0 or not (need_dlogits or need_dvalues):
+    dlogits = empty(*(logits.shape if need_logits else (0,)), dtype=logits.dtype, device=logits.device)
+    dvalues = empty(*(values.shape if need_values else (0,)), dtype=values.dtype, device=values.device)
+    if b == 0 or not (need_logits or need_values):
         return dlogits, dvalues
     logits2 = logits.reshape(b, t)
     values3 = values.reshape(b, c, t)
     lse = lse.contiguous()
     # strides of the unused outputs are never read: any placeholder works
-    dl_strides = (t, 1) if need_dlogits else (0, 0)
-    dv_strides = (c * t, t, 1) if need_dvalues else (0, 0, 0)
+    dl_strides = (t, 1) if need_logits else (0, 0)
+    dv_strides = (c * t, t, 1) if need_values else (0, 0, 0)
 
     def grid(meta):
         return (b, triton.cdiv(t, meta["BLOCK_T"]))
@@ -269,7 +266,7 @@ def attention_pool_bwd(
         grid,
         name="attention_pool_bwd",
         device=values.device,
-        sizes={"C": c, "T": t, "dtype": str(values.dtype)},
+        sizes={"C": c, "T": t, "dtype": dtype_name(values.dtype)},
         p_grad=grad,
         p_logits=logits2,
         p_values=values3,
@@ -279,76 +276,16 @@ def attention_pool_bwd(
         p_dvalues=dvalues,
         C=c,
         T=t,
-        stride_gb=grad.stride(0),
-        stride_gc=grad.stride(1),
-        stride_lb=logits2.stride(0),
-        stride_lt=logits2.stride(1),
-        stride_vb=values3.stride(0),
-        stride_vc=values3.stride(1),
-        stride_vt=values3.stride(2),
-        stride_ob=out.stride(0),
-        stride_oc=out.stride(1),
+        **strides("g", grad, "bc"),
+        **strides("l", logits2, "bt"),
+        **strides("v", values3, "bct"),
+        **strides("o", out, "bc"),
         stride_dlb=dl_strides[0],
         stride_dlt=dl_strides[1],
         stride_dvb=dv_strides[0],
         stride_dvc=dv_strides[1],
         stride_dvt=dv_strides[2],
-        NEED_DLOGITS=need_dlogits,
-        NEED_DVALUES=need_dvalues,
+        NEED_LOGITS=need_logits,
+        NEED_VALUES=need_values,
     )
     return dlogits, dvalues
-
-
-_TRITON_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-#: shapes the AOT specs are named after: the model's attention (C=128 at 9x9, B=32) and the
-#: large map (C=1024 at 60x60). Sizes are runtime arguments, so each compiles the same code.
-_SPEC_SHAPES = {"C128-H9": (128, 9), "C1024-H60": (1024, 60)}
-
-
-def static_compile_specs(all_configs: bool = False) -> list[dict]:
-    """One dict per (kernel, dtype, shape, config) for ahead-of-time compilation without a GPU.
-
-    Args:
-        all_configs: every config of each list instead of the default (first) one.
-    Returns:
-        dicts with ``name``, ``fn`` (the raw JIT function), ``signature``, ``constexprs``,
-        ``num_warps``, ``num_stages``.
-    """
-    specs = []
-    for dtype in (torch.float32, torch.bfloat16):
-        ty = f"*{_TRITON_DTYPE[dtype]}"
-        acc = f"*{_TRITON_DTYPE[accumulation_dtype(dtype)]}"
-        fwd_sig = {"p_logits": ty, "p_values": ty, "p_out": acc, "p_lse": acc}
-        fwd_sig.update({k: "i32" for k in ("C", "T", "stride_lb", "stride_lt", "stride_vb", "stride_vc")})
-        fwd_sig.update({k: "i32" for k in ("stride_vt", "stride_ob", "stride_oc")})
-        bwd_sig = {"p_grad": acc, "p_logits": ty, "p_values": ty, "p_out": acc, "p_lse": acc}
-        bwd_sig.update({"p_dlogits": ty, "p_dvalues": ty})
-        bwd_ints = ["C", "T", "stride_gb", "stride_gc", "stride_lb", "stride_lt", "stride_vb", "stride_vc"]
-        bwd_ints += ["stride_vt", "stride_ob", "stride_oc", "stride_dlb", "stride_dlt"]
-        bwd_ints += ["stride_dvb", "stride_dvc", "stride_dvt"]
-        bwd_sig.update({k: "i32" for k in bwd_ints})
-        kernels = [
-            ("attention_pool_fwd", attention_pool_fwd_kernel, FWD_CONFIGS, fwd_sig, {}),
-            (
-                "attention_pool_bwd",
-                attention_pool_bwd_kernel,
-                BWD_CONFIGS,
-                bwd_sig,
-                {"NEED_DLOGITS": True, "NEED_DVALUES": True},
-            ),
-        ]
-        for shape in _SPEC_SHAPES:
-            for name, kernel, configs, signature, flags in kernels:
-                for i, cfg in enumerate(configs if all_configs else configs[:1]):
-                    specs.append(
-                        {
-                            "name": f"{name}[{_TRITON_DTYPE[dtype]},{shape},cfg{i}]",
-                            "fn": kernel.fn,
-                            "signature": dict(signature),
-                            "constexprs": {**flags, **cfg.kwargs},
-                            "num_warps": cfg.num_warps,
-                            "num_stages": cfg.num_stages,
-                        }
-                    )
-    return specs

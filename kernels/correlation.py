@@ -1,4 +1,4 @@
-"""Triton kernels of the 4D correlation (SPEC §2.3), forward and backward.
+"""Triton kernels of the 4D correlation (docs/design.md §3.1), forward and backward.
 
 ``out[b, s, t] = N_t(relu(a[b, s] * b[b, t] * <src[b, :, s], tgt[b, :, t]>))`` where ``a``/``b``
 are the inverse channel norms of the two feature maps (``1/sqrt(sum_c f^2 + eps)``, or 1 without
@@ -7,15 +7,16 @@ is the ReLU).
 
 Forward:
 
-* :func:`inverse_norm_kernel` computes ``a`` (B, S) and ``b`` (B, T) over C, once per map.
+* :func:`correlation_inverse_norm_kernel` computes ``a`` (B, S) and ``b`` (B, T) over C, once per
+  map.
 * :func:`correlation_fwd_kernel` is the batched GEMM ``(S x C) @ (C x T)`` per batch with the
   scales, the ReLU and the match normalisation fused into its epilogue. When the whole source
   dimension fits one block (S <= :data:`MAX_FUSED_S`) the column norm over ``s`` is complete
   inside the tile and the output is final. Otherwise (``SPLIT``) each tile stores its values
   divided by their own partial column norm (bounded by 1, so fp16 cannot overflow even without
   feature normalisation) and its partial sums of squares per ``(s-block, t)``;
-  :func:`normalize_matches_kernel` then sums the partials in a fixed order (deterministic, no
-  atomics) and rescales in place.
+  :func:`correlation_normalize_matches_kernel` then sums the partials in a fixed order
+  (deterministic, no atomics) and rescales in place.
 
 Backward (``g`` the incoming gradient, ``n_t`` the column norm, ``r = relu(c)``):
 
@@ -24,8 +25,8 @@ Backward (``g`` the incoming gradient, ``n_t`` the column norm, ``r = relu(c)``)
   normalisation it also produces the row/column dots ``sum_t dc*r`` and ``sum_s dc*r``, which
   equal ``<d f_hat, f_hat>_c`` of the feature-norm backward (``<fs_hat_s, ft_hat_t> = c[s, t]``),
   so the GEMM epilogue needs no reduction over C.
-* :func:`correlation_bwd_kernel`, one GEMM for either input ``y`` against the other map ``x``
-  with inverse norms ``v``/``u``: ``dy[c, n] = v_n * (sum_k x[c, k] u_k dc[k, n] - y[c, n] v_n
+* :func:`correlation_bwd_features_kernel`, one GEMM for either input ``y`` against the other map
+  ``x`` with inverse norms ``v``/``u``: ``dy[c, n] = v_n * (sum_k x[c, k] u_k dc[k, n] - y[c, n] v_n
   dot_n)`` (``n = s, k = t`` for the source, the other way round for the target). The scale
   ``u_k`` is applied to the ``x`` tile (normalised features, bounded by 1: safe in 16 bits) so
   that ``dc`` stays unscaled in the input dtype.
@@ -40,8 +41,9 @@ import torch
 import triton
 import triton.language as tl
 
+from a2net.kernels._common import correlation_tile, dot_options, dtype_name, strides
 from a2net.kernels._memory import accumulation_dtype, empty
-from a2net.kernels._tuning import INTERPRET, autotune, launch
+from a2net.kernels._tuning import autotune, launch
 
 #: Largest source size whose column norm is fused into the GEMM tile (one ``s``-block).
 MAX_FUSED_S = 256
@@ -81,15 +83,15 @@ def prune_fwd_configs(configs, named_args, **kwargs):
     return [cfg for cfg in configs if fits(cfg)] or configs[:1]
 
 
-# Memory-bound helpers: fixed blocks. normalize_matches_kernel rescales in place, so it must
-# never be autotuned (benchmark runs would rescale repeatedly).
+# Memory-bound helpers: fixed blocks. correlation_normalize_matches_kernel rescales in place, so it
+# must never be autotuned (benchmark runs would rescale repeatedly).
 NORM_BLOCK_N, NORM_BLOCK_C, NORM_WARPS = 64, 32, 4
 RESCALE_BLOCK_T, RESCALE_WARPS = 32, 4
 PREP_BLOCK_S, PREP_BLOCK_T, PREP_WARPS = 32, 64, 8
 
 
 @triton.jit
-def inverse_norm_kernel(
+def correlation_inverse_norm_kernel(
     p_x,
     p_inv,
     N,
@@ -155,6 +157,7 @@ def correlation_fwd_kernel(
     partial sums of squares ``sumsq`` (B, cdiv(S, BS), T) when ``SPLIT``.
     """
     i_t, i_s, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    ACC: tl.constexpr = tl.float64 if FP64 else tl.float32
     i_b64 = i_b.to(tl.int64)
     o_s = i_s * BLOCK_S + tl.arange(0, BLOCK_S)
     o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -163,17 +166,10 @@ def correlation_fwd_kernel(
     m_t = o_t < T
     p_a = p_src + i_b64 * stride_sb + o_s[:, None] * stride_ss + o_c[None, :] * stride_sc  # [BS, BC]
     p_b = p_tgt + i_b64 * stride_tb + o_c[:, None] * stride_tc + o_t[None, :] * stride_tt  # [BC, BT]
-    acc = tl.zeros((BLOCK_S, BLOCK_T), dtype=tl.float64 if FP64 else tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        m_c = (c0 + o_c) < C
-        b_a = tl.load(p_a, mask=m_s[:, None] & m_c[None, :], other=0.0)  # [BS, BC]
-        b_b = tl.load(p_b, mask=m_c[:, None] & m_t[None, :], other=0.0)  # [BC, BT]
-        if DOT_FP32:  # the interpreter has no bf16 dot
-            b_a = b_a.to(tl.float32)
-            b_b = b_b.to(tl.float32)
-        acc = tl.dot(b_a, b_b, acc, input_precision=INPUT_PRECISION)
-        p_a += BLOCK_C * stride_sc
-        p_b += BLOCK_C * stride_tc
+    acc = correlation_tile(
+        p_a, p_b, m_s, m_t, C, stride_sc, stride_tc,
+        BLOCK_S, BLOCK_T, BLOCK_C, INPUT_PRECISION, DOT_FP32, ACC,
+    )  # fmt: skip
     if NORM_FEAT:
         b_as = tl.load(p_inv_src + i_b64 * S + o_s, mask=m_s, other=0.0)  # [BS]
         b_bt = tl.load(p_inv_tgt + i_b64 * T + o_t, mask=m_t, other=0.0)  # [BT]
@@ -196,7 +192,7 @@ def correlation_fwd_kernel(
 
 
 @triton.jit
-def normalize_matches_kernel(
+def correlation_normalize_matches_kernel(
     p_out,
     p_sumsq,
     p_inv_match,
@@ -304,7 +300,7 @@ def correlation_bwd_prep_kernel(
 
 @autotune(BWD_CONFIGS, key=["N", "K", "C"])
 @triton.jit
-def correlation_bwd_kernel(
+def correlation_bwd_features_kernel(
     p_x,
     p_y,
     p_e,
@@ -385,32 +381,21 @@ def correlation_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-def dot_options(dtype: torch.dtype, input_precision: str) -> dict:
-    """``input_precision`` only means something for fp32 operands; 16/64-bit dots take "ieee"."""
-    return {
-        "INPUT_PRECISION": input_precision if dtype == torch.float32 else "ieee",
-        "DOT_FP32": INTERPRET and dtype == torch.bfloat16,
-        "FP64": dtype == torch.float64,
-    }
-
-
 def fused_block_s(S: int) -> int | None:
     """The GEMM's ``BLOCK_S`` when the source dimension fits one block, else None (split)."""
     return max(16, triton.next_power_of_2(S)) if S <= MAX_FUSED_S else None
 
 
-def inverse_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+def correlation_inverse_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """``1 / sqrt(sum_c x^2 + eps)`` of a ``(B, C, N)`` tensor (any strides) -> ``(B, N)``."""
     B, C, N = x.shape
     inv = empty(B, N, dtype=accumulation_dtype(x.dtype), device=x.device)
-    inverse_norm_kernel[(triton.cdiv(N, NORM_BLOCK_N), B)](
+    correlation_inverse_norm_kernel[(triton.cdiv(N, NORM_BLOCK_N), B)](
         p_x=x,
         p_inv=inv,
         N=N,
         C=C,
-        stride_xb=x.stride(0),
-        stride_xc=x.stride(1),
-        stride_xn=x.stride(2),
+        **strides("x", x, "bcn"),
         eps=eps,
         BLOCK_N=NORM_BLOCK_N,
         BLOCK_C=NORM_BLOCK_C,
@@ -455,7 +440,7 @@ def correlation_fwd(
     src = source.reshape(B, C, S)  # a view whenever (Hs, Ws) collapse; strides are passed
     tgt = target.reshape(B, C, T)
     if normalize_features:
-        inv_src, inv_tgt = inverse_norm(src, eps), inverse_norm(tgt, eps)
+        inv_src, inv_tgt = correlation_inverse_norm(src, eps), correlation_inverse_norm(tgt, eps)
     block_s = fused_block_s(S)
     split = normalize_matches and block_s is None
     block_s = block_s or SPLIT_BLOCK_S
@@ -469,7 +454,7 @@ def correlation_fwd(
         lambda meta: (triton.cdiv(T, meta["BLOCK_T"]), n_sblocks, B),
         name="correlation_fwd",
         device=dev,
-        sizes={"S": S, "T": T, "C": C, "dtype": str(source.dtype)},
+        sizes={"S": S, "T": T, "C": C, "dtype": dtype_name(source.dtype)},
         p_src=src,
         p_tgt=tgt,
         p_inv_src=inv_src if normalize_features else unused,
@@ -480,12 +465,8 @@ def correlation_fwd(
         S=S,
         T=T,
         C=C,
-        stride_sb=src.stride(0),
-        stride_sc=src.stride(1),
-        stride_ss=src.stride(2),
-        stride_tb=tgt.stride(0),
-        stride_tc=tgt.stride(1),
-        stride_tt=tgt.stride(2),
+        **strides("s", src, "bcs"),
+        **strides("t", tgt, "bct"),
         eps=eps,
         NORM_FEAT=normalize_features,
         RELU=relu,
@@ -495,7 +476,7 @@ def correlation_fwd(
         **dot_options(source.dtype, input_precision),
     )
     if split:
-        normalize_matches_kernel[(triton.cdiv(T, RESCALE_BLOCK_T), n_sblocks, B)](
+        correlation_normalize_matches_kernel[(triton.cdiv(T, RESCALE_BLOCK_T), n_sblocks, B)](
             p_out=out,
             p_sumsq=sumsq,
             p_inv_match=inv_match,
@@ -511,17 +492,35 @@ def correlation_fwd(
     return out, inv_src, inv_tgt, inv_match
 
 
-def feature_grad(x, y, e, x_scale, y_scale, dot, normalize_features, input_precision):
-    """Launch :func:`correlation_bwd_kernel`: x (B, C, K), y (B, C, N), e (B, K, N) views."""
+def correlation_bwd_features(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    e: torch.Tensor,
+    x_scale: torch.Tensor,
+    y_scale: torch.Tensor,
+    dot: torch.Tensor | None,
+    normalize_features: bool,
+    input_precision: str,
+) -> torch.Tensor:
+    """Gradient w.r.t. one feature map ``y``, launching :func:`correlation_bwd_features_kernel`.
+
+    Args:
+        x: ``(B, C, K)`` the other map; y: ``(B, C, N)``; e: ``(B, K, N)`` the gradient w.r.t. the
+            pre-ReLU correlation, read ``e[k, n]``; any strides (views).
+        x_scale, y_scale: inverse feature norms ``(B, K)``, ``(B, N)``; dot: the feature-norm dots
+            ``(B, n, N)`` (partials over ``n``); all three unused without ``normalize_features``.
+    Returns:
+        ``(B, C, N)``, contiguous, in ``y``'s dtype.
+    """
     B, C, N = y.shape
     K = x.shape[2]
     grad = empty(B, C, N, dtype=y.dtype, device=y.device)
     launch(
-        correlation_bwd_kernel,
+        correlation_bwd_features_kernel,
         lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(C, meta["BLOCK_C"]), B),
-        name="correlation_bwd",
+        name="correlation_bwd_features",
         device=y.device,
-        sizes={"N": N, "K": K, "C": C, "dtype": str(y.dtype)},
+        sizes={"N": N, "K": K, "C": C, "dtype": dtype_name(y.dtype)},
         p_x=x,
         p_y=y,
         p_e=e,
@@ -533,15 +532,9 @@ def feature_grad(x, y, e, x_scale, y_scale, dot, normalize_features, input_preci
         K=K,
         C=C,
         n_dot=dot.shape[1] if normalize_features else 0,
-        stride_xb=x.stride(0),
-        stride_xc=x.stride(1),
-        stride_xk=x.stride(2),
-        stride_yb=y.stride(0),
-        stride_yc=y.stride(1),
-        stride_yn=y.stride(2),
-        stride_eb=e.stride(0),
-        stride_ek=e.stride(1),
-        stride_en=e.stride(2),
+        **strides("x", x, "bck"),
+        **strides("y", y, "bcn"),
+        **strides("e", e, "bkn"),
         NORM_FEAT=normalize_features,
         **dot_options(y.dtype, input_precision),
     )
@@ -600,9 +593,7 @@ def correlation_bwd(
             p_dot_tgt=dot_tgt if normalize_features else out,
             S=S,
             T=T,
-            stride_gb=g.stride(0),
-            stride_gs=g.stride(1),
-            stride_gt=g.stride(2),
+            **strides("g", g, "bst"),
             RELU=relu,
             NORM_MATCH=normalize_matches,
             NORM_FEAT=normalize_features,
@@ -613,115 +604,11 @@ def correlation_bwd(
         )
     if need_source:  # df_s[c, s] from x = target (k = t), e[t, s] = dc[s, t]
         e_src = dcorr.transpose(1, 2)
-        grad_src = feature_grad(
+        grad_src = correlation_bwd_features(
             tgt, src, e_src, inv_target, inv_source, dot_src, normalize_features, input_precision
         ).view(B, C, Hs, Ws)
     if need_target:  # df_t[c, t] from x = source (k = s), e[s, t] = dc[s, t]
-        grad_tgt = feature_grad(
+        grad_tgt = correlation_bwd_features(
             src, tgt, dcorr, inv_source, inv_target, dot_tgt, normalize_features, input_precision
         ).view(B, C, Ht, Wt)
     return grad_src, grad_tgt
-
-
-# ----------------------------------------------------------------------------------------------
-# Ahead-of-time compilation specs
-# ----------------------------------------------------------------------------------------------
-
-_TRITON_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
-_SPEC_C = 1024  # ResNet-101 layer3 channels (SPEC §2.1)
-_SPEC_SIZES = (15, 60)  # the paper's 15x15 map and a 60x60 one (split match normalisation)
-
-
-def _spec(name, fn, types: dict, constexprs: dict, num_warps: int, num_stages: int = 3) -> dict:
-    """A spec dict; ``types`` entries equal to 1 are unit strides, which Triton specialises to the
-    constant 1 at run time for contiguous tensors (so they are compiled as constexprs here too)."""
-    signature = {k: v for k, v in types.items() if v != 1}
-    constants = {k: 1 for k, v in types.items() if v == 1}
-    return {
-        "name": name,
-        "fn": fn,
-        "signature": signature,
-        "constexprs": {**constants, **constexprs},
-        "num_warps": num_warps,
-        "num_stages": num_stages,
-    }
-
-
-def static_compile_specs(all_configs: bool = False) -> list[dict]:
-    """One dict per (kernel, dtype, map size, config) for ahead-of-time compilation without a GPU.
-
-    Contiguous inputs at C=1024 and the paper's default flags (all on), fp32 (tf32 dots) and
-    bf16, H=W=15 (fused match normalisation) and H=W=60 (split, plus
-    :func:`normalize_matches_kernel`); the backward GEMM once per input (the correlation
-    gradient is read K-major for the source, N-major for the target).
-
-    Args:
-        all_configs: every config of the autotuned kernels instead of the default (first) one.
-    Returns:
-        dicts with ``name``, ``fn`` (the raw JIT function), ``signature`` (non-constexpr
-        arguments), ``constexprs``, ``num_warps``, ``num_stages``.
-    """
-    specs = []
-    for dtype in (torch.float32, torch.bfloat16):
-        ty = f"*{_TRITON_DTYPE[dtype]}"
-        acc = f"*{_TRITON_DTYPE[accumulation_dtype(dtype)]}"
-        dot = {**dot_options(dtype, "tf32"), "DOT_FP32": False}  # compiled for a GPU, not the interpreter
-        for size in _SPEC_SIZES:
-            tag = f"{_TRITON_DTYPE[dtype]},H{size}"
-            split = fused_block_s(size * size) is None
-            block_s = SPLIT_BLOCK_S if split else fused_block_s(size * size)
-            specs.append(
-                _spec(
-                    f"correlation_inverse_norm[{tag}]",
-                    inverse_norm_kernel,
-                    {"p_x": ty, "p_inv": acc, "N": "i32", "C": "i32", "stride_xb": "i32", "stride_xc": "i32",
-                     "stride_xn": 1, "eps": "fp32"},
-                    {"BLOCK_N": NORM_BLOCK_N, "BLOCK_C": NORM_BLOCK_C, "FP64": False},
-                    NORM_WARPS,
-                )
-            )
-            fwd_types = {"p_src": ty, "p_tgt": ty, "p_inv_src": acc, "p_inv_tgt": acc, "p_out": ty,
-                         "p_sumsq": acc, "p_inv_match": acc, "S": "i32", "T": "i32", "C": "i32",
-                         "stride_sb": "i32", "stride_sc": "i32", "stride_ss": 1, "stride_tb": "i32",
-                         "stride_tc": "i32", "stride_tt": 1, "eps": "fp32"}
-            flags = {"NORM_FEAT": True, "RELU": True, "NORM_MATCH": True, "SPLIT": split, "BLOCK_S": block_s}
-            for i, cfg in enumerate(FWD_CONFIGS if all_configs else FWD_CONFIGS[:1]):
-                specs.append(
-                    _spec(f"correlation_fwd[{tag},cfg{i}]", correlation_fwd_kernel.fn, fwd_types,
-                          {**flags, **cfg.kwargs, **dot}, cfg.num_warps, cfg.num_stages)
-                )
-            if split:
-                specs.append(
-                    _spec(
-                        f"correlation_normalize_matches[{tag}]",
-                        normalize_matches_kernel,
-                        {"p_out": ty, "p_sumsq": acc, "p_inv_match": acc, "S": "i32", "T": "i32",
-                         "n_sblocks": "i32", "eps": "fp32"},
-                        {"BLOCK_S": block_s, "BLOCK_T": RESCALE_BLOCK_T, "FP64": False},
-                        RESCALE_WARPS,
-                    )
-                )
-            specs.append(
-                _spec(
-                    f"correlation_bwd_prep[{tag}]",
-                    correlation_bwd_prep_kernel,
-                    {"p_grad": ty, "p_out": ty, "p_inv_match": acc, "p_dcorr": ty, "p_dot_src": acc,
-                     "p_dot_tgt": acc, "S": "i32", "T": "i32", "stride_gb": "i32", "stride_gs": "i32",
-                     "stride_gt": 1},
-                    {"RELU": True, "NORM_MATCH": True, "NORM_FEAT": True, "BLOCK_S": PREP_BLOCK_S,
-                     "BLOCK_T": PREP_BLOCK_T, "FP64": False},
-                    PREP_WARPS,
-                )
-            )
-            for side, e_strides in (("src", {"stride_ek": 1, "stride_en": "i32"}),
-                                    ("tgt", {"stride_ek": "i32", "stride_en": 1})):
-                bwd_types = {"p_x": ty, "p_y": ty, "p_e": ty, "p_x_scale": acc, "p_y_scale": acc,
-                             "p_dot": acc, "p_grad": ty, "N": "i32", "K": "i32", "C": "i32", "n_dot": "i32",
-                             "stride_xb": "i32", "stride_xc": "i32", "stride_xk": 1, "stride_yb": "i32",
-                             "stride_yc": "i32", "stride_yn": 1, "stride_eb": "i32", **e_strides}
-                for i, cfg in enumerate(BWD_CONFIGS if all_configs else BWD_CONFIGS[:1]):
-                    specs.append(
-                        _spec(f"correlation_bwd_{side}[{tag},cfg{i}]", correlation_bwd_kernel.fn, bwd_types,
-                              {"NORM_FEAT": True, **cfg.kwargs, **dot}, cfg.num_warps, cfg.num_stages)
-                    )
-    return specs

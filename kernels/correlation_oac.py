@@ -1,5 +1,5 @@
-"""Fused correlation + offset-aware correlation: feature maps -> OAC features, the 4D
-correlation never in memory (issue 7).
+"""Fused correlation + offset-aware correlation (docs/design.md §3.5): feature maps -> OAC
+features, the 4D correlation never in memory.
 
 ``out[b, o, t] = bias[o] + sum_s W[o, off(s, t)] * relu(c[s, t]) / n_t`` with
 ``c[s, t] = a_s b_t <src[:, s], tgt[:, t]>`` (``a``/``b`` the inverse channel norms, or 1 without
@@ -30,16 +30,16 @@ Backward (``g`` the incoming gradient, ``Y = out - bias``, ``R = relu(c)``):
   both maps), so every tile it visits maps to the same ``2*BLOCK_X`` offset columns: the skewed,
   normalised tile ``[BX, 2BX]`` meets ``g`` in a ``tl.dot`` accumulating in registers, and every
   correlation tile is computed exactly once over all programs. Neighbouring diagonals overlap by
-  ``BLOCK_X`` columns; :func:`correlation_oac_reduce_weight_kernel` adds the partial rows (and the
-  batch splits) in a fixed order: deterministic, no atomics. ``dbias`` is the sum of ``g``
-  (:func:`a2net.kernels.offset_aware_correlation.oac_backward_bias`).
+  ``BLOCK_X`` columns; :func:`correlation_oac_bwd_weight_reduce_kernel` adds the partial rows (and
+  the batch splits) in a fixed order: deterministic, no atomics. ``dbias`` is the sum of ``g``
+  (:func:`a2net.kernels.offset_aware_correlation.offset_aware_correlation_bwd_bias`).
 * Only when a feature map needs a gradient (the paper freezes the backbone, so the default
   training path skips this), :func:`correlation_oac_bwd_corr_kernel` recomputes the tiles again,
   with ``q_t = sum_o g[o, t] Y[o, t] / n_t`` and ``P[s, t] = sum_o W[o, off(s, t)] g[o, t]`` (a
   dot against the transposed weight slice, un-skewed by ``tl.gather``):
   ``dc = (P - q_t R) / n_t`` where ``c > 0``. ``dc`` (B, S, T) is written (the one (HW)^2 buffer,
   on this path only) with the feature-norm dots, and the correlation's backward GEMMs
-  (:func:`a2net.kernels.correlation.feature_grad`) finish.
+  (:func:`a2net.kernels.correlation.correlation_bwd_features`) finish.
 
 Memory: forward O(B*(C*(S+T) + O*T)); weight/bias backward adds ``n_split * n_diag * O * Dh * 2BX``
 fp32 partial sums (a few MB); the feature-gradient path adds ``B*S*T``.
@@ -51,10 +51,11 @@ import torch
 import triton
 import triton.language as tl
 
+from a2net.kernels._common import batch_split, correlation_tile, dot_options, dtype_name, strides
 from a2net.kernels._memory import accumulation_dtype, empty
 from a2net.kernels._tuning import INTERPRET, autotune, launch
-from a2net.kernels.correlation import dot_options, feature_grad, inverse_norm
-from a2net.kernels.offset_aware_correlation import oac_backward_bias
+from a2net.kernels.correlation import correlation_bwd_features, correlation_inverse_norm
+from a2net.kernels.offset_aware_correlation import offset_aware_correlation_bwd_bias
 
 # ---------------------------------------------------------------------------------------------
 # Configs. The column blocks (BLOCK_XS/XT/X) and BLOCK_O are chosen by the launchers from the
@@ -86,36 +87,13 @@ MAX_BLOCK_X = 32  # column block of the maps (16 for the paper's 15x15, 32 above
 MAX_BLOCK_O = 128  # output channels per program (the paper's O); more -> several programs
 BWD_CORR_BLOCK_O = 64  # output channels per step of the feature-gradient kernel's loop over O
 # The dW batch split is a function of the shapes only (so is the summation order): enough
-# programs to fill a GPU when the offset grid is small, at most _SPLIT_MAX partial copies.
-_SPLIT_TARGET_PROGRAMS = 264
-_SPLIT_MAX = 16
+# (offset row, diagonal) programs to fill a GPU when the offset grid is small.
+DIAGONAL_TARGET_PROGRAMS = 264
 
 
 # ---------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _correlation_tile(
-    p_x, p_y, m_x, m_y, C, stride_xc, stride_yc,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, DOT_FP32: tl.constexpr, ACC: tl.constexpr,
-):  # fmt: skip
-    """``sum_c x[m, c] * y[c, n]`` -> ``[BM, BN]``; ``p_x`` ``[BM, BC]`` and ``p_y`` ``[BC, BN]``
-    point at channel 0, ``m_x``/``m_y`` mask rows of x / columns of y (masked ones give 0)."""
-    o_c = tl.arange(0, BLOCK_C)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    for c0 in range(0, C, BLOCK_C):
-        m_c = (c0 + o_c) < C
-        b_x = tl.load(p_x, mask=m_x[:, None] & m_c[None, :], other=0.0)  # [BM, BC]
-        b_y = tl.load(p_y, mask=m_c[:, None] & m_y[None, :], other=0.0)  # [BC, BN]
-        if DOT_FP32:  # the interpreter has no bf16 dot
-            b_x, b_y = b_x.to(tl.float32), b_y.to(tl.float32)
-        acc = tl.dot(b_x, b_y, acc, input_precision=INPUT_PRECISION, out_dtype=ACC)
-        p_x += BLOCK_C * stride_xc
-        p_y += BLOCK_C * stride_yc
-    return acc
 
 
 @autotune(FWD_CONFIGS, key=["C", "O", "Hs", "Ws", "Ht", "Wt"])
@@ -170,7 +148,7 @@ def correlation_oac_fwd_kernel(
             o_xs = xs0 + o_i
             m_xs = o_xs < Ws
             p_s = p_s_b + ys * stride_sy + o_xs[:, None] * stride_sx  # [BXS, BC]
-            b_c = _correlation_tile(
+            b_c = correlation_tile(
                 p_s, p_t, m_xs, m_xt, C, stride_sc, stride_tc,
                 BLOCK_XS, BLOCK_XT, BLOCK_C, INPUT_PRECISION, DOT_FP32, ACC,
             )  # fmt: skip
@@ -272,7 +250,7 @@ def correlation_oac_bwd_weight_kernel(
                 m_xs = o_xs < Ws  # >= 0 by the range of i_xt
                 p_t = p_t_b + yt * stride_ty + o_xt[:, None] * stride_tx  # [BX, BC]
                 p_s = p_s_b + ys * stride_sy + o_xs[None, :] * stride_sx  # [BC, BX]
-                b_c = _correlation_tile(
+                b_c = correlation_tile(
                     p_t, p_s, m_xt, m_xs, C, stride_tc, stride_sc,
                     BLOCK_X, BLOCK_X, BLOCK_C, INPUT_PRECISION, DOT_FP32, ACC,
                 )  # fmt: skip  [BX (t), BX (s)]
@@ -302,7 +280,7 @@ def correlation_oac_bwd_weight_kernel(
 
 
 @triton.jit
-def correlation_oac_reduce_weight_kernel(
+def correlation_oac_bwd_weight_reduce_kernel(
     p_partial, p_dweight,
     O, Dh, Dw, Wt, n_xt, n_k, n_split, stride_pn,
     BLOCK_X: tl.constexpr, BLOCK: tl.constexpr,
@@ -399,7 +377,7 @@ def correlation_oac_bwd_corr_kernel(
             o_xs = xs0 + o_i
             m_xs = o_xs < Ws
             p_s = p_s_b + ys * stride_sy + o_xs[:, None] * stride_sx  # [BXS, BC]
-            b_c = _correlation_tile(
+            b_c = correlation_tile(
                 p_s, p_t, m_xs, m_xt, C, stride_sc, stride_tc,
                 BLOCK_XS, BLOCK_XT, BLOCK_C, INPUT_PRECISION, DOT_FP32, ACC,
             )  # fmt: skip
@@ -475,21 +453,16 @@ def padded_weight(weight: torch.Tensor, ws: int, wt: int, block_xs: int, block_x
     return wpad
 
 
-def weight_batch_split(b: int, n_programs: int) -> tuple[int, int]:
-    """``(n_split, batch_per_split)`` of the dW kernel: a function of the shapes only."""
-    n_split = max(1, min(b, _SPLIT_MAX, _SPLIT_TARGET_PROGRAMS // max(1, n_programs)))
-    per_split = triton.cdiv(b, n_split)
-    return triton.cdiv(b, per_split), per_split
-
-
-def _strides(prefix: str, x: torch.Tensor, dims: str) -> dict:
-    return {f"stride_{prefix}{d}": s for d, s in zip(dims, x.stride())}
+def diagonal_batch_split(b: int, n_programs: int) -> tuple[int, int]:
+    """``(n_split, batch_per_split)``: the batch split of the dW kernel's ``n_programs``
+    (offset row, diagonal, channel block) programs. A function of the shapes only."""
+    return batch_split(b, n_programs, DIAGONAL_TARGET_PROGRAMS)
 
 
 def _sizes(source: torch.Tensor, target: torch.Tensor, o: int) -> dict:
     b, c, hs, ws = source.shape
     return {"B": b, "C": c, "O": o, "S": hs * ws, "T": target.shape[2] * target.shape[3],
-            "dtype": str(source.dtype).removeprefix("torch.")}  # fmt: skip
+            "dtype": dtype_name(source.dtype)}  # fmt: skip
 
 
 def _inverse_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -497,7 +470,7 @@ def _inverse_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     b, c, h, w = x.shape
     if h * w == 0:
         return x.new_empty((b, 0), dtype=accumulation_dtype(x.dtype))
-    return inverse_norm(x.reshape(b, c, h * w), eps)
+    return correlation_inverse_norm(x.reshape(b, c, h * w), eps)
 
 
 def correlation_oac_fwd(
@@ -545,9 +518,9 @@ def correlation_oac_fwd(
         p_inv_src=inv_src if normalize_features else out, p_inv_tgt=inv_tgt if normalize_features else out,
         p_wpad=wpad, p_bias=weight if bias is None else bias, p_out=out, p_inv_match=inv_match,
         C=c, O=o, Hs=hs, Ws=ws, Ht=ht, Wt=wt,
-        **_strides("s", source, "bcyx"), **_strides("t", target, "bcyx"), **_strides("w", wpad, "oy"),
+        **strides("s", source, "bcyx"), **strides("t", target, "bcyx"), **strides("w", wpad, "oy"),
         stride_bias=0 if bias is None else bias.stride(0),
-        **_strides("o", out, "boyx"),
+        **strides("o", out, "boyx"),
         eps=eps,
         NORM_FEAT=normalize_features, HAS_BIAS=bias is not None,
         **dot_options(source.dtype, input_precision),
@@ -581,7 +554,7 @@ def correlation_oac_bwd_weight(
     block_o = output_block(o)
     n_xt = triton.cdiv(wt, block_x)
     n_k = triton.cdiv(ws, block_x) + n_xt - 1
-    n_split, per_split = weight_batch_split(b, dh * n_k * triton.cdiv(o, block_o))
+    n_split, per_split = diagonal_batch_split(b, dh * n_k * triton.cdiv(o, block_o))
     partial = empty(n_split, n_k, o, dh, 2 * block_x, dtype=accumulation_dtype(source.dtype), device=dev)
     launch(
         correlation_oac_bwd_weight_kernel,
@@ -594,13 +567,13 @@ def correlation_oac_bwd_weight(
         p_inv_tgt=inv_target if normalize_features else partial,
         p_inv_match=inv_match, p_grad=grad, p_partial=partial,
         B=b, C=c, O=o, Hs=hs, Ws=ws, Ht=ht, Wt=wt, batch_per_split=per_split,
-        **_strides("s", source, "bcyx"), **_strides("t", target, "bcyx"), **_strides("g", grad, "boyx"),
+        **strides("s", source, "bcyx"), **strides("t", target, "bcyx"), **strides("g", grad, "boyx"),
         stride_pn=partial.stride(0),
         NORM_FEAT=normalize_features,
         **dot_options(source.dtype, input_precision),
         BLOCK_O=block_o, BLOCK_X=block_x,
     )  # fmt: skip
-    correlation_oac_reduce_weight_kernel[(triton.cdiv(dweight.numel(), REDUCE_BLOCK),)](
+    correlation_oac_bwd_weight_reduce_kernel[(triton.cdiv(dweight.numel(), REDUCE_BLOCK),)](
         p_partial=partial, p_dweight=dweight,
         O=o, Dh=dh, Dw=dw, Wt=wt, n_xt=n_xt, n_k=n_k, n_split=n_split, stride_pn=partial.stride(0),
         BLOCK_X=block_x, BLOCK=REDUCE_BLOCK, num_warps=REDUCE_WARPS,
@@ -623,7 +596,7 @@ def correlation_oac_bwd_corr(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``dcorr`` ``(B, S, T)`` (gradient w.r.t. the pre-ReLU correlation, input dtype) and, with
     ``normalize_features``, the feature-norm dots ``dot_src`` ``(B, n, S)`` (partials) and
-    ``dot_tgt`` ``(B, 1, T)`` that :func:`a2net.kernels.correlation.feature_grad` takes."""
+    ``dot_tgt`` ``(B, 1, T)`` that :func:`a2net.kernels.correlation.correlation_bwd_features` takes."""
     b, c, hs, ws = source.shape
     ht, wt = target.shape[2:]
     o = weight.shape[0]
@@ -648,9 +621,9 @@ def correlation_oac_bwd_corr(
         p_grad=grad, p_dcorr=dcorr,
         p_dot_src=dot_src if normalize_features else dcorr, p_dot_tgt=dot_tgt if normalize_features else dcorr,
         C=c, O=o, Hs=hs, Ws=ws, Ht=ht, Wt=wt,
-        **_strides("s", source, "bcyx"), **_strides("t", target, "bcyx"), **_strides("w", wpad, "oy"),
+        **strides("s", source, "bcyx"), **strides("t", target, "bcyx"), **strides("w", wpad, "oy"),
         stride_bias=0 if bias is None else bias.stride(0),
-        **_strides("o", out, "boyx"), **_strides("g", grad, "boyx"),
+        **strides("o", out, "boyx"), **strides("g", grad, "boyx"),
         NORM_FEAT=normalize_features, HAS_BIAS=bias is not None,
         **dot_options(source.dtype, input_precision),
         BLOCK_O=output_block(o, BWD_CORR_BLOCK_O), BLOCK_XS=block_xs, BLOCK_XT=block_xt,
@@ -696,7 +669,7 @@ def correlation_oac_bwd(
             input_precision,
         )  # fmt: skip
     if need_bias:
-        dbias = oac_backward_bias(grad)
+        dbias = offset_aware_correlation_bwd_bias(grad)
     if not (need_source or need_target):
         return dsrc, dtgt, dweight, dbias
     if b * c * s * t == 0:  # nothing flows back to the features
@@ -709,93 +682,11 @@ def correlation_oac_bwd(
     )  # fmt: skip
     src, tgt = source.reshape(b, c, s), target.reshape(b, c, t)
     if need_source:  # df_s[c, s] from x = target (k = t), e[t, s] = dc[s, t]
-        dsrc = feature_grad(
+        dsrc = correlation_bwd_features(
             tgt, src, dcorr.transpose(1, 2), inv_target, inv_source, dot_src, normalize_features, input_precision
         ).view(b, c, hs, ws)
     if need_target:  # df_t[c, t] from x = source (k = s), e[s, t] = dc[s, t]
-        dtgt = feature_grad(
+        dtgt = correlation_bwd_features(
             src, tgt, dcorr, inv_source, inv_target, dot_tgt, normalize_features, input_precision
         ).view(b, c, ht, wt)
     return dsrc, dtgt, dweight, dbias
-
-
-# ---------------------------------------------------------------------------------------------
-# Ahead-of-time compilation specs
-# ---------------------------------------------------------------------------------------------
-
-_TRITON_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
-_SPEC_BATCH, _SPEC_C, _SPEC_O = 32, 1024, 128  # the paper's batch, ResNet-101 layer3, OAC channels
-_SPEC_SIZES = (15, 30, 60)  # H = W of both maps: 240-, 480- and 960-pixel images
-
-
-def _spec(name, fn, types: dict, constexprs: dict, num_warps: int, num_stages: int) -> dict:
-    """A spec dict; ``types`` entries equal to 1 are unit strides, which Triton specialises to the
-    constant 1 at run time for contiguous tensors (so they are compiled as constexprs here too)."""
-    return {
-        "name": name,
-        "fn": fn,
-        "signature": {k: v for k, v in types.items() if v != 1},
-        "constexprs": {**{k: 1 for k, v in types.items() if v == 1}, **constexprs},
-        "num_warps": num_warps,
-        "num_stages": num_stages,
-    }
-
-
-def _contiguous_strides(prefix: str, dims: str) -> dict:
-    """Strides of a contiguous tensor: the last one is 1, the others i32."""
-    return {f"stride_{prefix}{d}": (1 if i == len(dims) - 1 else "i32") for i, d in enumerate(dims)}
-
-
-def static_compile_specs(all_configs: bool = False) -> list[dict]:
-    """One dict per (kernel, dtype, map size, config) for ahead-of-time compilation without a GPU.
-
-    Contiguous inputs, C=1024, O=128, B=32, feature normalisation on, H=W in (15, 30, 60), fp32
-    (tf32 dots) and bf16; the feature-gradient kernel too (off the default training path).
-
-    Args:
-        all_configs: every config of the autotuned kernels instead of the default (first) one.
-    Returns:
-        dicts with ``name``, ``fn`` (the raw JIT function), ``signature`` (non-constexpr
-        arguments), ``constexprs``, ``num_warps``, ``num_stages``.
-    """
-    dims = {name: "i32" for name in ("C", "O", "Hs", "Ws", "Ht", "Wt")}
-    specs = []
-    for dtype in (torch.float32, torch.bfloat16):
-        ty = f"*{_TRITON_DTYPE[dtype]}"
-        acc = f"*{_TRITON_DTYPE[accumulation_dtype(dtype)]}"
-        dot = {"INPUT_PRECISION": "tf32" if dtype == torch.float32 else "ieee", "DOT_FP32": False, "FP64": False}
-        oac_dot = {"OAC_FP32": False, "OAC_PRECISION": dot["INPUT_PRECISION"]}  # compiled for a GPU
-        for size in _SPEC_SIZES:
-            tag = f"{_TRITON_DTYPE[dtype]},H{size}"
-            block_x, block_o = column_block(size), output_block(_SPEC_O)
-            maps = {**_contiguous_strides("s", "bcyx"), **_contiguous_strides("t", "bcyx")}
-            fwd_types = {"p_src": ty, "p_tgt": ty, "p_inv_src": acc, "p_inv_tgt": acc, "p_wpad": ty, "p_bias": ty,
-                         "p_out": ty, "p_inv_match": acc, **dims, **maps, "stride_wo": "i32", "stride_wy": "i32",
-                         "stride_bias": 1, **_contiguous_strides("o", "boyx"), "eps": "fp32"}  # fmt: skip
-            flags = {"NORM_FEAT": True, "HAS_BIAS": True, "BLOCK_O": block_o, "BLOCK_XS": block_x,
-                     "BLOCK_XT": block_x}  # fmt: skip
-            for i, cfg in enumerate(FWD_CONFIGS if all_configs else FWD_CONFIGS[:1]):
-                specs.append(_spec(f"correlation_oac_fwd[{tag},cfg{i}]", correlation_oac_fwd_kernel.fn, fwd_types,
-                                   {**flags, **dot, **oac_dot, **cfg.kwargs}, cfg.num_warps,
-                                   cfg.num_stages))  # fmt: skip
-            weight_types = {"p_src": ty, "p_tgt": ty, "p_inv_src": acc, "p_inv_tgt": acc, "p_inv_match": acc,
-                            "p_grad": ty, "p_partial": acc, "B": "i32", **dims, "batch_per_split": "i32", **maps,
-                            **_contiguous_strides("g", "boyx"), "stride_pn": "i32"}  # fmt: skip
-            weight_flags = {"NORM_FEAT": True, "BLOCK_O": block_o, "BLOCK_X": block_x}
-            for i, cfg in enumerate(BWD_WEIGHT_CONFIGS if all_configs else BWD_WEIGHT_CONFIGS[:1]):
-                specs.append(_spec(f"correlation_oac_bwd_weight[{tag},cfg{i}]", correlation_oac_bwd_weight_kernel.fn,
-                                   weight_types, {**weight_flags, **dot, **cfg.kwargs}, cfg.num_warps,
-                                   cfg.num_stages))  # fmt: skip
-            specs.append(_spec(f"correlation_oac_reduce_weight[{tag}]", correlation_oac_reduce_weight_kernel,
-                               {"p_partial": acc, "p_dweight": ty, "O": "i32", "Dh": "i32", "Dw": "i32", "Wt": "i32",
-                                "n_xt": "i32", "n_k": "i32", "n_split": "i32", "stride_pn": "i32"},
-                               {"BLOCK_X": block_x, "BLOCK": REDUCE_BLOCK}, REDUCE_WARPS, 3))  # fmt: skip
-            corr_types = {**fwd_types, "p_grad": ty, "p_dcorr": ty, "p_dot_src": acc, "p_dot_tgt": acc,
-                          **_contiguous_strides("g", "boyx")}  # fmt: skip
-            del corr_types["eps"]
-            for i, cfg in enumerate(BWD_CORR_CONFIGS if all_configs else BWD_CORR_CONFIGS[:1]):
-                corr_flags = {**flags, "BLOCK_O": output_block(_SPEC_O, BWD_CORR_BLOCK_O)}
-                specs.append(_spec(f"correlation_oac_bwd_corr[{tag},cfg{i}]", correlation_oac_bwd_corr_kernel.fn,
-                                   corr_types, {**corr_flags, **dot, **cfg.kwargs}, cfg.num_warps,
-                                   cfg.num_stages))  # fmt: skip
-    return specs

@@ -15,8 +15,8 @@ tensor itself never exists.
   exactly one program, with a plain store.
 * ``dW[o, d] = sum_{b, t} g[b, o, t] * A[b, d, t]``: one program per 2-D tile of offsets x a block
   of channels, K over the targets that some offset of the tile can see. Deterministic: the batch
-  may be split into fixed chunks (partial sums, then :func:`_oac_reduce_kernel` adds them in a
-  fixed order); no atomics anywhere, so two runs give bit-identical gradients.
+  may be split into fixed chunks (partial sums, then
+  :func:`offset_aware_correlation_bwd_reduce_kernel` adds them in a fixed order); no atomics anywhere, so two runs give bit-identical gradients.
 * ``dbias`` sums ``g`` per batch element, then the same reduction.
 
 Memory: ``O(B*O*T + B*S*T)``, plus for ``dW`` at most ``16*O*Dh*Dw`` fp32 partial sums.
@@ -30,7 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from a2net.kernels._memory import empty
+from a2net.kernels._common import batch_split, dtype_name, strides
+from a2net.kernels._memory import accumulation_dtype, empty
 from a2net.kernels._tuning import INTERPRET, autotune, launch
 
 # ---------------------------------------------------------------------------------------------
@@ -71,12 +72,11 @@ REDUCE_CONFIGS = [
     triton.Config({"BLOCK": 4096}, num_warps=8, num_stages=2),
 ]
 
-# The dW batch split is chosen from a nominal tile (offsets x channels) and program count, not from
-# the config the autotuner picks, so the split (and the summation order) depends on the shapes only.
-_SPLIT_TILE_D = 64
-_SPLIT_TILE_O = 64
-_SPLIT_TARGET_PROGRAMS = 2048
-_SPLIT_MAX = 16  # bounds the partial sums to 16 * O * Dh * Dw fp32 values
+# The dW batch split is chosen from a nominal tile (offsets x channels), not from the config the
+# autotuner picks, so the split (and the summation order) depends on the shapes only.
+OFFSET_TILE_D = 64
+OFFSET_TILE_O = 64
+OFFSET_TILE_TARGET_PROGRAMS = 2048
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ def _target_tile(i_t, i_b, B, Ws, Wt, BLOCK_T: tl.constexpr, BLOCK_B: tl.constex
 
 @autotune(FWD_CONFIGS, key=["B", "O", "Hs", "Ws", "Ht", "Wt"])
 @triton.jit
-def _oac_fwd_kernel(
+def offset_aware_correlation_fwd_kernel(
     p_corr, p_weight, p_bias, p_out,
     B, O, Hs, Ws, Ht, Wt,
     stride_cb, stride_cs, stride_cy, stride_cx,
@@ -156,7 +156,7 @@ def _oac_fwd_kernel(
 
 @autotune(BWD_CORR_CONFIGS, key=["B", "O", "Hs", "Ws", "Ht", "Wt"])
 @triton.jit
-def _oac_bwd_corr_kernel(
+def offset_aware_correlation_bwd_corr_kernel(
     p_grad, p_weight, p_dcorr,
     B, O, Hs, Ws, Ht, Wt,
     stride_gb, stride_go, stride_gy, stride_gx,
@@ -200,7 +200,7 @@ def _oac_bwd_corr_kernel(
 
 @autotune(BWD_WEIGHT_CONFIGS, key=["B", "O", "Hs", "Ws", "Ht", "Wt", "batch_per_split"])
 @triton.jit
-def _oac_bwd_weight_kernel(
+def offset_aware_correlation_bwd_weight_kernel(
     p_grad, p_corr, p_dweight,
     B, O, Hs, Ws, Ht, Wt, batch_per_split,
     stride_gb, stride_go, stride_gy, stride_gx,
@@ -276,7 +276,7 @@ def _oac_bwd_weight_kernel(
 
 @autotune(BWD_BIAS_CONFIGS, key=["O", "Ht", "Wt"])
 @triton.jit
-def _oac_bwd_bias_kernel(
+def offset_aware_correlation_bwd_bias_kernel(
     p_grad, p_dbias,
     O, Ht, Wt,
     stride_gb, stride_go, stride_gy, stride_gx,
@@ -300,7 +300,7 @@ def _oac_bwd_bias_kernel(
 
 @autotune(REDUCE_CONFIGS, key=["N", "n_split"])
 @triton.jit
-def _oac_reduce_kernel(p_partial, p_out, N, n_split, stride_pn, BLOCK: tl.constexpr):
+def offset_aware_correlation_bwd_reduce_kernel(p_partial, p_out, N, n_split, stride_pn, BLOCK: tl.constexpr):
     """``out[i] = sum_n partial[n, i]`` in the fixed order n = 0, 1, ... (deterministic)."""
     i_blk = tl.program_id(0)
     o_i = i_blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -323,11 +323,6 @@ def _upcast(dtype: torch.dtype) -> bool:
     return INTERPRET and dtype == torch.bfloat16
 
 
-def _partial_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Partial sums are kept in the accumulator's precision (fp64 for fp64 inputs, else fp32)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _precision(dtype: torch.dtype, input_precision: str) -> str:
     """fp64 dots are always exact ("tf32" does not apply to them)."""
     return "ieee" if dtype == torch.float64 else input_precision
@@ -335,10 +330,10 @@ def _precision(dtype: torch.dtype, input_precision: str) -> str:
 
 def _sizes(corr: torch.Tensor, o: int) -> dict:
     b, s, ht, wt = corr.shape
-    return {"B": b, "O": o, "S": s, "T": ht * wt, "dtype": str(corr.dtype).removeprefix("torch.")}
+    return {"B": b, "O": o, "S": s, "T": ht * wt, "dtype": dtype_name(corr.dtype)}
 
 
-def oac_forward(
+def offset_aware_correlation_fwd(
     corr: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -354,21 +349,20 @@ def oac_forward(
     if out.numel() == 0:
         return out
     launch(
-        _oac_fwd_kernel,
+        offset_aware_correlation_fwd_kernel,
         lambda meta: (
             ht * triton.cdiv(wt, meta["BLOCK_T"]),
             triton.cdiv(o, meta["BLOCK_O"]),
             triton.cdiv(b, meta["BLOCK_B"]),
         ),
-        name="oac_fwd",
+        name="offset_aware_correlation_fwd",
         device=corr.device,
         sizes=_sizes(corr, o),
         p_corr=corr, p_weight=weight, p_bias=weight if bias is None else bias, p_out=out,
         B=b, O=o, Hs=hs, Ws=ws, Ht=ht, Wt=wt,
-        stride_cb=corr.stride(0), stride_cs=corr.stride(1), stride_cy=corr.stride(2), stride_cx=corr.stride(3),
-        stride_wo=weight.stride(0), stride_wy=weight.stride(1), stride_wx=weight.stride(2),
+        **strides("c", corr, "bsyx"), **strides("w", weight, "oyx"),
         stride_bias=0 if bias is None else bias.stride(0),
-        stride_ob=out.stride(0), stride_oo=out.stride(1), stride_oy=out.stride(2), stride_ox=out.stride(3),
+        **strides("o", out, "boyx"),
         HAS_BIAS=bias is not None,
         UPCAST=_upcast(corr.dtype),
         INPUT_PRECISION=_precision(corr.dtype, input_precision),
@@ -376,7 +370,7 @@ def oac_forward(
     return out
 
 
-def oac_backward_corr(
+def offset_aware_correlation_bwd_corr(
     grad_out: torch.Tensor, weight: torch.Tensor, source_size: tuple[int, int], input_precision: str = "tf32"
 ) -> torch.Tensor:
     """Gradient of the OAC w.r.t. corr: grad_out ``(B, O, Ht, Wt)`` -> ``(B, Hs*Ws, Ht, Wt)``."""
@@ -386,46 +380,42 @@ def oac_backward_corr(
     if dcorr.numel() == 0:
         return dcorr
     launch(
-        _oac_bwd_corr_kernel,
+        offset_aware_correlation_bwd_corr_kernel,
         lambda meta: (ht * triton.cdiv(wt, meta["BLOCK_T"]), triton.cdiv(b, meta["BLOCK_B"])),
-        name="oac_bwd_corr",
+        name="offset_aware_correlation_bwd_corr",
         device=grad_out.device,
         sizes=_sizes(dcorr, o),
         p_grad=grad_out, p_weight=weight, p_dcorr=dcorr,
         B=b, O=o, Hs=hs, Ws=ws, Ht=ht, Wt=wt,
-        stride_gb=grad_out.stride(0), stride_go=grad_out.stride(1),
-        stride_gy=grad_out.stride(2), stride_gx=grad_out.stride(3),
-        stride_wo=weight.stride(0), stride_wy=weight.stride(1), stride_wx=weight.stride(2),
-        stride_cb=dcorr.stride(0), stride_cs=dcorr.stride(1), stride_cy=dcorr.stride(2), stride_cx=dcorr.stride(3),
+        **strides("g", grad_out, "boyx"), **strides("w", weight, "oyx"), **strides("c", dcorr, "bsyx"),
         UPCAST=_upcast(grad_out.dtype),
         INPUT_PRECISION=_precision(grad_out.dtype, input_precision),
     )  # fmt: skip
     return dcorr
 
 
-def weight_batch_split(b: int, o: int, offset_grid: tuple[int, int]) -> tuple[int, int]:
-    """``(n_split, batch_per_split)`` of the dW kernel: enough programs to fill a GPU when the offset
-    grid is small (paper: 29x29), one split when it is large. A function of the shapes only."""
-    n_tiles = triton.cdiv(offset_grid[0] * offset_grid[1], _SPLIT_TILE_D) * triton.cdiv(o, _SPLIT_TILE_O)
-    n_split = max(1, min(b, _SPLIT_MAX, _SPLIT_TARGET_PROGRAMS // n_tiles))
-    per_split = triton.cdiv(b, n_split)
-    return triton.cdiv(b, per_split), per_split
+def offset_tile_batch_split(b: int, o: int, offset_grid: tuple[int, int]) -> tuple[int, int]:
+    """``(n_split, batch_per_split)``: the batch split of each offset tile's dW program, enough
+    programs to fill a GPU when the offset grid is small (paper: 29x29), one split when it is
+    large. A function of the shapes only."""
+    n_tiles = triton.cdiv(offset_grid[0] * offset_grid[1], OFFSET_TILE_D) * triton.cdiv(o, OFFSET_TILE_O)
+    return batch_split(b, n_tiles, OFFSET_TILE_TARGET_PROGRAMS)
 
 
-def _reduce(partial: torch.Tensor, out: torch.Tensor) -> None:
+def _reduce_partials(partial: torch.Tensor, out: torch.Tensor) -> None:
     """``out.view(-1) = partial.view(n, -1).sum(0)`` in a fixed order (out contiguous)."""
     n = out.numel()
     launch(
-        _oac_reduce_kernel,
+        offset_aware_correlation_bwd_reduce_kernel,
         lambda meta: (triton.cdiv(n, meta["BLOCK"]),),
-        name="oac_reduce",
+        name="offset_aware_correlation_bwd_reduce",
         device=out.device,
-        sizes={"N": n, "n_split": partial.shape[0], "dtype": str(out.dtype).removeprefix("torch.")},
+        sizes={"N": n, "n_split": partial.shape[0], "dtype": dtype_name(out.dtype)},
         p_partial=partial, p_out=out, N=n, n_split=partial.shape[0], stride_pn=partial.stride(0),
     )  # fmt: skip
 
 
-def oac_backward_weight(
+def offset_aware_correlation_bwd_weight(
     grad_out: torch.Tensor, corr: torch.Tensor, source_size: tuple[int, int], input_precision: str = "tf32"
 ) -> torch.Tensor:
     """Gradient of the OAC w.r.t. weight: ``(O, Hs+Ht-1, Ws+Wt-1)`` in corr's dtype, deterministic."""
@@ -435,119 +425,51 @@ def oac_backward_weight(
     dweight = empty(o, dh, dw, dtype=corr.dtype, device=corr.device)
     if b == 0:
         return dweight.zero_()
-    n_split, per_split = weight_batch_split(b, o, (dh, dw))
+    n_split, per_split = offset_tile_batch_split(b, o, (dh, dw))
     # One split writes dW directly; several write fp32 partial sums that are then reduced.
     if n_split == 1:
         partial = dweight
     else:
-        partial = empty(n_split, o, dh * dw, dtype=_partial_dtype(corr.dtype), device=corr.device)
+        partial = empty(n_split, o, dh * dw, dtype=accumulation_dtype(corr.dtype), device=corr.device)
     launch(
-        _oac_bwd_weight_kernel,
+        offset_aware_correlation_bwd_weight_kernel,
         lambda meta: (
             triton.cdiv(dh, meta["BLOCK_DY"]) * triton.cdiv(dw, meta["BLOCK_DX"]),
             triton.cdiv(o, meta["BLOCK_O"]),
             n_split,
         ),
-        name="oac_bwd_weight",
+        name="offset_aware_correlation_bwd_weight",
         device=corr.device,
         sizes=_sizes(corr, o),
         p_grad=grad_out, p_corr=corr, p_dweight=partial,
         B=b, O=o, Hs=hs, Ws=ws, Ht=ht, Wt=wt, batch_per_split=per_split,
-        stride_gb=grad_out.stride(0), stride_go=grad_out.stride(1),
-        stride_gy=grad_out.stride(2), stride_gx=grad_out.stride(3),
-        stride_cb=corr.stride(0), stride_cs=corr.stride(1), stride_cy=corr.stride(2), stride_cx=corr.stride(3),
+        **strides("g", grad_out, "boyx"), **strides("c", corr, "bsyx"),
         stride_dn=0 if n_split == 1 else partial.stride(0), stride_do=dh * dw,
         UPCAST=_upcast(corr.dtype),
         INPUT_PRECISION=_precision(corr.dtype, input_precision),
     )  # fmt: skip
     if n_split > 1:
-        _reduce(partial, dweight)
+        _reduce_partials(partial, dweight)
     return dweight
 
 
-def oac_backward_bias(grad_out: torch.Tensor) -> torch.Tensor:
+def offset_aware_correlation_bwd_bias(grad_out: torch.Tensor) -> torch.Tensor:
     """Gradient of the OAC w.r.t. bias: ``(O,)``, the sum of grad_out over batch and targets."""
     b, o, ht, wt = grad_out.shape
     dbias = empty(o, dtype=grad_out.dtype, device=grad_out.device)
     if b == 0:
         return dbias.zero_()
-    partial = empty(b, o, dtype=_partial_dtype(grad_out.dtype), device=grad_out.device)
+    partial = empty(b, o, dtype=accumulation_dtype(grad_out.dtype), device=grad_out.device)
     launch(
-        _oac_bwd_bias_kernel,
+        offset_aware_correlation_bwd_bias_kernel,
         lambda meta: (triton.cdiv(o, meta["BLOCK_O"]), b),
-        name="oac_bwd_bias",
+        name="offset_aware_correlation_bwd_bias",
         device=grad_out.device,
-        sizes={"B": b, "O": o, "T": ht * wt, "dtype": str(grad_out.dtype).removeprefix("torch.")},
+        sizes={"B": b, "O": o, "T": ht * wt, "dtype": dtype_name(grad_out.dtype)},
         p_grad=grad_out, p_dbias=partial,
         O=o, Ht=ht, Wt=wt,
-        stride_gb=grad_out.stride(0), stride_go=grad_out.stride(1),
-        stride_gy=grad_out.stride(2), stride_gx=grad_out.stride(3),
+        **strides("g", grad_out, "boyx"),
         stride_dn=partial.stride(0),
     )  # fmt: skip
-    _reduce(partial, dbias)
+    _reduce_partials(partial, dbias)
     return dbias
-
-
-# ---------------------------------------------------------------------------------------------
-# Ahead-of-time compilation specs
-# ---------------------------------------------------------------------------------------------
-
-_TRITON_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
-
-
-def _stride_args(prefix: str, dims: str) -> dict:
-    return {f"stride_{prefix}{d}": "i32" for d in dims}
-
-
-def static_compile_specs(all_configs: bool = False) -> list[dict]:
-    """One dict per (kernel, config) to compile ahead of time for a GPU, at the paper's shapes
-    (15x15 maps, O=128, B=32) and at 60x60, fp32 and bf16; the default config unless ``all_configs``.
-
-    Keys: ``name``, ``fn`` (the raw JITFunction), ``signature`` (non-constexpr args -> Triton type),
-    ``constexprs``, ``num_warps``, ``num_stages``.
-    """
-    batch, channels = 32, 128
-    dims = {name: "i32" for name in ("B", "O", "Hs", "Ws", "Ht", "Wt")}
-    specs = []
-    for size in (15, 60):
-        n_split, _ = weight_batch_split(batch, channels, (2 * size - 1, 2 * size - 1))
-        for dtype in (torch.float32, torch.bfloat16):
-            ty = _TRITON_DTYPE[dtype]
-            ptr = f"*{ty}"
-            dweight = f"*{_TRITON_DTYPE[_partial_dtype(dtype)]}" if n_split > 1 else ptr
-            partial = f"*{_TRITON_DTYPE[_partial_dtype(dtype)]}"
-            dots = {"UPCAST": False, "INPUT_PRECISION": "tf32"}
-            kernels = [
-                ("oac_fwd", _oac_fwd_kernel, FWD_CONFIGS,
-                 {"p_corr": ptr, "p_weight": ptr, "p_bias": ptr, "p_out": ptr, **dims, **_stride_args("c", "bsyx"),
-                  **_stride_args("w", "oyx"), "stride_bias": "i32", **_stride_args("o", "boyx")},
-                 {"HAS_BIAS": True, **dots}),
-                ("oac_bwd_corr", _oac_bwd_corr_kernel, BWD_CORR_CONFIGS,
-                 {"p_grad": ptr, "p_weight": ptr, "p_dcorr": ptr, **dims, **_stride_args("g", "boyx"),
-                  **_stride_args("w", "oyx"), **_stride_args("c", "bsyx")},
-                 dots),
-                ("oac_bwd_weight", _oac_bwd_weight_kernel, BWD_WEIGHT_CONFIGS,
-                 {"p_grad": ptr, "p_corr": ptr, "p_dweight": dweight, **dims, "batch_per_split": "i32",
-                  **_stride_args("g", "boyx"), **_stride_args("c", "bsyx"), **_stride_args("d", "no")},
-                 dots),
-                ("oac_bwd_bias", _oac_bwd_bias_kernel, BWD_BIAS_CONFIGS,
-                 {"p_grad": ptr, "p_dbias": partial, "O": "i32", "Ht": "i32", "Wt": "i32",
-                  **_stride_args("g", "boyx"), "stride_dn": "i32"},
-                 {}),
-                ("oac_reduce", _oac_reduce_kernel, REDUCE_CONFIGS,
-                 {"p_partial": partial, "p_out": ptr, "N": "i32", "n_split": "i32", "stride_pn": "i32"},
-                 {}),
-            ]  # fmt: skip
-            for name, kernel, configs, signature, constexprs in kernels:
-                for i, cfg in enumerate(configs if all_configs else configs[:1]):
-                    specs.append(
-                        {
-                            "name": f"{name}[{ty},H{size},cfg{i}]",
-                            "fn": kernel.fn,
-                            "signature": dict(signature),
-                            "constexprs": {**constexprs, **cfg.kwargs},
-                            "num_warps": cfg.num_warps,
-                            "num_stages": cfg.num_stages,
-                        }
-                    )
-    return specs

@@ -1,8 +1,7 @@
 """Ahead-of-time compile report for the Triton kernels: registers, spills and shared memory.
 
-Compiles every config that a kernel module lists in ``static_compile_specs()`` for real GPU
-architectures (sm_80 and sm_90 by default) without a GPU, and reads the resource usage of each
-cubin. This catches what the CPU interpreter cannot see: GPU compile errors, register spills, and
+Compiles every config that ``perf/kernel_specs.py`` lists for real GPU architectures (sm_80
+and sm_90 by default) without a GPU, and reads the resource usage of each cubin. This catches what the CPU interpreter cannot see: GPU compile errors, register spills, and
 configs whose shared memory exceeds the architecture's per-block limit (the compiler accepts those;
 they only fail at launch).
 
@@ -22,10 +21,12 @@ Each compiled config is one row of the table:
 
 Exit status: 0 when every *default* config compiles, does not spill and fits in shared memory;
 1 otherwise. With ``--all-configs`` the other configs are compiled and listed, flagged, but do not
-change the exit status. A module that does not exist yet or has no ``static_compile_specs`` is
-skipped with a note.
+change the exit status.
 
-Specs (see the kernel modules): dicts with ``name``, ``fn`` (the raw ``triton.JITFunction``),
+A spec module (``perf/kernel_specs.py``, or the ``--module`` ones) has ``SPECS``, a dict
+``group -> lister``: ``lister(all_configs=False)`` returns the group's specs (one group per op,
+each row of the report names its group); a module that does not exist or has no ``SPECS`` is
+skipped with a note. Specs are dicts with ``name``, ``fn`` (the raw ``triton.JITFunction``),
 ``signature`` (non-constexpr argument -> type string such as ``"*fp32"`` or ``"i32"``),
 ``constexprs`` (constexpr argument -> value), ``num_warps``, ``num_stages``. Pointer arguments are
 compiled as 16-byte aligned (``tt.divisibility=16``), as Triton specialises them for torch
@@ -59,12 +60,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-KERNEL_MODULES = (
-    "a2net.kernels.correlation",
-    "a2net.kernels.offset_aware_correlation",
-    "a2net.kernels.attention_pool",
-    "a2net.kernels.correlation_oac",
-)
+SPEC_MODULES = ("perf.kernel_specs",)
 DEFAULT_ARCHS = (80, 90)
 
 # Maximum dynamic shared memory per block (bytes), CUDA programming guide, compute capabilities.
@@ -100,7 +96,7 @@ class Row:
     """The compile result of one spec on one architecture."""
 
     name: str
-    module: str
+    group: str
     arch: int
     num_warps: int
     num_stages: int
@@ -161,9 +157,9 @@ class Row:
         return cls(**{k: v for k, v in d.items() if k in fields})
 
 
-def exit_status(rows: list[Row], failed_modules: list[str] = ()) -> int:
+def exit_status(rows: list[Row], failed: list[str] = ()) -> int:
     """1 when a default config has a problem (or a module's specs could not be listed), else 0."""
-    return int(bool(failed_modules) or any(r.default and not r.ok for r in rows))
+    return int(bool(failed) or any(r.default and not r.ok for r in rows))
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,14 +349,14 @@ def _summarise_error(exc: BaseException, stdout: str, stderr: str) -> str:
     return "\n".join(keep + diag[:5] + ptxas[:5])
 
 
-def compile_spec(spec: dict, arch: int, *, module: str = "", default: bool = True) -> Row:
+def compile_spec(spec: dict, arch: int, *, group: str = "", default: bool = True) -> Row:
     """AOT-compile one spec for ``sm_<arch>`` and measure it; errors land in ``Row.error``."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     row = Row(
         name=spec["name"],
-        module=module,
+        group=group,
         arch=arch,
         num_warps=int(spec.get("num_warps", 4)),
         num_stages=int(spec.get("num_stages", 3)),
@@ -443,16 +439,16 @@ def load_module(target: str):
         raise
 
 
-def collect_specs(module, all_configs: bool) -> list[tuple[dict, bool]]:
-    """``[(spec, is_default)]`` of a module: its default specs, plus the others if asked."""
-    defaults = list(module.static_compile_specs(all_configs=False))
+def collect_specs(lister, all_configs: bool) -> list[tuple[dict, bool]]:
+    """``[(spec, is_default)]`` of a group's lister: its default specs, plus the others if asked."""
+    defaults = list(lister(all_configs=False))
     names = [s["name"] for s in defaults]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate spec names: {sorted({n for n in names if names.count(n) > 1})}")
     if not all_configs:
         return [(s, True) for s in defaults]
     default_names = set(names)
-    specs = list(module.static_compile_specs(all_configs=True))
+    specs = list(lister(all_configs=True))
     listed = {s["name"] for s in specs}
     out = [(s, bool(s.get("default", s["name"] in default_names))) for s in specs]
     out += [(s, True) for s in defaults if s["name"] not in listed]
@@ -473,11 +469,11 @@ def _dedup_key(spec: dict, arch: int):
     )
 
 
-def run_report(modules=KERNEL_MODULES, archs=DEFAULT_ARCHS, all_configs=False, log=None):
+def run_report(modules=SPEC_MODULES, archs=DEFAULT_ARCHS, all_configs=False, log=None):
     """Compile every spec of ``modules`` for ``archs``; returns ``(rows, skipped, failed)``.
 
-    ``skipped``: ``[(module, reason)]`` for modules absent or without ``static_compile_specs``;
-    ``failed``: ``[(module, error)]`` for modules whose import or spec listing raised.
+    ``skipped``: ``[(module, reason)]`` for modules absent or without ``SPECS``;
+    ``failed``: ``[(module or group, error)]`` for imports or spec listings that raised.
     Must run in a process where ``TRITON_INTERPRET`` is unset (see :func:`main`).
     """
     if interpreting():
@@ -493,21 +489,22 @@ def run_report(modules=KERNEL_MODULES, archs=DEFAULT_ARCHS, all_configs=False, l
             failed.append((target, f"import failed: {type(exc).__name__}: {exc}"))
             continue
         if module is None:
-            skipped.append((target, "module does not exist yet"))
+            skipped.append((target, "module does not exist"))
             continue
-        if not hasattr(module, "static_compile_specs"):
-            skipped.append((target, "no static_compile_specs()"))
+        if not hasattr(module, "SPECS"):
+            skipped.append((target, "no SPECS"))
             continue
-        try:
-            specs = collect_specs(module, all_configs)
-        except Exception as exc:  # noqa: BLE001
-            failed.append((target, f"static_compile_specs failed: {type(exc).__name__}: {exc}"))
-            continue
-        for arch in archs:
-            work += [(target, spec, default, arch) for spec, default in specs]
+        for group, lister in module.SPECS.items():
+            try:
+                specs = collect_specs(lister, all_configs)
+            except Exception as exc:  # noqa: BLE001
+                failed.append((group, f"listing its specs failed: {type(exc).__name__}: {exc}"))
+                continue
+            for arch in archs:
+                work += [(group, spec, default, arch) for spec, default in specs]
 
     rows, done = [], {}
-    for i, (target, spec, default, arch) in enumerate(work, 1):
+    for i, (group, spec, default, arch) in enumerate(work, 1):
         try:
             key = _dedup_key(spec, arch)
         except Exception:  # noqa: BLE001 - compile_spec reports the malformed spec
@@ -515,12 +512,12 @@ def run_report(modules=KERNEL_MODULES, archs=DEFAULT_ARCHS, all_configs=False, l
         if key is not None and key in done:
             first = done[key]
             row = dataclasses.replace(
-                first, name=spec["name"], module=target, default=default, compile_s=0.0,
+                first, name=spec["name"], group=group, default=default, compile_s=0.0,
                 same_as=first.same_as or first.name, problems=[], notes=list(first.notes),
             ).check()
             log(f"[{i:>3}/{len(work)}] sm_{arch} {spec['name']}: same binary as {row.same_as}")
         else:
-            row = compile_spec(spec, arch, module=target, default=default)
+            row = compile_spec(spec, arch, group=group, default=default)
             if key is not None:
                 done[key] = row
             status = "ok" if row.ok else "; ".join(row.problems)
@@ -600,7 +597,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="compute capabilities, e.g. 80 90 (also sm_90 / sm_90a)")
     parser.add_argument("--json", metavar="OUT", help="also write the rows as JSON to OUT")
     parser.add_argument("--module", nargs="+", metavar="M",
-                        help="modules (dotted or .py path) to report instead of the kernel modules")
+                        help="spec modules (dotted or .py path, each with SPECS) to report instead of "
+                        "perf/kernel_specs.py")
     args = parser.parse_args(argv)
     archs = []
     for a in args.arch:
@@ -621,7 +619,7 @@ def main(argv=None) -> int:
               file=sys.stderr, flush=True)
         return subprocess.call([sys.executable, str(Path(__file__).resolve()), *argv], env=env)
     args = parse_args(argv)
-    rows, skipped, failed = run_report(args.module or KERNEL_MODULES, args.arch, args.all_configs)
+    rows, skipped, failed = run_report(args.module or SPEC_MODULES, args.arch, args.all_configs)
     print(format_table(rows))
     print(summary(rows, skipped, failed))
     status = exit_status(rows, [m for m, _ in failed])
@@ -635,8 +633,8 @@ def main(argv=None) -> int:
                 "archs": args.arch,
                 "all_configs": args.all_configs,
                 "rows": [r.to_dict() for r in rows],
-                "skipped": [{"module": m, "reason": why} for m, why in skipped],
-                "failed": [{"module": m, "error": why} for m, why in failed],
+                "skipped": [{"source": m, "reason": why} for m, why in skipped],
+                "failed": [{"source": m, "error": why} for m, why in failed],
                 "exit_status": status,
             }, f, indent=1)
     return status

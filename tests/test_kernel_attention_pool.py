@@ -6,15 +6,12 @@ fp32), and so does float64 (the kernels then accumulate in fp64), which the grad
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 
 from a2net import reference
 from a2net.ops import TRITON_CALLS
 from a2net.ops.attention_pool import attention_pool
-from a2net.kernels import attention_pool as kernel_module
 from tests.helpers import DEVICE, assert_close_to_reference
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -200,16 +197,3 @@ def test_bad_inputs(triton_backend, logits_shape, values_shape, dtypes, match):
     values = torch.zeros(values_shape, dtype=dtypes[1])
     with pytest.raises(ValueError, match=match):
         attention_pool(logits, values)
-
-
-def test_static_compile_specs():
-    for all_configs in (False, True):
-        specs = kernel_module.static_compile_specs(all_configs)
-        assert len({s["name"] for s in specs}) == len(specs)
-        for spec in specs:
-            args = inspect.signature(spec["fn"].fn).parameters
-            assert set(spec["signature"]) | set(spec["constexprs"]) == set(args), spec["name"]
-            assert not set(spec["signature"]) & set(spec["constexprs"]), spec["name"]
-    names = [s["name"] for s in kernel_module.static_compile_specs()]
-    assert any(n.startswith("attention_pool_fwd[bf16") for n in names)
-    assert any(n.startswith("attention_pool_bwd[fp32") for n in names)

@@ -261,16 +261,3 @@ def test_bad_inputs(triton_backend, kwargs, match):
     args = {"source": torch.randn(2, 3, 4, 4), "target": torch.randn(2, 3, 4, 4), **kwargs}
     with pytest.raises(ValueError, match=match):
         correlation(**args)
-
-
-def test_static_compile_specs():
-    for all_configs in (False, True):
-        specs = kernel_module.static_compile_specs(all_configs)
-        names = [s["name"] for s in specs]
-        assert len(names) == len(set(names))
-        for spec in specs:
-            assert set(spec) == {"name", "fn", "signature", "constexprs", "num_warps", "num_stages"}
-            assert set(spec["signature"]) | set(spec["constexprs"]) == set(spec["fn"].arg_names), spec["name"]
-            assert not set(spec["signature"]) & set(spec["constexprs"]), spec["name"]
-    names = [s["name"] for s in kernel_module.static_compile_specs()]
-    assert "correlation_fwd[fp32,H15,cfg0]" in names and "correlation_normalize_matches[bf16,H60]" in names

@@ -178,7 +178,7 @@ def test_single_feature_gradient(triton_backend, which):
 def test_weight_gradient_is_deterministic(triton_backend):
     source, target, weight, bias, grad = make_inputs(5, (5, 7, 5, 7), 6, 16, torch.float32, seed=6)
     n_diag = 1  # 7 columns: one 16-column block per map
-    assert kernel_module.weight_batch_split(5, 9 * n_diag)[0] > 1  # several batch splits
+    assert kernel_module.diagonal_batch_split(5, 9 * n_diag)[0] > 1  # several batch splits
     weight.requires_grad_()
     runs = [torch.autograd.grad(correlation_oac(source, target, weight, bias), (weight,), grad)[0] for _ in range(2)]
     assert torch.equal(runs[0], runs[1]), "two backward runs differ"
@@ -297,18 +297,3 @@ def test_bad_inputs(triton_backend, kwargs, match):
             "bias": torch.randn(8), **kwargs}  # fmt: skip
     with pytest.raises(ValueError, match=match):
         correlation_oac(**args)
-
-
-def test_static_compile_specs():
-    for all_configs in (False, True):
-        specs = kernel_module.static_compile_specs(all_configs)
-        names = [s["name"] for s in specs]
-        assert len(names) == len(set(names))
-        for spec in specs:
-            assert set(spec) == {"name", "fn", "signature", "constexprs", "num_warps", "num_stages"}
-            assert set(spec["signature"]) | set(spec["constexprs"]) == set(spec["fn"].arg_names), spec["name"]
-            assert not set(spec["signature"]) & set(spec["constexprs"]), spec["name"]
-    names = [s["name"] for s in kernel_module.static_compile_specs()]
-    for kernel in ("fwd", "bwd_weight", "bwd_corr"):
-        for tag in ("fp32,H15", "bf16,H30", "bf16,H60"):
-            assert f"correlation_oac_{kernel}[{tag},cfg0]" in names

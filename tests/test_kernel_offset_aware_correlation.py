@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import a2net.kernels.offset_aware_correlation as oac_kernels
 from a2net import reference
+from a2net.official import authors_offset_aware_correlation
 from a2net.ops import TRITON_CALLS, offset_aware_correlation
 from tests.helpers import DEVICE, assert_close_to_reference
 
@@ -63,21 +63,6 @@ def _reference(corr, weight, bias, source_size, grad_out):
     return out.detach(), grads
 
 
-def authors_construction(corr, weight, bias, source_size):
-    """The authors' OAC: scatter corr into the zero-filled (Hs+Ht-1)(Ws+Wt-1)-channel aligned tensor
-    with a Python loop over target positions, then a 1x1 convolution (geometric offsets)."""
-    hs, ws = source_size
-    b, _, ht, wt = corr.shape
-    o, dh, dw = weight.shape
-    aligned = corr.new_zeros(b, dh * dw, ht, wt)
-    ys, xs = torch.meshgrid(torch.arange(hs), torch.arange(ws), indexing="ij")
-    for yt in range(ht):
-        for xt in range(wt):
-            channels = ((ys - yt + ht - 1) * dw + (xs - xt + wt - 1)).reshape(-1)
-            aligned[:, channels, yt, xt] = corr[:, :, yt, xt]
-    return F.conv2d(aligned, weight.reshape(o, dh * dw, 1, 1), bias)
-
-
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_output_and_gradients_match_reference(triton_backend, case):
     b, sizes, o, dtype, has_bias = case
@@ -98,7 +83,7 @@ def test_output_and_gradients_match_reference(triton_backend, case):
 def test_matches_authors_construction(triton_backend):
     corr, weight, bias = _inputs(2, (4, 6, 5, 3), 16, torch.float32)
     out = offset_aware_correlation(corr, weight, bias, (4, 6), input_precision="ieee")
-    expected = authors_construction(corr.double(), weight.double(), bias.double(), (4, 6))
+    expected = authors_offset_aware_correlation(corr.double(), weight.double(), bias.double(), (4, 6))
     assert_close_to_reference(out, expected, torch.float32, "output vs the authors' construction")
 
 
@@ -119,8 +104,8 @@ def test_only_requested_gradients_are_computed(triton_backend, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("dcorr computed although corr does not require grad")
 
-    monkeypatch.setattr(oac_kernels, "oac_backward_corr", forbidden)
-    monkeypatch.setattr(oac_kernels, "oac_backward_bias", forbidden)
+    monkeypatch.setattr(oac_kernels, "offset_aware_correlation_bwd_corr", forbidden)
+    monkeypatch.setattr(oac_kernels, "offset_aware_correlation_bwd_bias", forbidden)
     out = offset_aware_correlation(corr, weight, bias, (3, 4), input_precision="ieee")
     grad_out = torch.randn(out.shape)
     (dweight,) = torch.autograd.grad(out, (weight,), grad_out)
@@ -131,7 +116,7 @@ def test_only_requested_gradients_are_computed(triton_backend, monkeypatch):
 def test_weight_gradient_is_deterministic(triton_backend):
     # B=5 at this size splits the batch over several dW programs (partial sums + reduction)
     corr, weight, bias = _inputs(5, (5, 7, 5, 7), 16, torch.float32)
-    assert oac_kernels.weight_batch_split(5, 16, (9, 13))[0] > 1
+    assert oac_kernels.offset_tile_batch_split(5, 16, (9, 13))[0] > 1
     leaves = (weight.requires_grad_(), bias.requires_grad_())
     runs = []
     for _ in range(2):
@@ -237,13 +222,3 @@ def test_bad_input_precision_raises(triton_backend):
     corr, weight, bias = _inputs(2, (3, 4, 5, 2), 16, torch.float32)
     with pytest.raises(ValueError, match="input_precision"):
         offset_aware_correlation(corr, weight, bias, (3, 4), input_precision="fp16")
-
-
-def test_static_compile_specs_cover_every_argument():
-    import inspect
-
-    specs = oac_kernels.static_compile_specs(all_configs=True)
-    assert len({spec["name"] for spec in specs}) == len(specs)
-    for spec in specs:
-        params = list(inspect.signature(spec["fn"].fn).parameters)
-        assert set(params) == set(spec["signature"]) | set(spec["constexprs"]), spec["name"]

@@ -1,12 +1,12 @@
-"""perf/kernel_report.py: AOT compilation of the kernels' configs for sm_80/sm_90, without a GPU.
+"""perf/kernel_report.py and perf/kernel_specs.py: AOT compilation of the kernels' configs for
+sm_80/sm_90, without a GPU.
 
 The report runs in a subprocess, as CI runs it: this process has ``TRITON_INTERPRET=1``
 (conftest), under which ``@triton.jit`` builds interpreter functions that cannot be compiled, so
-the script re-runs itself without it. This file is also a kernel module for the report: its toy
-kernels below are listed by :func:`static_compile_specs` and compiled by ``--module``.
+the script re-runs itself without it. This file is also a spec module for the report: its toy
+kernels below are listed in :data:`SPECS` and compiled by ``--module``.
 """
 
-import importlib
 import importlib.util
 import json
 import subprocess
@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import triton
 import triton.language as tl
+
+from perf import kernel_specs
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "perf" / "kernel_report.py"
@@ -57,7 +59,7 @@ def toy_dot_kernel(p_a, p_b, p_c, BM: tl.constexpr, BN: tl.constexpr, BK: tl.con
     tl.store(p_c + o_m[:, None] * BN + o_n[None, :], tl.dot(b_a, b_b))
 
 
-def static_compile_specs(all_configs: bool = False) -> list[dict]:
+def toy_specs(all_configs: bool = False) -> list[dict]:
     """The toy specs: the add kernel by default; an oversized-shared-memory dot as an extra.
 
     The dot's two fp16 operand blocks, 128x512 and 512x128, need 256 KiB of shared memory: more
@@ -83,6 +85,9 @@ def static_compile_specs(all_configs: bool = False) -> list[dict]:
     return specs
 
 
+SPECS = {"toy": toy_specs}
+
+
 def _run_report(tmp_path, *args, timeout=300):
     out = tmp_path / "report.json"
     proc = subprocess.run(
@@ -94,45 +99,54 @@ def _run_report(tmp_path, *args, timeout=300):
 
 
 # ----------------------------------------------------------------------------------------------
-# The kernel modules
+# The kernels' specs
 # ----------------------------------------------------------------------------------------------
 
-
-def _existing_spec_names() -> dict[str, list[str]]:
-    names = {}
-    for module_name in kernel_report.KERNEL_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        if hasattr(module, "static_compile_specs"):
-            names[module_name] = [s["name"] for s in module.static_compile_specs()]
-    return names
+#: Specs each op's default list must hold (prefixes of their names).
+EXPECTED_SPECS = {
+    "correlation": ["correlation_fwd[fp32,H15,cfg0]", "correlation_normalize_matches[bf16,H60]"],
+    "offset_aware_correlation": [],
+    "attention_pool": ["attention_pool_fwd[bf16", "attention_pool_bwd[fp32"],
+    "correlation_oac": [f"correlation_oac_{kernel}[{tag},cfg0]" for kernel in ("fwd", "bwd_weight", "bwd_corr")
+                        for tag in ("fp32,H15", "bf16,H30", "bf16,H60")],
+}
 
 
-def test_report_compiles_default_configs_of_kernel_modules(tmp_path):
+@pytest.mark.parametrize("op", list(kernel_specs.SPECS))
+def test_kernel_specs_cover_every_argument(op):
+    lister = kernel_specs.SPECS[op]
+    for all_configs in (False, True):
+        specs = lister(all_configs)
+        names = [s["name"] for s in specs]
+        assert names and len(names) == len(set(names))
+        for spec in specs:
+            assert set(spec) == {"name", "fn", "signature", "constexprs", "num_warps", "num_stages"}
+            assert set(spec["signature"]) | set(spec["constexprs"]) == set(spec["fn"].arg_names), spec["name"]
+            assert not set(spec["signature"]) & set(spec["constexprs"]), spec["name"]
+    names = [s["name"] for s in lister()]
+    for prefix in EXPECTED_SPECS[op]:
+        assert any(n.startswith(prefix) for n in names), prefix
+
+
+def test_report_compiles_default_configs_of_kernel_specs(tmp_path):
     proc, report = _run_report(tmp_path)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert report is not None and report["exit_status"] == 0, output
     assert report["archs"] == [80, 90]
     rows = report["rows"]
-    for module_name, names in _existing_spec_names().items():
-        assert names, f"{module_name}.static_compile_specs() lists nothing"
+    for group, lister in kernel_specs.SPECS.items():
+        names = [s["name"] for s in lister()]
+        assert names, f"kernel_specs.SPECS[{group!r}] lists nothing"
         for name in names:
             assert name in proc.stdout, f"{name} missing from the report:\n{output}"
-            archs = {r["arch"] for r in rows if r["name"] == name and r["module"] == module_name}
+            archs = {r["arch"] for r in rows if r["name"] == name and r["group"] == group}
             assert archs == {80, 90}, name
     for row in rows:
         assert row["regs"] and row["regs"] > 0, row
         assert row["shared"] <= row["shared_limit"], row
-    skipped = {s["module"] for s in report["skipped"]}
-    reported = {r["module"] for r in rows}
-    assert skipped | reported == set(kernel_report.KERNEL_MODULES)
-    for module_name in skipped:
-        assert f"skipped {module_name}" in proc.stdout
+    assert report["skipped"] == [] and report["failed"] == []
+    assert {r["group"] for r in rows} == set(kernel_specs.SPECS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,7 +245,7 @@ def test_parse_ptxas_log_picks_the_entry_function():
     ids=["ok", "spills", "shared-over-sm80", "regs-per-block", "compile-error"],
 )
 def test_row_check(figures, problem):
-    row = kernel_report.Row(name="k", module="m", arch=80, num_warps=figures.pop("num_warps", 4),
+    row = kernel_report.Row(name="k", group="g", arch=80, num_warps=figures.pop("num_warps", 4),
                             num_stages=2, shared_limit=kernel_report.MAX_SHARED[80], **figures)
     row.check()
     if problem is None:

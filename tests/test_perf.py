@@ -210,16 +210,16 @@ def test_bench_model_cpu_rows(tmp_path, monkeypatch):
 
 def test_tuned_table_round_trip(tmp_path, monkeypatch):
     autotune = _load("autotune")
+    name = "offset_aware_correlation_fwd"
     path = tmp_path / "tuned.json"
-    path.write_text(json.dumps({"oac_fwd": {"sm_80": {"B=32": {"kwargs": {"BLOCK_O": 64}, "num_warps": 4,
-                                                               "num_stages": 2}}}}))
+    path.write_text(json.dumps({name: {"sm_80": {"B=32": {"kwargs": {"BLOCK_O": 64}, "num_warps": 4, "num_stages": 2}}}}))
     sizes = {"B": 32, "O": 128, "S": 225, "T": 225, "dtype": "float32"}
     key = tuning.table_key(sizes)
     assert key == "B=32,O=128,S=256,T=256,dtype=float32"
     entry = {"kwargs": {"BLOCK_O": 128, "BLOCK_D": 32, "BLOCK_T": 16, "BLOCK_B": 8}, "num_warps": 8, "num_stages": 3,
              "ms": 0.01}
-    merged = autotune.write_table(path, {"oac_fwd": {"sm_fake": {key: entry}}})
-    assert set(merged["oac_fwd"]) == {"sm_80", "sm_fake"}  # the other arch is kept
+    merged = autotune.write_table(path, {name: {"sm_fake": {key: entry}}})
+    assert set(merged[name]) == {"sm_80", "sm_fake"}  # the other arch is kept
     assert json.loads(path.read_text()) == merged
     assert [p.name for p in tmp_path.iterdir()] == ["tuned.json"]  # no temporary file left behind
 
@@ -229,25 +229,25 @@ def test_tuned_table_round_trip(tmp_path, monkeypatch):
     tuning.load_table.cache_clear()
     try:
         assert tuning.table_path() == path
-        config = tuning.tuned_config("oac_fwd", torch.device("cuda"), dict(sizes, S=240, T=250))  # same bucket
+        config = tuning.tuned_config(name, torch.device("cuda"), dict(sizes, S=240, T=250))  # same bucket
         assert config is not None and config.kwargs == entry["kwargs"]
         assert (config.num_warps, config.num_stages) == (8, 3)
-        assert tuning.tuned_config("oac_fwd", torch.device("cuda"), dict(sizes, dtype="bfloat16")) is None
-        assert tuning.tuned_config("oac_fwd", torch.device("cpu"), sizes) is None
+        assert tuning.tuned_config(name, torch.device("cuda"), dict(sizes, dtype="bfloat16")) is None
+        assert tuning.tuned_config(name, torch.device("cpu"), sizes) is None
         # a second write merges key by key
-        autotune.write_table(path, {"oac_fwd": {"sm_fake": {"B=1": entry}}})
+        autotune.write_table(path, {name: {"sm_fake": {"B=1": entry}}})
         tuning.load_table.cache_clear()
-        assert set(tuning.load_table()["oac_fwd"]["sm_fake"]) == {key, "B=1"}
+        assert set(tuning.load_table()[name]["sm_fake"]) == {key, "B=1"}
     finally:
         monkeypatch.delenv(tuning.TABLE_ENV)
         tuning.load_table.cache_clear()
 
     path.write_text("{not json")
     with pytest.raises(SystemExit, match="not valid JSON"):
-        autotune.write_table(path, {"oac_fwd": {"sm_fake": {key: entry}}})
+        autotune.write_table(path, {name: {"sm_fake": {key: entry}}})
     assert path.read_text() == "{not json"  # refused, not overwritten
     with pytest.raises(SystemExit, match="num_warps"):
-        autotune.write_table(tmp_path / "other.json", {"oac_fwd": {"sm_fake": {key: {"kwargs": {}}}}})
+        autotune.write_table(tmp_path / "other.json", {name: {"sm_fake": {key: {"kwargs": {}}}}})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: autotune.py would tune for real")
@@ -282,9 +282,10 @@ def test_autotune_checks_every_config_of_every_kernel(triton_backend):
             out = spec.providers["triton"](inputs, "ieee")
             torch.autograd.grad(out, [v for v in inputs.values() if v.requires_grad], torch.randn_like(out))
     names = {name for name, _ in store}
-    assert {"correlation_fwd", "correlation_bwd", "oac_fwd", "oac_bwd_corr", "oac_bwd_weight", "oac_bwd_bias",
-            "correlation_oac_fwd", "correlation_oac_bwd_weight", "correlation_oac_bwd_corr",
-            "attention_pool_fwd", "attention_pool_bwd"} <= names, names
+    assert {"correlation_fwd", "correlation_bwd_features", "offset_aware_correlation_fwd",
+            "offset_aware_correlation_bwd_corr", "offset_aware_correlation_bwd_weight",
+            "offset_aware_correlation_bwd_bias", "correlation_oac_fwd", "correlation_oac_bwd_weight",
+            "correlation_oac_bwd_corr", "attention_pool_fwd", "attention_pool_bwd"} <= names, names
     for (name, key), launch in store.items():
         configs = autotune.candidate_configs(launch.kernel, launch.args)
         checker = autotune.Checker(launch, configs[0])

@@ -4,9 +4,9 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from a2net import reference
+from a2net.official import authors_correlation, authors_offset_aware_correlation
 
 SIZES = [(1, 1, 1, 1), (5, 7, 5, 7), (4, 6, 7, 3), (3, 5, 2, 4)]
 
@@ -50,23 +50,6 @@ def naive_oac(corr, weight, bias, hs, ws):
             acc += float(weight[k, ys - yt + ht - 1, xs - xt + wt - 1]) * float(corr[i, ys * ws + xs, yt, xt])
         out[i, k, yt, xt] = acc
     return out
-
-
-def authors_oac(corr, weight, bias):
-    """The authors' construction (square maps): scatter into the aligned tensor, then a 1x1 conv.
-
-    Written from SPEC §2.4: for every target (i, j), the (h, w) source block goes to rows
-    ``2h-1-h-i .. 2h-1-i`` and columns ``2w-1-w-j .. 2w-1-j`` of the (2h-1, 2w-1) offset grid.
-    """
-    b, _, h, w = corr.shape
-    eh, ew = 2 * h - 1, 2 * w - 1
-    blocks = corr.reshape(b, h, w, h, w)
-    aligned = torch.zeros(b, eh, ew, h, w, dtype=corr.dtype)
-    for i in range(h):
-        for j in range(w):
-            aligned[:, eh - h - i : eh - i, ew - w - j : ew - j, i, j] = blocks[:, :, :, i, j]
-    conv_weight = weight.reshape(weight.shape[0], eh * ew, 1, 1)
-    return F.conv2d(aligned.view(b, eh * ew, h, w), conv_weight, bias)
 
 
 def naive_attention_pool(logits, values):
@@ -119,17 +102,8 @@ def test_offset_aware_correlation_matches_authors_construction(hw):
     corr = torch.randn(2, h * w, h, w, dtype=torch.float64, generator=g)
     weight = torch.randn(4, 2 * h - 1, 2 * w - 1, dtype=torch.float64, generator=g)
     bias = torch.randn(4, dtype=torch.float64, generator=g)
-    torch.testing.assert_close(
-        reference.offset_aware_correlation(corr, weight, bias, (h, w)), authors_oac(corr, weight, bias)
-    )
-
-
-def authors_correlation(feature_a, feature_b):
-    """The authors' FeatureCorrelation: source flattened column-major (channel = xs*H + ys)."""
-    b, c, h, w = feature_a.shape
-    fa = feature_a.transpose(2, 3).contiguous().view(b, c, h * w)
-    fb = feature_b.view(b, c, h * w).transpose(1, 2)
-    return torch.bmm(fb, fa).view(b, h, w, h * w).transpose(2, 3).transpose(1, 2)
+    expected = authors_offset_aware_correlation(corr, weight, bias)
+    torch.testing.assert_close(reference.offset_aware_correlation(corr, weight, bias, (h, w)), expected)
 
 
 def test_official_layout_is_a_source_axis_swap():
@@ -142,7 +116,7 @@ def test_official_layout_is_a_source_axis_swap():
     bias = torch.randn(3, dtype=torch.float64, generator=g)
     theirs_corr = reference.feature_l2norm(torch.relu(authors_correlation(
         reference.feature_l2norm(src), reference.feature_l2norm(tgt))))
-    theirs = authors_oac(theirs_corr, weight, bias)
+    theirs = authors_offset_aware_correlation(theirs_corr, weight, bias)
     ours_corr = reference.correlation(src.transpose(2, 3), tgt)
     torch.testing.assert_close(ours_corr, theirs_corr)
     torch.testing.assert_close(reference.offset_aware_correlation(ours_corr, weight, bias, (h, h)), theirs)

@@ -1,4 +1,4 @@
-"""The softmax attention pooling op (SPEC §2.7): Triton kernels behind ``torch.ops.a2net``.
+"""The softmax attention pooling op (docs/design.md §3.4): Triton kernels behind ``torch.ops.a2net``.
 
 Registered ops:
 
@@ -7,7 +7,7 @@ Registered ops:
   (the logsumexp in two parts, which keeps the backward exact at large logits). Both are in the
   accumulation dtype (fp32; fp64 for fp64 inputs): the backward needs ``out`` unrounded when one
   position dominates the softmax; the public function casts ``out`` to the input dtype;
-* ``a2net::attention_pool_backward(grad, logits, values, out, lse, need_dlogits, need_dvalues)
+* ``a2net::attention_pool_backward(grad, logits, values, out, lse, need_logits, need_values)
   -> (dlogits, dvalues)``: a gradient not asked for comes back as an empty tensor.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from a2net import reference
-from a2net._validation import check_attention_inputs
+from a2net._validation import check_attention_pool_inputs
 from a2net.ops._dispatch import TRITON_CALLS, use_triton
 
 
@@ -42,19 +42,19 @@ def _attention_pool_backward_op(
     values: torch.Tensor,
     out: torch.Tensor,
     lse: torch.Tensor,
-    need_dlogits: bool,
-    need_dvalues: bool,
+    need_logits: bool,
+    need_values: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from a2net.kernels.attention_pool import attention_pool_bwd
 
     TRITON_CALLS["attention_pool_backward"] += 1
-    return attention_pool_bwd(grad, logits, values, out, lse, need_dlogits, need_dvalues)
+    return attention_pool_bwd(grad, logits, values, out, lse, need_logits, need_values)
 
 
 @_attention_pool_backward_op.register_fake
-def _attention_pool_backward_fake(grad, logits, values, out, lse, need_dlogits, need_dvalues):
-    dlogits = logits.new_empty(logits.shape if need_dlogits else (0,))
-    dvalues = values.new_empty(values.shape if need_dvalues else (0,))
+def _attention_pool_backward_fake(grad, logits, values, out, lse, need_logits, need_values):
+    dlogits = logits.new_empty(logits.shape if need_logits else (0,))
+    dvalues = values.new_empty(values.shape if need_values else (0,))
     return dlogits, dvalues
 
 
@@ -67,11 +67,11 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out, grad_lse):
     # lse is an internal by-product (the public function never returns it): its gradient is ignored
     logits, values, out, lse = ctx.saved_tensors
-    need_dlogits, need_dvalues = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    need_logits, need_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     dlogits, dvalues = torch.ops.a2net.attention_pool_backward(
-        grad_out, logits, values, out, lse, need_dlogits, need_dvalues
+        grad_out, logits, values, out, lse, need_logits, need_values
     )
-    return (dlogits if need_dlogits else None), (dvalues if need_dvalues else None)
+    return (dlogits if need_logits else None), (dvalues if need_values else None)
 
 
 _attention_pool_op.register_autograd(_backward, setup_context=_setup_context)
@@ -95,7 +95,7 @@ def attention_pool(logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         >>> attention_pool(logits, values).shape  # uniform weights: the spatial mean
         torch.Size([2, 128])
     """
-    check_attention_inputs(logits, values)
+    check_attention_pool_inputs(logits, values)
     if use_triton(values):
         out, _ = torch.ops.a2net.attention_pool(logits, values)
         return out.to(values.dtype)

@@ -1,4 +1,4 @@
-"""The 4D correlation op (SPEC §2.3): Triton kernels behind ``torch.ops.a2net``.
+"""The 4D correlation op (docs/design.md §3.1): Triton kernels behind ``torch.ops.a2net``.
 
 Registered ops (``S = Hs*Ws``, ``T = Ht*Wt``):
 
@@ -19,10 +19,9 @@ from __future__ import annotations
 import torch
 
 from a2net import reference
-from a2net._validation import INPUT_PRECISIONS, check_choice, check_correlation_inputs
-from a2net.ops._dispatch import TRITON_CALLS, use_triton
+from a2net._validation import INPUT_PRECISIONS, check_choice, check_correlation_inputs, check_flag
 from a2net.kernels._memory import accumulation_dtype
-
+from a2net.ops._dispatch import TRITON_CALLS, use_triton
 
 
 @torch.library.custom_op("a2net::correlation", mutates_args=())
@@ -139,11 +138,6 @@ def _backward(ctx, grad_out, _grad_inv_src, _grad_inv_tgt, _grad_inv_match):
 _correlation_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _check_flag(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}: expected a bool, got {value!r}")
-
-
 def correlation(
     source: torch.Tensor,
     target: torch.Tensor,
@@ -152,7 +146,7 @@ def correlation(
     normalize_matches: bool = True,
     input_precision: str = "tf32",
 ) -> torch.Tensor:
-    """4D correlation of two feature maps (SPEC §2.3); see :func:`a2net.reference.correlation`.
+    """4D correlation of two feature maps (docs/design.md §3.1); see :func:`a2net.reference.correlation`.
 
     ``out[b, s, yt, xt] = <f_src[b, :, s], f_tgt[b, :, yt, xt]>`` with ``s = ys*Ws + xs``, on
     channel-L2-normalised features, then ReLU, then L2 normalisation over ``s`` (each step
@@ -178,9 +172,9 @@ def correlation(
         torch.Size([2, 225, 15, 15])
     """
     check_correlation_inputs(source, target)
-    _check_flag("normalize_features", normalize_features)
-    _check_flag("relu", relu)
-    _check_flag("normalize_matches", normalize_matches)
+    check_flag("normalize_features", normalize_features)
+    check_flag("relu", relu)
+    check_flag("normalize_matches", normalize_matches)
     check_choice("input_precision", input_precision, INPUT_PRECISIONS)
     if use_triton(source):
         out, _, _, _ = torch.ops.a2net.correlation(

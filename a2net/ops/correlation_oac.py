@@ -1,4 +1,4 @@
-"""Fused correlation + offset-aware correlation (issue 7): feature maps -> OAC features.
+"""Fused correlation + offset-aware correlation (docs/design.md §3.5): feature maps -> OAC features.
 
 Equal in math to :func:`a2net.ops.correlation` (ReLU and match normalisation on) followed by
 :func:`a2net.ops.offset_aware_correlation`, but the Triton path never writes the
@@ -28,17 +28,9 @@ from typing import Optional
 import torch
 
 from a2net import reference
-from a2net._validation import (
-    INPUT_PRECISIONS,
-    check_choice,
-    check_correlation_inputs,
-    check_offset_weight,
-    check_same,
-    check_tensor,
-)
-from a2net.ops._dispatch import TRITON_CALLS, use_triton
+from a2net._validation import INPUT_PRECISIONS, check_choice, check_correlation_oac_inputs, check_flag
 from a2net.kernels._memory import accumulation_dtype
-
+from a2net.ops._dispatch import TRITON_CALLS, use_triton
 
 
 @torch.library.custom_op("a2net::correlation_oac", mutates_args=())
@@ -138,14 +130,6 @@ def _backward(ctx, grad_out, _grad_inv_src, _grad_inv_tgt, _grad_inv_match):
 _correlation_oac_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def check_correlation_oac_inputs(source, target, weight, bias) -> None:
-    """Feature maps as for the correlation, weight ``(O, Hs+Ht-1, Ws+Wt-1)``, bias ``(O,)`` or None."""
-    check_correlation_inputs(source, target)
-    check_tensor("weight", weight, 3)
-    check_same("source", source, "weight", weight)
-    check_offset_weight(weight, bias, tuple(source.shape[2:]), tuple(target.shape[2:]))
-
-
 def correlation_oac(
     source: torch.Tensor,
     target: torch.Tensor,
@@ -154,7 +138,7 @@ def correlation_oac(
     normalize_features: bool = True,
     input_precision: str = "tf32",
 ) -> torch.Tensor:
-    """Correlation followed by the offset-aware correlation, fused (SPEC §2.3-2.4, issue 7).
+    """Correlation followed by the offset-aware correlation, fused (docs/design.md §3.5).
 
     ``out[b, o, yt, xt] = bias[o] + sum_{ys, xs} weight[o, ys-yt+Ht-1, xs-xt+Wt-1] *
     corr[b, ys*Ws+xs, yt, xt]`` with ``corr = correlation(source, target, normalize_features,
@@ -182,8 +166,7 @@ def correlation_oac(
         torch.Size([2, 128, 15, 15])
     """
     check_correlation_oac_inputs(source, target, weight, bias)
-    if not isinstance(normalize_features, bool):
-        raise ValueError(f"normalize_features: expected a bool, got {normalize_features!r}")
+    check_flag("normalize_features", normalize_features)
     check_choice("input_precision", input_precision, INPUT_PRECISIONS)
     if use_triton(source):
         out, _, _, _ = torch.ops.a2net.correlation_oac(

@@ -4,7 +4,7 @@ Two custom ops, registered once:
 
 * ``a2net::offset_aware_correlation(corr, weight, bias?, hs, ws, input_precision) -> out``;
 * ``a2net::offset_aware_correlation_backward(grad_out, corr, weight, hs, ws, input_precision,
-  corr_grad, weight_grad, bias_grad) -> (dcorr, dweight, dbias)``: the flags say which gradients
+  need_corr, need_weight, need_bias) -> (dcorr, dweight, dbias)``: the flags say which gradients
   are wanted; an unwanted one is not computed and comes back as an empty tensor (``None`` to
   autograd). In the model ``corr`` comes from frozen features, so ``dcorr`` is usually skipped.
 
@@ -19,55 +19,65 @@ from typing import Optional
 import torch
 
 from a2net import reference
-from a2net._validation import INPUT_PRECISIONS, check_choice, check_oac_inputs
+from a2net._validation import INPUT_PRECISIONS, check_choice, check_offset_aware_correlation_inputs
 from a2net.ops._dispatch import TRITON_CALLS, use_triton
 
 
-
 @torch.library.custom_op("a2net::offset_aware_correlation", mutates_args=())
-def _oac_op(
+def _offset_aware_correlation_op(
     corr: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], hs: int, ws: int, input_precision: str
 ) -> torch.Tensor:
     """Triton forward ``(B, O, Ht, Wt)``; see :func:`offset_aware_correlation`."""
-    from a2net.kernels.offset_aware_correlation import oac_forward
+    from a2net.kernels.offset_aware_correlation import offset_aware_correlation_fwd
 
     TRITON_CALLS["offset_aware_correlation"] += 1
-    return oac_forward(corr, weight, bias, (hs, ws), input_precision)
+    return offset_aware_correlation_fwd(corr, weight, bias, (hs, ws), input_precision)
 
 
-@_oac_op.register_fake
-def _(corr, weight, bias, hs, ws, input_precision):
+@_offset_aware_correlation_op.register_fake
+def _offset_aware_correlation_fake(corr, weight, bias, hs, ws, input_precision):
     return corr.new_empty(corr.shape[0], weight.shape[0], corr.shape[2], corr.shape[3])
 
 
 @torch.library.custom_op("a2net::offset_aware_correlation_backward", mutates_args=())
-def _oac_backward_op(
+def _offset_aware_correlation_backward_op(
     grad_out: torch.Tensor,
     corr: torch.Tensor,
     weight: torch.Tensor,
     hs: int,
     ws: int,
     input_precision: str,
-    corr_grad: bool,
-    weight_grad: bool,
-    bias_grad: bool,
+    need_corr: bool,
+    need_weight: bool,
+    need_bias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton backward ``(dcorr, dweight, dbias)``, each empty unless its flag asks for it."""
-    from a2net.kernels.offset_aware_correlation import oac_backward_bias, oac_backward_corr, oac_backward_weight
+    from a2net.kernels.offset_aware_correlation import (
+        offset_aware_correlation_bwd_bias,
+        offset_aware_correlation_bwd_corr,
+        offset_aware_correlation_bwd_weight,
+    )
 
     TRITON_CALLS["offset_aware_correlation_backward"] += 1
-    dcorr = oac_backward_corr(grad_out, weight, (hs, ws), input_precision) if corr_grad else grad_out.new_empty(0)
-    dweight = oac_backward_weight(grad_out, corr, (hs, ws), input_precision) if weight_grad else grad_out.new_empty(0)
-    dbias = oac_backward_bias(grad_out) if bias_grad else grad_out.new_empty(0)
+    # distinct empty tensors for the gradients not asked for: custom-op outputs must not alias
+    dcorr, dweight, dbias = (grad_out.new_empty(0) for _ in range(3))
+    if need_corr:
+        dcorr = offset_aware_correlation_bwd_corr(grad_out, weight, (hs, ws), input_precision)
+    if need_weight:
+        dweight = offset_aware_correlation_bwd_weight(grad_out, corr, (hs, ws), input_precision)
+    if need_bias:
+        dbias = offset_aware_correlation_bwd_bias(grad_out)
     return dcorr, dweight, dbias
 
 
-@_oac_backward_op.register_fake
-def _(grad_out, corr, weight, hs, ws, input_precision, corr_grad, weight_grad, bias_grad):
+@_offset_aware_correlation_backward_op.register_fake
+def _offset_aware_correlation_backward_fake(
+    grad_out, corr, weight, hs, ws, input_precision, need_corr, need_weight, need_bias
+):
     return (
-        corr.new_empty(corr.shape) if corr_grad else grad_out.new_empty(0),
-        weight.new_empty(weight.shape) if weight_grad else grad_out.new_empty(0),
-        weight.new_empty(weight.shape[0]) if bias_grad else grad_out.new_empty(0),
+        corr.new_empty(corr.shape) if need_corr else grad_out.new_empty(0),
+        weight.new_empty(weight.shape) if need_weight else grad_out.new_empty(0),
+        weight.new_empty(weight.shape[0]) if need_bias else grad_out.new_empty(0),
     )
 
 
@@ -80,22 +90,22 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     corr, weight = ctx.saved_tensors
-    corr_grad, weight_grad, bias_grad = ctx.needs_input_grad[:3]
+    need_corr, need_weight, need_bias = ctx.needs_input_grad[:3]
+    need_bias = need_bias and ctx.has_bias
     dcorr, dweight, dbias = torch.ops.a2net.offset_aware_correlation_backward(
-        grad_out, corr, weight, ctx.hs, ctx.ws, ctx.input_precision,
-        corr_grad, weight_grad, bias_grad and ctx.has_bias,
-    )  # fmt: skip
+        grad_out, corr, weight, ctx.hs, ctx.ws, ctx.input_precision, need_corr, need_weight, need_bias
+    )
     return (
-        dcorr if corr_grad else None,
-        dweight if weight_grad else None,
-        dbias if bias_grad and ctx.has_bias else None,
+        dcorr if need_corr else None,
+        dweight if need_weight else None,
+        dbias if need_bias else None,
         None,
         None,
         None,
     )
 
 
-_oac_op.register_autograd(_backward, setup_context=_setup_context)
+_offset_aware_correlation_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def offset_aware_correlation(
@@ -105,7 +115,7 @@ def offset_aware_correlation(
     source_size,
     input_precision: str = "tf32",
 ) -> torch.Tensor:
-    """Offset-aware correlation (SPEC §2.4), any source and target sizes.
+    """Offset-aware correlation (docs/design.md §3.2), any source and target sizes.
 
     ``out[b, o, yt, xt] = bias[o] + sum_{ys, xs} weight[o, ys-yt+Ht-1, xs-xt+Wt-1] *
     corr[b, ys*Ws+xs, yt, xt]``. The Triton path never builds the aligned
@@ -128,7 +138,7 @@ def offset_aware_correlation(
         >>> offset_aware_correlation(corr, weight, None, (15, 15)).shape
         torch.Size([2, 128, 15, 15])
     """
-    hs, ws = check_oac_inputs(corr, weight, bias, source_size)
+    hs, ws = check_offset_aware_correlation_inputs(corr, weight, bias, source_size)
     check_choice("input_precision", input_precision, INPUT_PRECISIONS)
     if use_triton(corr):
         return torch.ops.a2net.offset_aware_correlation(corr, weight, bias, hs, ws, input_precision)

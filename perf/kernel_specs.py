@@ -1,0 +1,233 @@
+"""Ahead-of-time compilation specs of every Triton kernel, for ``perf/kernel_report.py``.
+
+One spec per (kernel, dtype, map size, config): the raw JIT function, the Triton type of each
+runtime argument and the value of each constexpr, as the launchers in ``kernels/`` would pass
+them for contiguous inputs at the paper's shapes (B=32, C=1024, O=128, 15x15 maps) and at larger
+maps, in fp32 (tf32 dots) and bf16. Specs are compiled for a GPU, not for the interpreter, so
+``DOT_FP32``/``UPCAST``/``OAC_FP32`` are off whatever ``TRITON_INTERPRET`` says.
+
+:data:`SPECS` maps each op (named as in :mod:`a2net.ops`) to a function
+``(all_configs: bool = False) -> list[dict]``: the default (first) config of every autotuned
+kernel, or all of them. Each dict has ``name`` (``<kernel>[<dtype>,<shape>,cfg<i>]``), ``fn``,
+``signature`` (runtime argument -> type such as ``"*fp32"`` or ``"i32"``), ``constexprs``,
+``num_warps`` and ``num_stages``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from a2net.kernels import attention_pool as attention_kernels
+from a2net.kernels import correlation as corr_kernels
+from a2net.kernels import correlation_oac as fused_kernels
+from a2net.kernels import offset_aware_correlation as oac_kernels
+from a2net.kernels._common import dot_options
+from a2net.kernels._memory import accumulation_dtype
+
+#: Triton's name of each torch dtype, for pointer types (``"*" + name``).
+TRITON_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+DTYPES = (torch.float32, torch.bfloat16)  # fp32 with tf32 dots, and bf16
+BATCH, OAC_CHANNELS = 32, 128  # the paper's batch and OAC output channels
+
+
+def _spec(name: str, fn, types: dict, constexprs: dict, num_warps: int, num_stages: int = 3) -> dict:
+    """A spec dict; ``types`` entries equal to 1 are unit strides, which Triton specialises to the
+    constant 1 at run time for contiguous tensors (so they are compiled as constexprs here too)."""
+    return {
+        "name": name,
+        "fn": fn,
+        "signature": {k: v for k, v in types.items() if v != 1},
+        "constexprs": {**{k: 1 for k, v in types.items() if v == 1}, **constexprs},
+        "num_warps": num_warps,
+        "num_stages": num_stages,
+    }
+
+
+def _strides(prefix: str, dims: str, unit: str | None = None) -> dict:
+    """Stride arguments ``stride_<prefix><dim>``: ``"i32"``, except 1 (a unit stride) for the dim
+    ``unit`` (default the last one; ``""`` for none)."""
+    unit = dims[-1] if unit is None else unit
+    return {f"stride_{prefix}{d}": 1 if d == unit else "i32" for d in dims}
+
+
+def _configs(kernel, all_configs: bool) -> list:
+    """The autotuned kernel's configs: all of them, or the default (first) one."""
+    return list(kernel.all_configs if all_configs else kernel.all_configs[:1])
+
+
+def _pointers(dtype: torch.dtype) -> tuple[str, str]:
+    """Pointer types of the input dtype and of its accumulation dtype."""
+    return f"*{TRITON_DTYPE[dtype]}", f"*{TRITON_DTYPE[accumulation_dtype(dtype)]}"
+
+
+def correlation_specs(all_configs: bool = False) -> list[dict]:
+    """:mod:`a2net.kernels.correlation`: the paper's default flags (all on), H=W=15 (fused match
+    normalisation) and 60 (split, plus the normalisation kernel); the backward GEMM once per
+    input (the correlation gradient is read K-major for the source, N-major for the target)."""
+    k = corr_kernels
+    specs = []
+    for dtype in DTYPES:
+        ty, acc = _pointers(dtype)
+        dot = {**dot_options(dtype, "tf32"), "DOT_FP32": False}
+        for size in (15, 60):
+            tag = f"{TRITON_DTYPE[dtype]},H{size}"
+            fused = k.fused_block_s(size * size)
+            split, block_s = fused is None, fused or k.SPLIT_BLOCK_S
+            specs.append(_spec(
+                f"correlation_inverse_norm[{tag}]", k.correlation_inverse_norm_kernel,
+                {"p_x": ty, "p_inv": acc, "N": "i32", "C": "i32", **_strides("x", "bcn"), "eps": "fp32"},
+                {"BLOCK_N": k.NORM_BLOCK_N, "BLOCK_C": k.NORM_BLOCK_C, "FP64": False}, k.NORM_WARPS,
+            ))  # fmt: skip
+            fwd_types = {"p_src": ty, "p_tgt": ty, "p_inv_src": acc, "p_inv_tgt": acc, "p_out": ty, "p_sumsq": acc,
+                         "p_inv_match": acc, "S": "i32", "T": "i32", "C": "i32", **_strides("s", "bcs"),
+                         **_strides("t", "bct"), "eps": "fp32"}  # fmt: skip
+            flags = {"NORM_FEAT": True, "RELU": True, "NORM_MATCH": True, "SPLIT": split, "BLOCK_S": block_s}
+            for i, cfg in enumerate(_configs(k.correlation_fwd_kernel, all_configs)):
+                specs.append(_spec(f"correlation_fwd[{tag},cfg{i}]", k.correlation_fwd_kernel.fn, fwd_types,
+                                   {**flags, **cfg.kwargs, **dot}, cfg.num_warps, cfg.num_stages))  # fmt: skip
+            if split:
+                specs.append(_spec(
+                    f"correlation_normalize_matches[{tag}]", k.correlation_normalize_matches_kernel,
+                    {"p_out": ty, "p_sumsq": acc, "p_inv_match": acc, "S": "i32", "T": "i32", "n_sblocks": "i32",
+                     "eps": "fp32"},
+                    {"BLOCK_S": block_s, "BLOCK_T": k.RESCALE_BLOCK_T, "FP64": False}, k.RESCALE_WARPS,
+                ))  # fmt: skip
+            specs.append(_spec(
+                f"correlation_bwd_prep[{tag}]", k.correlation_bwd_prep_kernel,
+                {"p_grad": ty, "p_out": ty, "p_inv_match": acc, "p_dcorr": ty, "p_dot_src": acc, "p_dot_tgt": acc,
+                 "S": "i32", "T": "i32", **_strides("g", "bst")},
+                {"RELU": True, "NORM_MATCH": True, "NORM_FEAT": True, "BLOCK_S": k.PREP_BLOCK_S,
+                 "BLOCK_T": k.PREP_BLOCK_T, "FP64": False},
+                k.PREP_WARPS,
+            ))  # fmt: skip
+            for side, unit in (("src", "k"), ("tgt", "n")):
+                bwd_types = {"p_x": ty, "p_y": ty, "p_e": ty, "p_x_scale": acc, "p_y_scale": acc, "p_dot": acc,
+                             "p_grad": ty, "N": "i32", "K": "i32", "C": "i32", "n_dot": "i32",
+                             **_strides("x", "bck"), **_strides("y", "bcn"), **_strides("e", "bkn", unit)}  # fmt: skip
+                for i, cfg in enumerate(_configs(k.correlation_bwd_features_kernel, all_configs)):
+                    specs.append(_spec(f"correlation_bwd_features[{tag},{side},cfg{i}]",
+                                       k.correlation_bwd_features_kernel.fn, bwd_types,
+                                       {"NORM_FEAT": True, **cfg.kwargs, **dot}, cfg.num_warps,
+                                       cfg.num_stages))  # fmt: skip
+    return specs
+
+
+def offset_aware_correlation_specs(all_configs: bool = False) -> list[dict]:
+    """:mod:`a2net.kernels.offset_aware_correlation` at 15x15 and 60x60 maps, O=128, B=32 (every
+    stride a runtime argument)."""
+    k = oac_kernels
+    dims = {name: "i32" for name in ("B", "O", "Hs", "Ws", "Ht", "Wt")}
+    specs = []
+    for size in (15, 60):
+        n_split, _ = k.offset_tile_batch_split(BATCH, OAC_CHANNELS, (2 * size - 1, 2 * size - 1))
+        for dtype in DTYPES:
+            ty, partial = _pointers(dtype)
+            dweight = partial if n_split > 1 else ty
+            dots = {"UPCAST": False, "INPUT_PRECISION": "tf32"}
+            kernels = [
+                ("offset_aware_correlation_fwd", k.offset_aware_correlation_fwd_kernel,
+                 {"p_corr": ty, "p_weight": ty, "p_bias": ty, "p_out": ty, **dims, **_strides("c", "bsyx", ""),
+                  **_strides("w", "oyx", ""), "stride_bias": "i32", **_strides("o", "boyx", "")},
+                 {"HAS_BIAS": True, **dots}),
+                ("offset_aware_correlation_bwd_corr", k.offset_aware_correlation_bwd_corr_kernel,
+                 {"p_grad": ty, "p_weight": ty, "p_dcorr": ty, **dims, **_strides("g", "boyx", ""),
+                  **_strides("w", "oyx", ""), **_strides("c", "bsyx", "")},
+                 dots),
+                ("offset_aware_correlation_bwd_weight", k.offset_aware_correlation_bwd_weight_kernel,
+                 {"p_grad": ty, "p_corr": ty, "p_dweight": dweight, **dims, "batch_per_split": "i32",
+                  **_strides("g", "boyx", ""), **_strides("c", "bsyx", ""), **_strides("d", "no", "")},
+                 dots),
+                ("offset_aware_correlation_bwd_bias", k.offset_aware_correlation_bwd_bias_kernel,
+                 {"p_grad": ty, "p_dbias": partial, "O": "i32", "Ht": "i32", "Wt": "i32",
+                  **_strides("g", "boyx", ""), "stride_dn": "i32"},
+                 {}),
+                ("offset_aware_correlation_bwd_reduce", k.offset_aware_correlation_bwd_reduce_kernel,
+                 {"p_partial": partial, "p_out": ty, "N": "i32", "n_split": "i32", "stride_pn": "i32"},
+                 {}),
+            ]  # fmt: skip
+            for name, kernel, types, constexprs in kernels:
+                for i, cfg in enumerate(_configs(kernel, all_configs)):
+                    specs.append(_spec(f"{name}[{TRITON_DTYPE[dtype]},H{size},cfg{i}]", kernel.fn, types,
+                                       {**constexprs, **cfg.kwargs}, cfg.num_warps, cfg.num_stages))  # fmt: skip
+    return specs
+
+
+def attention_pool_specs(all_configs: bool = False) -> list[dict]:
+    """:mod:`a2net.kernels.attention_pool`, named after the model's attention (C=128 at 9x9) and a
+    large map (C=1024 at 60x60); sizes are runtime arguments, so both compile the same code."""
+    k = attention_kernels
+    specs = []
+    for dtype in DTYPES:
+        ty, acc = _pointers(dtype)
+        strides = {**_strides("l", "bt", ""), **_strides("v", "bct", ""), **_strides("o", "bc", "")}
+        fwd_types = {"p_logits": ty, "p_values": ty, "p_out": acc, "p_lse": acc, "C": "i32", "T": "i32", **strides}
+        bwd_types = {"p_grad": acc, "p_logits": ty, "p_values": ty, "p_out": acc, "p_lse": acc, "p_dlogits": ty,
+                     "p_dvalues": ty, "C": "i32", "T": "i32", **_strides("g", "bc", ""), **strides,
+                     **_strides("dl", "bt", ""), **_strides("dv", "bct", "")}  # fmt: skip
+        kernels = [
+            ("attention_pool_fwd", k.attention_pool_fwd_kernel, fwd_types, {}),
+            ("attention_pool_bwd", k.attention_pool_bwd_kernel, bwd_types, {"NEED_LOGITS": True, "NEED_VALUES": True}),
+        ]
+        for shape in ("C128-H9", "C1024-H60"):
+            for name, kernel, types, flags in kernels:
+                for i, cfg in enumerate(_configs(kernel, all_configs)):
+                    specs.append(_spec(f"{name}[{TRITON_DTYPE[dtype]},{shape},cfg{i}]", kernel.fn, types,
+                                       {**flags, **cfg.kwargs}, cfg.num_warps, cfg.num_stages))  # fmt: skip
+    return specs
+
+
+def correlation_oac_specs(all_configs: bool = False) -> list[dict]:
+    """:mod:`a2net.kernels.correlation_oac`: C=1024, O=128, B=32, feature normalisation on, H=W in
+    (15, 30, 60); the feature-gradient kernel too (off the default training path)."""
+    k = fused_kernels
+    dims = {name: "i32" for name in ("C", "O", "Hs", "Ws", "Ht", "Wt")}
+    specs = []
+    for dtype in DTYPES:
+        ty, acc = _pointers(dtype)
+        dot = {**dot_options(dtype, "tf32"), "DOT_FP32": False}
+        oac_dot = {"OAC_FP32": False, "OAC_PRECISION": dot["INPUT_PRECISION"]}
+        for size in (15, 30, 60):
+            tag = f"{TRITON_DTYPE[dtype]},H{size}"
+            block_x, block_o = k.column_block(size), k.output_block(OAC_CHANNELS)
+            maps = {**_strides("s", "bcyx"), **_strides("t", "bcyx")}
+            fwd_types = {"p_src": ty, "p_tgt": ty, "p_inv_src": acc, "p_inv_tgt": acc, "p_wpad": ty, "p_bias": ty,
+                         "p_out": ty, "p_inv_match": acc, **dims, **maps, "stride_wo": "i32", "stride_wy": "i32",
+                         "stride_bias": 1, **_strides("o", "boyx"), "eps": "fp32"}  # fmt: skip
+            flags = {"NORM_FEAT": True, "HAS_BIAS": True, "BLOCK_O": block_o, "BLOCK_XS": block_x,
+                     "BLOCK_XT": block_x}  # fmt: skip
+            for i, cfg in enumerate(_configs(k.correlation_oac_fwd_kernel, all_configs)):
+                specs.append(_spec(f"correlation_oac_fwd[{tag},cfg{i}]", k.correlation_oac_fwd_kernel.fn, fwd_types,
+                                   {**flags, **dot, **oac_dot, **cfg.kwargs}, cfg.num_warps,
+                                   cfg.num_stages))  # fmt: skip
+            weight_types = {"p_src": ty, "p_tgt": ty, "p_inv_src": acc, "p_inv_tgt": acc, "p_inv_match": acc,
+                            "p_grad": ty, "p_partial": acc, "B": "i32", **dims, "batch_per_split": "i32", **maps,
+                            **_strides("g", "boyx"), "stride_pn": "i32"}  # fmt: skip
+            weight_flags = {"NORM_FEAT": True, "BLOCK_O": block_o, "BLOCK_X": block_x}
+            for i, cfg in enumerate(_configs(k.correlation_oac_bwd_weight_kernel, all_configs)):
+                specs.append(_spec(f"correlation_oac_bwd_weight[{tag},cfg{i}]",
+                                   k.correlation_oac_bwd_weight_kernel.fn, weight_types,
+                                   {**weight_flags, **dot, **cfg.kwargs}, cfg.num_warps, cfg.num_stages))  # fmt: skip
+            specs.append(_spec(
+                f"correlation_oac_bwd_weight_reduce[{tag}]", k.correlation_oac_bwd_weight_reduce_kernel,
+                {"p_partial": acc, "p_dweight": ty, "O": "i32", "Dh": "i32", "Dw": "i32", "Wt": "i32", "n_xt": "i32",
+                 "n_k": "i32", "n_split": "i32", "stride_pn": "i32"},
+                {"BLOCK_X": block_x, "BLOCK": k.REDUCE_BLOCK}, k.REDUCE_WARPS,
+            ))  # fmt: skip
+            corr_types = {**fwd_types, "p_grad": ty, "p_dcorr": ty, "p_dot_src": acc, "p_dot_tgt": acc,
+                          **_strides("g", "boyx")}  # fmt: skip
+            del corr_types["eps"]
+            corr_flags = {**flags, "BLOCK_O": k.output_block(OAC_CHANNELS, k.BWD_CORR_BLOCK_O)}
+            for i, cfg in enumerate(_configs(k.correlation_oac_bwd_corr_kernel, all_configs)):
+                specs.append(_spec(f"correlation_oac_bwd_corr[{tag},cfg{i}]", k.correlation_oac_bwd_corr_kernel.fn,
+                                   corr_types, {**corr_flags, **dot, **cfg.kwargs}, cfg.num_warps,
+                                   cfg.num_stages))  # fmt: skip
+    return specs
+
+
+#: op -> its spec lister, in the order the report lists them.
+SPECS = {
+    "correlation": correlation_specs,
+    "offset_aware_correlation": offset_aware_correlation_specs,
+    "attention_pool": attention_pool_specs,
+    "correlation_oac": correlation_oac_specs,
+}
