@@ -1,13 +1,21 @@
 """a2net: A2Net (Seo et al., ECCV 2018) with Triton kernels behind a PyTorch API.
 
+The library:
+
 * :mod:`a2net.ops` — the ops (correlation, offset-aware correlation, attention pooling),
-  Triton on CUDA, PyTorch reference on CPU;
-* :mod:`a2net.layers` — the ops as ``nn.Module`` s;
-* :class:`a2net.A2Net` — the model; :class:`a2net.TwoStageAligner` — affine+TPS;
-* :mod:`a2net.geometry` — affine/TPS grids, point transforms, warping, synthetic pairs, loss;
-* :func:`a2net.align` — align an image pair and draw it (:mod:`a2net.alignment`);
-* :mod:`a2net.data`, :mod:`a2net.train`, :mod:`a2net.evaluate`, :mod:`a2net.metrics`,
-  :mod:`a2net.datasets`, :mod:`a2net.checkpoint` — training and evaluation.
+  Triton on CUDA, PyTorch reference on CPU; :mod:`a2net.layers` — the ops as ``nn.Module`` s;
+* :mod:`a2net.model` — :class:`a2net.A2Net`, :class:`a2net.TwoStageAligner` (affine+TPS), the
+  backbones and ``build_model``;
+* :mod:`a2net.geometry` — affine/TPS grids, point transforms, warping, polygons, synthetic pairs, loss;
+* :mod:`a2net.synthetic` — the training pairs (synthetic pairs of any images, the bundled photos);
+* :mod:`a2net.benchmarks` — the evaluation benchmarks (PF-WILLOW, PF-PASCAL, TSS, Caltech-101);
+* :mod:`a2net.metrics` — PCK, flow PCK, mask metrics, the PCK of synthetic pairs;
+* :mod:`a2net.checkpoint` — save and load models; :mod:`a2net.official` — the authors' checkpoints;
+* :mod:`a2net.inference` — running an aligner on images and keypoints; :mod:`a2net.images`,
+  :mod:`a2net.fileio` — reading images, writing files crash-safely.
+
+The applications: :func:`a2net.align` (:mod:`a2net.alignment`, align a pair and draw it),
+:mod:`a2net.train`, :mod:`a2net.evaluate`, and the command line :mod:`a2net.cli` (``a2net ...``).
 """
 
 __version__ = "0.1.0"

@@ -4,7 +4,7 @@
 tensors in [0, 1]), predicts the transformation with an :class:`a2net.A2Net` (affine or TPS) or a
 :class:`a2net.TwoStageAligner` (affine+TPS), warps the source onto the target at the target's
 resolution and, when keypoints are given, transfers the target keypoints into the source image
-(the direction of every ``theta``, SPEC §3 and §5). :func:`save_alignment_figure` draws the
+(the direction of every ``theta``, docs/design.md §5). :func:`save_alignment_figure` draws the
 source, the target, the warped source, a checkerboard of warped source and target and their
 blend, with the keypoints, and writes the figure atomically.
 
@@ -12,203 +12,44 @@ Keypoints are ``(2, N)`` **1-based pixel** coordinates (row 0 x, row 1 y), the c
 benchmark keypoint files (:func:`a2net.geometry.pixels_to_normalized`); negative values mark
 padding, as in PF-PASCAL.
 
-The helpers shared with :mod:`a2net.evaluate` live here too: :func:`mode_of`,
-:func:`predict_chain`, :func:`warp_chain` and :func:`transfer_points`.
+The model-running helpers (:func:`a2net.inference.predict_chain`, ...) are those of
+:mod:`a2net.inference`, shared with :mod:`a2net.evaluate`.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from a2net import geometry
-from a2net._validation import as_size, check_choice
-from a2net.checkpoint import atomic_write
+from a2net.fileio import atomic_write
+from a2net.inference import (
+    as_image,
+    input_size,
+    load_aligner,
+    mode_of,
+    model_device,
+    predict_chain,
+    transfer_points,
+    warp_chain,
+)
+from a2net.model import normalize_images
 
 __all__ = [
-    "MODES",
     "Alignment",
-    "add_arguments",
     "align",
-    "as_image",
     "checkerboard",
-    "input_size",
-    "load_aligner",
-    "mode_of",
-    "model_device",
-    "predict_chain",
-    "run",
     "save_alignment_figure",
-    "transfer_points",
-    "warp_chain",
 ]
-
-#: The three ways of aligning: one affine model, one TPS model, or affine then TPS.
-MODES = ("affine", "tps", "affine+tps")
-
-
-# --------------------------------------------------------------------------------------------
-# Models: one A2Net or the two-stage aligner
-
-
-def mode_of(aligner: nn.Module) -> str:
-    """``"affine"`` or ``"tps"`` for an :class:`a2net.A2Net`, ``"affine+tps"`` for a
-    :class:`a2net.TwoStageAligner`."""
-    from a2net.model import A2Net, TwoStageAligner
-
-    if isinstance(aligner, TwoStageAligner):
-        return "affine+tps"
-    if isinstance(aligner, A2Net):
-        return aligner.geometric_model
-    raise ValueError(f"model: expected an A2Net or a TwoStageAligner, got {type(aligner).__name__}")
-
-
-def input_size(aligner: nn.Module, image_size=None) -> tuple[int, int]:
-    """The network input size: ``image_size`` if given, else the model's (the affine stage's)."""
-    if image_size is not None:
-        return as_size("image_size", image_size)
-    model = aligner.affine if mode_of(aligner) == "affine+tps" else aligner
-    return tuple(model.image_size)
-
-
-def model_device(aligner: nn.Module) -> torch.device:
-    """The device of the aligner's parameters (CPU for a model without any)."""
-    param = next(aligner.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def predict_chain(aligner: nn.Module, source_images: torch.Tensor, target_images: torch.Tensor) -> list[torch.Tensor]:
-    """The predicted transformations in the order points go through them (target -> source).
-
-    Args:
-        aligner: an :class:`a2net.A2Net` or a :class:`a2net.TwoStageAligner`.
-        source_images, target_images: ``(B, 3, H, W)`` ImageNet-normalised network inputs.
-    Returns:
-        ``[theta]`` (``(B, 6)`` or ``(B, 18)``) for one model, ``[theta_tps, theta_affine]`` for
-        the two-stage aligner: the chain :func:`a2net.geometry.compose_points` takes.
-    """
-    if mode_of(aligner) == "affine+tps":
-        theta_affine, theta_tps = aligner(source_images, target_images)
-        return [theta_tps, theta_affine]
-    return [aligner(source_images, target_images)]
-
-
-def warp_chain(image: torch.Tensor, chain: Sequence[torch.Tensor], size=None) -> torch.Tensor:
-    """Warp ``image`` through a chain of transformations with **one** resampling.
-
-    One transformation is :func:`a2net.geometry.warp_image`. For a chain (affine+TPS) the
-    output pixel grid is mapped through all of them (:func:`a2net.geometry.compose_points`)
-    and the source sampled once, which keeps the detail that warping twice would blur.
-
-    Args:
-        image: ``(B, C, H, W)`` floating tensor.
-        chain: thetas as :func:`predict_chain` returns them, each ``(B, P)``.
-        size: output ``(h, w)``; ``None`` keeps ``(H, W)``.
-    Returns:
-        ``(B, C, h, w)``; bilinear, ``align_corners=True``, zeros outside the source.
-    """
-    if len(chain) == 1:
-        return geometry.warp_image(image, chain[0].to(image), size)
-    h, w = tuple(image.shape[2:]) if size is None else as_size("size", size)
-    theta = chain[0]
-
-    def axis(n):  # pixel centres, align_corners=True; a single one at 0 as geometry.warp_image puts it
-        if n == 1:
-            return torch.zeros(1, device=theta.device, dtype=theta.dtype)
-        return torch.linspace(-1, 1, n, device=theta.device, dtype=theta.dtype)
-
-    ys, xs = torch.meshgrid(axis(h), axis(w), indexing="ij")
-    points = torch.stack((xs, ys)).reshape(1, 2, h * w).expand(theta.shape[0], -1, -1)
-    grid = geometry.compose_points(list(chain), points).transpose(1, 2).reshape(-1, h, w, 2)
-    return F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
-
-
-def transfer_points(chain: Sequence[torch.Tensor], target_points: torch.Tensor, target_size, source_size) -> torch.Tensor:
-    """Map target keypoints in 1-based pixels into the source image (SPEC §5).
-
-    Normalise with the target size, go through the chain, denormalise with the source size;
-    padded keypoints (a negative coordinate) stay ``-1``. Computed in float64.
-
-    Args:
-        chain: thetas as :func:`predict_chain` returns them, each ``(B, P)``.
-        target_points: ``(B, 2, N)`` 1-based pixels of the target image.
-        target_size, source_size: ``(H, W)`` pairs or ``(B, 2)`` tensors.
-    Returns:
-        ``(B, 2, N)`` float64 1-based pixels in the source image.
-    """
-    points = target_points.to(torch.float64)
-    valid = geometry.valid_keypoints(points)
-    chain = [theta.detach().to(device=points.device, dtype=torch.float64) for theta in chain]
-    moved = geometry.compose_points(chain, geometry.pixels_to_normalized(points, target_size))
-    return geometry.normalized_to_pixels(moved, source_size, valid)
-
-
-def load_aligner(checkpoint=None, affine_checkpoint=None, tps_checkpoint=None, geometric_model=None,
-                 device=None) -> nn.Module:
-    """Build the aligner a command asked for, on ``device``, in eval mode.
-
-    * ``affine_checkpoint`` and ``tps_checkpoint``: a :class:`a2net.TwoStageAligner`;
-    * ``checkpoint``: that model (:func:`a2net.checkpoint.load_model`);
-    * none of them: the embedded default model (:func:`a2net.checkpoint.load_default_model`).
-
-    ``geometric_model`` (``"affine"``, ``"tps"``, ``"affine+tps"`` or None) checks that the
-    aligner is of that kind.
-    """
-    from a2net import checkpoint as ckpt
-    from a2net.model import TwoStageAligner
-
-    if (affine_checkpoint is None) != (tps_checkpoint is None):
-        raise ValueError("affine_checkpoint, tps_checkpoint: expected both (affine+TPS) or neither, got "
-                         f"{affine_checkpoint!r} and {tps_checkpoint!r}")
-    if affine_checkpoint is not None:
-        if checkpoint is not None:
-            raise ValueError("checkpoint: expected either checkpoint or affine_checkpoint + tps_checkpoint, got both")
-        aligner = TwoStageAligner(ckpt.load_model(affine_checkpoint), ckpt.load_model(tps_checkpoint))
-    elif checkpoint is not None:
-        aligner = ckpt.load_model(checkpoint)
-    else:
-        aligner = ckpt.load_default_model()  # FileNotFoundError, saying what to do, when absent
-    if geometric_model is not None:
-        check_choice("geometric_model", geometric_model, MODES)
-        if mode_of(aligner) != geometric_model:
-            raise ValueError(f"geometric_model: expected {geometric_model!r}, the checkpoint(s) give "
-                             f"{mode_of(aligner)!r}")
-    return aligner.to(device or "cpu").eval()
 
 
 # --------------------------------------------------------------------------------------------
 # Inputs
-
-
-def as_image(image, name: str = "image") -> torch.Tensor:
-    """A path, a PIL image, an ``(H, W[, 3|4])`` array or a ``(3, H, W)`` tensor -> ``(3, H, W)``
-    float32 in [0, 1] on the CPU (uint8 tensors and arrays are divided by 255)."""
-    from a2net.images import load_image, to_tensor
-
-    if isinstance(image, (str, os.PathLike)):
-        return load_image(image)
-    if isinstance(image, torch.Tensor):
-        if image.dim() != 3 or image.shape[0] != 3:
-            raise ValueError(f"{name}: expected a (3, H, W) tensor, got shape {tuple(image.shape)}")
-        if image.dtype == torch.uint8:
-            return image.float() / 255.0
-        if not image.is_floating_point():
-            raise ValueError(f"{name}: expected a float tensor in [0, 1] or uint8, got dtype {image.dtype}")
-        return image.detach().float().cpu()
-    if isinstance(image, np.ndarray):
-        return to_tensor(image)
-    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
-        return to_tensor(np.asarray(image.convert("RGB")))
-    raise ValueError(f"{name}: expected a path, a PIL image, an array or a (3, H, W) tensor, got {type(image).__name__}")
 
 
 def _as_points(points, name: str) -> torch.Tensor | None:
@@ -296,14 +137,13 @@ def align(source, target, model=None, image_size=None, source_points=None, targe
         >>> result.theta            # (6,) target -> source, for the default affine model
         >>> save_alignment_figure(result, "alignment.png")
     """
-    from a2net.model import normalize_images
-
     if model is None or isinstance(model, (str, os.PathLike)):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = load_aligner(checkpoint=model, device=device)
     mode = mode_of(model)
     source_image, target_image = as_image(source, "source"), as_image(target, "target")
-    source_points, target_points = _as_points(source_points, "source_points"), _as_points(target_points, "target_points")
+    source_points = _as_points(source_points, "source_points")
+    target_points = _as_points(target_points, "target_points")
     if source_points is not None and target_points is not None and source_points.shape != target_points.shape:
         raise ValueError(f"target_points: expected shape {tuple(source_points.shape)} (that of source_points: "
                          f"keypoint i of one image matches keypoint i of the other), got {tuple(target_points.shape)}")
@@ -411,7 +251,8 @@ def save_alignment_figure(result: Alignment, path, dpi: int = 100, panel_size: f
                              linewidth=1.0, zorder=2)
         axes[0].scatter(moved[0, keep] - 1, moved[1, keep] - 1, c=colours[: moved.shape[1]][keep], marker="X",
                         s=40, edgecolors="black", linewidths=0.5, zorder=4)
-    for ax, image in zip(axes, (result.source, target, warped, warped, warped)):  # points may leave the image
+    panels = (result.source, target, warped, warped, warped)
+    for ax, image in zip(axes, panels, strict=True):  # the axes keep the image's extent: points may leave it
         ax.set_xlim(-0.5, image.shape[2] - 0.5)
         ax.set_ylim(image.shape[1] - 0.5, -0.5)
 
@@ -430,71 +271,3 @@ def save_alignment_figure(result: Alignment, path, dpi: int = 100, panel_size: f
     atomic_write(path, buffer.getvalue())
     return path
 
-
-# --------------------------------------------------------------------------------------------
-# Command line
-
-
-def _parse_points(text: str | None):
-    """``"x1,y1;x2,y2;..."`` (1-based pixels) -> ``(2, N)``."""
-    if text is None:
-        return None
-    try:
-        pairs = [tuple(float(v) for v in item.split(",")) for item in text.split(";") if item.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected 'x1,y1;x2,y2;...' in 1-based pixels, got {text!r}") from err
-    if not pairs or any(len(p) != 2 for p in pairs):
-        raise argparse.ArgumentTypeError(f"expected 'x1,y1;x2,y2;...' in 1-based pixels, got {text!r}")
-    return torch.tensor(pairs, dtype=torch.float64).t()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of ``a2net align`` to ``parser`` (and return it)."""
-    parser.add_argument("source", help="source image (the one that is warped)")
-    parser.add_argument("target", help="target image")
-    parser.add_argument("--out", required=True, help="figure to write (PNG, or .pdf/.svg)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint folder or model.safetensors (default: the embedded demo model)")
-    parser.add_argument("--affine-checkpoint", default=None, help="with --tps-checkpoint: affine+TPS alignment")
-    parser.add_argument("--tps-checkpoint", default=None, help="with --affine-checkpoint: affine+TPS alignment")
-    parser.add_argument("--geometric-model", default=None, choices=MODES,
-                        help="check that the model is of this kind (affine, tps or affine+tps)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="network input size (default: the model's)")
-    parser.add_argument("--source-points", type=_parse_points, default=None, metavar="X,Y;X,Y;...",
-                        help="keypoints of the source image, 1-based pixels")
-    parser.add_argument("--target-points", type=_parse_points, default=None, metavar="X,Y;X,Y;...",
-                        help="keypoints of the target image, 1-based pixels; drawn with their transfer")
-    parser.add_argument("--warped-out", default=None, help="also write the warped source alone (PNG)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """``a2net align``: align two images, print theta, write the figure."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    aligner = load_aligner(args.checkpoint, args.affine_checkpoint, args.tps_checkpoint,
-                           geometric_model=args.geometric_model, device=device)
-    result = align(args.source, args.target, model=aligner, image_size=args.image_size,
-                   source_points=args.source_points, target_points=args.target_points)
-    thetas = {"affine": result.chain[-1], "tps": result.chain[0]} if result.mode == "affine+tps" else \
-        {result.mode: result.chain[0]}
-    for kind, theta in thetas.items():
-        print(f"theta {kind} ({theta.shape[1]}): [" + ", ".join(f"{v:+.4f}" for v in theta[0].tolist()) + "]")
-    errors = result.transfer_errors()
-    if errors is not None:
-        print(f"keypoint transfer error: mean {float(torch.nanmean(errors)):.2f} px over "
-              f"{int(torch.isfinite(errors).sum())} keypoints")
-    written = save_alignment_figure(result, args.out)
-    print(f"wrote {written}")
-    if args.warped_out is not None:
-        from PIL import Image
-
-        pixels = (result.warped.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        fmt = Path(args.warped_out).suffix.lstrip(".").upper() or "PNG"
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="JPEG" if fmt == "JPG" else fmt)
-        Path(args.warped_out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.warped_out, buffer.getvalue())
-        print(f"wrote {args.warped_out}")
-    return 0

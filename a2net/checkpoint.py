@@ -7,43 +7,39 @@ A checkpoint is a directory::
     state.json          {"format", "step", "config" (A2Net's config), "backbone", ...extra}
     optimizer.pt        the optimizer's state_dict (torch.save; absent when saved without one)
 
-**Backbones.** A2Net's ``config`` names its backbone (``"resnet101"``, ``"vgg16"``) or says
-``"custom"``; :data:`BACKBONES` adds named small backbones that :func:`build_model` can rebuild
-(``config["backbone"]`` then holds that name). A frozen, randomly initialised backbone is not
-stored when it is large (VGG-16 or ResNet-101 without weights: tens of MB): :func:`build_model`
-creates it under a forked RNG seeded with ``backbone_seed``, and the checkpoint keeps that seed and
-the SHA-256 of the backbone's tensors, checked when loading (a PyTorch version whose
-initialisation draws other numbers fails loudly instead of running with other features). Any
-other backbone (small, pretrained, fine-tuned) is stored with the head.
+**Backbones.** A2Net's ``config`` names its backbone (a key of :data:`a2net.model.BACKBONES`,
+from which :func:`a2net.model.build_model` rebuilds it) or says ``"custom"`` (not rebuildable). A
+frozen, randomly initialised backbone is not stored when it is large (VGG-16 or ResNet-101 without
+weights: tens of MB): :func:`a2net.model.build_model` creates it under a forked RNG seeded with
+``backbone_seed``, and the checkpoint keeps that seed and the SHA-256 of the backbone's tensors,
+checked when loading (a PyTorch version whose initialisation draws other numbers fails loudly
+instead of running with other features). Any other backbone (small, pretrained, fine-tuned) is
+stored with the head.
 
 **Crash safety.** :func:`save_checkpoint` writes a complete sibling directory (every file
 fsynced), then swaps it in with two renames (``last`` -> ``.last.old``, new -> ``last``) and
 removes the old one; a crash between the renames leaves ``.last.old``, which the loaders use when
 ``last`` is missing. A kill at any instant leaves a loadable checkpoint (the new or the previous).
+The fsynced writes are those of :mod:`a2net.fileio`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from a2net._validation import check_choice
+from a2net.fileio import fsync_dir, write_synced
+from a2net.model import BACKBONES, backbone_sha256, build_model
 
 __all__ = [
-    "BACKBONES",
     "SEEDED_BACKBONE_MIN_BYTES",
     "DEFAULT_CHECKPOINT",
     "FORMAT",
-    "atomic_write",
-    "backbone_sha256",
-    "build_model",
     "load_checkpoint",
     "load_default_model",
     "load_model",
@@ -63,122 +59,7 @@ _RESERVED = ("format", "step", "config", "backbone", "torch_version")
 
 
 # --------------------------------------------------------------------------------------------
-# Named backbones that A2Net itself does not know
-
-
-def small_cnn(channels=(32, 64, 128, 256)) -> nn.Sequential:
-    """A small stride-16 CNN: four 3x3 convolutions with stride 2 (+ReLU), ``channels`` wide.
-
-    The demo's backbone (SPEC §2 uses ResNet-101/VGG-16 with ImageNet weights, which cannot be
-    downloaded here): 0.39 M parameters, 0.42 GFLOP per 240x240 image, 15x15 feature maps at
-    240x240. Kaiming-normal weights (fan-out, as torchvision's VGG), zero biases.
-
-    Shape: ``(B, 3, H, W)`` -> ``(B, channels[-1], ceil(H/16), ceil(W/16))``.
-    """
-    layers, previous = [], 3
-    for width in channels:
-        layers += [nn.Conv2d(previous, width, kernel_size=3, stride=2, padding=1), nn.ReLU(inplace=True)]
-        previous = width
-    model = nn.Sequential(*layers)
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(module.bias)
-    return model
-
-
-#: Backbones :func:`build_model` builds by name, beyond A2Net's ``"resnet101"`` and ``"vgg16"``.
-BACKBONES: dict[str, Callable[[], nn.Module]] = {"small_cnn": small_cnn}
-
-
-def build_model(config: dict, backbone_seed: int | None = 0, backbone_weights=None) -> nn.Module:
-    """Build an A2Net from a ``config`` dict (``A2Net(...).config``, possibly naming a backbone of
-    :data:`BACKBONES`).
-
-    The whole model is initialised under a forked RNG seeded with ``backbone_seed`` (the global RNG
-    is left untouched), so the same seed gives the same weights, bit for bit, on one PyTorch
-    version; ``model.backbone_init`` records the seed and the SHA-256 of the backbone when it is
-    randomly initialised (``backbone_weights=None``) so that :func:`save_checkpoint` can store the
-    seed instead of the tensors.
-
-    Args:
-        config: A2Net keyword arguments; ``"backbone"`` is ``"resnet101"``, ``"vgg16"`` or a key
-            of :data:`BACKBONES` (``"custom"`` cannot be rebuilt).
-        backbone_seed: seed of the initialisation, or ``None`` to use the global RNG as it is.
-        backbone_weights: ``None`` (random), ``"imagenet"`` or a path (named torchvision
-            backbones only; see :class:`a2net.A2Net`).
-    Returns:
-        the model (train mode, CPU).
-    """
-    from a2net.model import BACKBONES as NAMED, A2Net
-
-    config = dict(config)
-    name = config.get("backbone", "resnet101")
-    check_choice("config['backbone']", name, (*NAMED, *BACKBONES))
-    if name in BACKBONES and backbone_weights is not None:
-        raise ValueError(f"backbone_weights: expected None for the backbone {name!r} (its weights are stored in "
-                         f"the checkpoint), got {backbone_weights!r}")
-    with torch.random.fork_rng(devices=[]):
-        if backbone_seed is not None:
-            torch.manual_seed(backbone_seed)
-        if name in BACKBONES:
-            config["backbone"] = BACKBONES[name]()
-            model = A2Net(**config)
-            model.config["backbone"] = name  # rebuildable by name, not "custom"
-        else:
-            model = A2Net(**config, backbone_weights=backbone_weights)
-    if backbone_weights is None and backbone_seed is not None:
-        model.backbone_init = {"seed": int(backbone_seed), "sha256": backbone_sha256(model)}
-    return model
-
-
-def backbone_sha256(model: nn.Module) -> str:
-    """SHA-256 of the backbone's parameters and buffers (names, dtypes, shapes and bytes)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.FeatureExtraction.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------------------------
 # Writing
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path, data: bytes | str) -> None:
-    """Write a file atomically: a temp file in the same directory, flushed and fsynced, then
-    ``os.replace``; a crash leaves the old file or the new one, never a partial one."""
-    path = Path(path)
-    payload = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        _write_synced(tmp, lambda f: f.write(payload))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # the old file is untouched; leave no temp file behind
-        raise
-    _fsync_dir(path.parent)
-
-
-def _write_synced(path: Path, write: Callable) -> None:
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _head_state(model: nn.Module, skip_backbone: bool) -> dict[str, torch.Tensor]:
@@ -217,8 +98,8 @@ def save_checkpoint(directory, model: nn.Module, optimizer: torch.optim.Optimize
         extra: more JSON-serialisable entries for ``state.json`` (e.g. training arguments); they
             may not override ``format``, ``step``, ``config``, ``backbone``, ``torch_version``.
         store_backbone: store the backbone's tensors. ``None`` (default): stored unless the
-            backbone is the unchanged random initialisation of :func:`build_model` and larger than
-            :data:`SEEDED_BACKBONE_MIN_BYTES` (then its seed and SHA-256 are stored instead);
+            backbone is the unchanged random initialisation of :func:`a2net.model.build_model` and
+            larger than :data:`SEEDED_BACKBONE_MIN_BYTES` (then its seed and SHA-256 are stored instead);
             ``False`` is only possible for such a seeded backbone.
     Returns:
         the directory.
@@ -230,7 +111,7 @@ def save_checkpoint(directory, model: nn.Module, optimizer: torch.optim.Optimize
         raise ValueError(f"model: expected an A2Net, got {type(model).__name__}")
     if model.config.get("backbone") == "custom":
         raise ValueError("model: a 'custom' backbone cannot be rebuilt from a checkpoint; build the model with "
-                         f"a2net.checkpoint.build_model and a backbone of {sorted(BACKBONES)} or A2Net's own")
+                         f"a backbone named in a2net.model.BACKBONES {list(BACKBONES)}")
     extra = dict(extra or {})
     clash = sorted(set(extra) & set(_RESERVED))
     if clash:
@@ -252,17 +133,17 @@ def save_checkpoint(directory, model: nn.Module, optimizer: torch.optim.Optimize
     tmp.mkdir()
     weights = _head_state(model, skip_backbone=not backbone["stored"])
     blob = safetensors_save(weights, metadata={_METADATA_KEY: text})
-    _write_synced(tmp / MODEL_FILE, lambda f: f.write(blob))
+    write_synced(tmp / MODEL_FILE, lambda f: f.write(blob))
     if optimizer is not None:
-        _write_synced(tmp / OPTIMIZER_FILE, lambda f: torch.save(optimizer.state_dict(), f))
-    _write_synced(tmp / STATE_FILE, lambda f: f.write(text.encode()))
-    _fsync_dir(tmp)
+        write_synced(tmp / OPTIMIZER_FILE, lambda f: torch.save(optimizer.state_dict(), f))
+    write_synced(tmp / STATE_FILE, lambda f: f.write(text.encode()))
+    fsync_dir(tmp)
     if old.exists() and directory.exists():
         shutil.rmtree(old)  # a leftover of an earlier crash after the swap
     if directory.exists():
         os.replace(directory, old)
     os.replace(tmp, directory)
-    _fsync_dir(directory.parent)
+    fsync_dir(directory.parent)
     if old.exists():
         shutil.rmtree(old)
     return directory

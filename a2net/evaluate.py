@@ -1,10 +1,10 @@
-"""Evaluation on the semantic alignment benchmarks (SPEC §5) and on held-out synthetic pairs
-(``a2net eval``).
+"""Evaluation on the semantic alignment benchmarks (docs/design.md §8) and on held-out synthetic
+pairs (``a2net eval``).
 
 Every ``evaluate_*`` function takes a model — an :class:`a2net.A2Net` (mode ``"affine"`` or
 ``"tps"``) or a :class:`a2net.TwoStageAligner` (``"affine+tps"``) — and a dataset of
-:mod:`a2net.datasets` (or held-out pairs of :mod:`a2net.data`), runs the model on batches of
-pairs resized to the network input (:func:`a2net.datasets.collate`, then ImageNet normalisation)
+:mod:`a2net.benchmarks` (or held-out pairs of :mod:`a2net.synthetic`), runs the model on batches
+of pairs resized to the network input (:func:`a2net.benchmarks.collate`, then ImageNet normalisation)
 and scores every pair at its original resolution. It returns a JSON-ready dict::
 
     {"mode": "affine", "pairs": 299, "scored": 299,
@@ -25,48 +25,46 @@ NaN (``null`` in JSON) and left out of the means; ``scored`` counts the others.
   the ground truth over the foreground, ``L = max(H, W)`` of the source;
 * Caltech-101: the source mask warped with theta onto the target grid, label-transfer accuracy and
   IoU with the target mask, and the localisation error of the flow;
-* synthetic (the held-out pairs of :func:`a2net.data.heldout_synthetic_pairs`): a grid of target
-  points mapped by the true and by the predicted theta, PCK with ``L = max(H, W)`` of the pair
-  images (:func:`a2net.data.synthetic_pck`), next to the identity transformation as a baseline.
+* synthetic (the held-out pairs of :func:`a2net.synthetic.heldout_synthetic_pairs`): a grid of
+  target points mapped by the true and by the predicted theta, PCK with ``L = max(H, W)`` of the
+  pair images (:func:`a2net.metrics.synthetic_pck`), next to the identity transformation as a
+  baseline.
+
+The models run through the helpers of :mod:`a2net.inference`. ``a2net eval`` (:mod:`a2net.cli`)
+prints :func:`format_results` and writes the report with :func:`a2net.fileio.write_json`.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import functools
-import json
 import math
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from a2net import geometry, metrics
-from a2net._validation import as_size
-from a2net.alignment import input_size, mode_of, model_device, predict_chain, transfer_points, warp_chain
-from a2net.checkpoint import atomic_write
+from a2net import geometry, metrics, synthetic
+from a2net.benchmarks import collate
+from a2net.inference import input_size, mode_of, model_device, predict_chain, transfer_points, warp_chain
+from a2net.model import normalize_images
 
 __all__ = [
     "BENCHMARKS",
     "KEYPOINT_ALPHAS",
-    "add_arguments",
+    "TSS_ALPHAS",
     "evaluate_caltech",
     "evaluate_keypoints",
     "evaluate_synthetic",
     "evaluate_tss",
     "default_pair_model",
     "format_results",
-    "run",
-    "write_json",
 ]
 
 #: Benchmarks of ``a2net eval``.
 BENCHMARKS = ("pf-willow", "pf-pascal", "tss", "caltech", "synthetic")
-#: PCK tolerances reported on the keypoint benchmarks (SPEC §5).
+#: PCK tolerances reported on the keypoint benchmarks (docs/design.md §8).
 KEYPOINT_ALPHAS = (0.05, 0.1, 0.15)
 #: TSS's tolerance.
 TSS_ALPHAS = (0.05,)
@@ -104,11 +102,8 @@ def _check_batch_size(batch_size) -> int:
 def _batches(model: nn.Module, dataset, image_size, batch_size: int, device, num_workers: int, progress: bool,
              desc: str):
     """Yield ``(batch, chain)``: the collated batch (images resized to the network input) and the
-    predicted thetas (:func:`a2net.alignment.predict_chain`) in float64 on the CPU."""
+    predicted thetas (:func:`a2net.inference.predict_chain`) in float64 on the CPU."""
     from tqdm.auto import tqdm
-
-    from a2net.datasets import collate
-    from a2net.model import normalize_images
 
     if device is not None:
         model.to(device)
@@ -169,7 +164,7 @@ def _slice(chain: list[torch.Tensor], i: int) -> list[torch.Tensor]:
 
 def evaluate_keypoints(model: nn.Module, dataset, alphas=KEYPOINT_ALPHAS, image_size=None, batch_size: int = 8,
                        device=None, num_workers: int = 0, progress: bool = True) -> dict:
-    """PCK of keypoint transfer on PF-WILLOW or PF-PASCAL (SPEC §5).
+    """PCK of keypoint transfer on PF-WILLOW or PF-PASCAL (docs/design.md §8).
 
     The target keypoints ``(2, N)`` (1-based pixels) are normalised with the target size, mapped
     through the predicted transformation(s) into the source, denormalised with the source size
@@ -178,7 +173,7 @@ def evaluate_keypoints(model: nn.Module, dataset, alphas=KEYPOINT_ALPHAS, image_
 
     Args:
         model: :class:`a2net.A2Net` or :class:`a2net.TwoStageAligner`.
-        dataset: :class:`a2net.datasets.PFWillowDataset`, :class:`a2net.datasets.PFPascalDataset`
+        dataset: :class:`a2net.benchmarks.PFWillowDataset`, :class:`a2net.benchmarks.PFPascalDataset`
             or any dataset with their keys.
         alphas: PCK tolerances (fractions of ``L``).
         image_size: network input ``(H, W)``; default the model's.
@@ -210,7 +205,7 @@ def evaluate_keypoints(model: nn.Module, dataset, alphas=KEYPOINT_ALPHAS, image_
                 "keypoints": int(valid[i]),
                 "reference_length": float(lengths[i]),
                 "reference_kind": batch["reference_kind"][i],
-                **{n: float(s[i]) for n, s in zip(names, scores)},
+                **{n: float(s[i]) for n, s in zip(names, scores, strict=True)},
             })
     result = _summarise(mode, records, names)
     kinds = Counter(r["reference_kind"] for r in records)
@@ -228,12 +223,12 @@ def evaluate_keypoints(model: nn.Module, dataset, alphas=KEYPOINT_ALPHAS, image_
 
 def evaluate_tss(model: nn.Module, dataset, alphas=TSS_ALPHAS, image_size=None, batch_size: int = 8, device=None,
                  num_workers: int = 0, progress: bool = True) -> dict:
-    """Flow PCK on TSS over the foreground (SPEC §5), per subset (FG3DCar, JODS, PASCAL).
+    """Flow PCK on TSS over the foreground (docs/design.md §8), per subset (FG3DCar, JODS, PASCAL).
 
     For each pair the predicted transformation gives a dense target -> source flow on the target
     grid (:func:`a2net.metrics.theta_to_flow` with the two images' sizes), scored against the
     ground truth over the target's foreground with ``L`` = the item's ``reference_length``
-    (``max(H, W)`` of the source image, :class:`a2net.datasets.TSSDataset`).
+    (``max(H, W)`` of the source image, :class:`a2net.benchmarks.TSSDataset`).
 
     Args: as :func:`evaluate_keypoints`; ``alphas`` default ``(0.05,)``, TSS's.
     Returns:
@@ -257,7 +252,8 @@ def evaluate_tss(model: nn.Module, dataset, alphas=TSS_ALPHAS, image_size=None, 
                 "target": batch["target_name"][i],
                 "category": batch["category"][i],
                 "pair": batch["pair"][i],
-                **{n: float(metrics.flow_pck(flow, truth, mask, a, length)[0]) for n, a in zip(names, alphas)},
+                **{n: float(metrics.flow_pck(flow, truth, mask, a, length)[0])
+                   for n, a in zip(names, alphas, strict=True)},
             })
     result = _summarise(mode, records, names)
     result.update(alphas=list(alphas), reference_kind="image", reference_description=REFERENCE_DESCRIPTIONS["image"])
@@ -272,11 +268,11 @@ CALTECH_METRICS = ("LT-ACC", "IoU", "LOC-ERR")
 
 def evaluate_caltech(model: nn.Module, dataset, image_size=None, batch_size: int = 8, device=None,
                      num_workers: int = 0, progress: bool = True) -> dict:
-    """Label-transfer accuracy, IoU and localisation error on Caltech-101 (SPEC §5).
+    """Label-transfer accuracy, IoU and localisation error on Caltech-101 (docs/design.md §8).
 
     The source mask is warped with the predicted transformation onto the target grid (bilinear,
     zeros outside, foreground where > 0.5; one resampling through both stages for affine+TPS,
-    :func:`a2net.alignment.warp_chain`) and compared with the target mask
+    :func:`a2net.inference.warp_chain`) and compared with the target mask
     (:func:`a2net.metrics.label_transfer_accuracy`, :func:`a2net.metrics.mask_iou`); LOC-ERR is
     :func:`a2net.metrics.localization_error` of the predicted flow. Higher LT-ACC and IoU and lower
     LOC-ERR are better.
@@ -320,10 +316,8 @@ def default_pair_model(model: nn.Module) -> str:
 
 def _synthetic_batches(pairs, batch_size: int):
     """Batches ``(source, target, theta, names)`` of held-out pairs given as the batch dict of
-    :func:`a2net.data.heldout_synthetic_pairs` or as a dataset of
-    :class:`a2net.data.SyntheticPairDataset` items."""
-    from a2net import data
-
+    :func:`a2net.synthetic.heldout_synthetic_pairs` or as a dataset of
+    :class:`a2net.synthetic.SyntheticPairDataset` items."""
     if isinstance(pairs, dict):
         n = pairs["theta"].shape[0]
         for start in range(0, n, batch_size):
@@ -332,7 +326,7 @@ def _synthetic_batches(pairs, batch_size: int):
                 list(pairs.get("name", ["synthetic"] * n))[start:end]
         return
     loader = torch.utils.data.DataLoader(range(len(pairs)), batch_size=batch_size, shuffle=False,
-                                         collate_fn=lambda ks: data.collate_pairs([pairs[k] for k in ks]))
+                                         collate_fn=lambda ks: synthetic.collate_pairs([pairs[k] for k in ks]))
     for batch in loader:
         yield batch["source"], batch["target"], batch["theta"], batch["name"]
 
@@ -342,7 +336,7 @@ def evaluate_synthetic(model: nn.Module, pairs=None, alphas=KEYPOINT_ALPHAS, ima
                        n_pairs: int = 100) -> dict:
     """PCK on held-out synthetic pairs with a known transformation, next to the identity baseline.
 
-    The measure of :func:`a2net.data.synthetic_pck`: a ``grid_size`` x ``grid_size`` grid of
+    The measure of :func:`a2net.metrics.synthetic_pck`: a ``grid_size`` x ``grid_size`` grid of
     target points on ``[-1, 1]^2`` is mapped by the true and by the predicted transformation(s)
     (through TPS then affine for affine+TPS), both in pixels of the ``(H, W)`` pair images, and a
     point is correct within ``alpha * max(H, W)`` (``reference_kind`` ``"image"``). The identity
@@ -350,9 +344,9 @@ def evaluate_synthetic(model: nn.Module, pairs=None, alphas=KEYPOINT_ALPHAS, ima
 
     Args:
         model: :class:`a2net.A2Net` or :class:`a2net.TwoStageAligner`.
-        pairs: the batch dict of :func:`a2net.data.heldout_synthetic_pairs` (``source``,
+        pairs: the batch dict of :func:`a2net.synthetic.heldout_synthetic_pairs` (``source``,
             ``target`` ``(N, 3, h, w)`` in [0, 1], ``theta`` ``(N, P)``, ``name``), a dataset of
-            :class:`a2net.data.SyntheticPairDataset` items, or None: ``n_pairs`` held-out pairs of
+            :class:`a2net.synthetic.SyntheticPairDataset` items, or None: ``n_pairs`` held-out pairs of
             the bundled photos at the network input size, with ``geometric_model`` thetas
             (default :func:`default_pair_model`).
         grid_size: points per side of the grid.
@@ -365,9 +359,6 @@ def evaluate_synthetic(model: nn.Module, pairs=None, alphas=KEYPOINT_ALPHAS, ima
     """
     from tqdm.auto import tqdm
 
-    from a2net import data
-    from a2net.model import normalize_images
-
     alphas = _check_alphas(alphas)
     batch_size = _check_batch_size(batch_size)
     mode = mode_of(model)
@@ -378,7 +369,7 @@ def evaluate_synthetic(model: nn.Module, pairs=None, alphas=KEYPOINT_ALPHAS, ima
     run_on = model_device(model)
     size = input_size(model, image_size)
     if pairs is None:
-        pairs = data.heldout_synthetic_pairs(geometric_model or default_pair_model(model), n_pairs=n_pairs,
+        pairs = synthetic.heldout_synthetic_pairs(geometric_model or default_pair_model(model), n_pairs=n_pairs,
                                              image_size=size)
     kinds = set()
     total = pairs["theta"].shape[0] if isinstance(pairs, dict) else len(pairs)
@@ -395,12 +386,12 @@ def evaluate_synthetic(model: nn.Module, pairs=None, alphas=KEYPOINT_ALPHAS, ima
             kind = "affine" if theta.shape[1] == 6 else "tps"
             kinds.add(kind)
             identity = geometry.identity_theta(kind, theta.shape[0], dtype=torch.float64)
-            scores = [data.synthetic_pck(chain, theta, pair_size, alpha=a, grid_size=grid_size) for a in alphas]
-            base = [data.synthetic_pck(identity, theta, pair_size, alpha=a, grid_size=grid_size) for a in alphas]
+            scores = [metrics.synthetic_pck(chain, theta, pair_size, alpha=a, grid_size=grid_size) for a in alphas]
+            base = [metrics.synthetic_pck(identity, theta, pair_size, alpha=a, grid_size=grid_size) for a in alphas]
             for i in range(theta.shape[0]):
                 records.append({"index": len(records), "category": str(photo[i]),
-                                **{n: float(s[i]) for n, s in zip(names, scores)}})
-                baseline.append({n: float(s[i]) for n, s in zip(names, base)})
+                                **{n: float(s[i]) for n, s in zip(names, scores, strict=True)}})
+                baseline.append({n: float(s[i]) for n, s in zip(names, base, strict=True)})
             bar.update(theta.shape[0])
     result = _summarise(mode, records, names)
     result.update(alphas=list(alphas), reference_kind="image", reference_description=REFERENCE_DESCRIPTIONS["image"],
@@ -432,7 +423,8 @@ def format_results(report: dict) -> str:
     label = max(12, *(len(m) + 2 for m in modes), 20 if "baseline" in first else 0)
     lines.append(f"{'mode':<{label}}{'pairs':>7}" + "".join(f"{n:>{width}}" for n in names))
     for mode, result in modes.items():
-        lines.append(f"{mode:<{label}}{result['scored']:>7}" + "".join(_cell(result["metrics"][n], width) for n in names))
+        cells = "".join(_cell(result["metrics"][n], width) for n in names)
+        lines.append(f"{mode:<{label}}{result['scored']:>7}" + cells)
     if "baseline" in first:
         for kind, values in first["baseline"].items():
             lines.append(f"{kind + ' (baseline)':<{label}}{first['scored']:>7}"
@@ -453,156 +445,3 @@ def format_results(report: dict) -> str:
         averages = [" ".join(_cell(r["class_average"][n], 5) for n in names).ljust(block) for r in modes.values()]
         lines.append(f"{'class mean':<{name_width}}{'':>6}  " + "".join(averages))
     return "\n".join(line.rstrip() for line in lines)
-
-
-def _json_safe(value):
-    """NaN -> None (JSON has no NaN), tuples -> lists, paths -> str, recursively."""
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def write_json(path, report: dict) -> Path:
-    """Write ``report`` as JSON atomically (temp file, fsync, ``os.replace``); NaN becomes null."""
-    text = json.dumps(_json_safe(report), indent=1, allow_nan=False) + "\n"
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, text)
-    return Path(path)
-
-
-# --------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of ``a2net eval`` to ``parser`` (and return it)."""
-    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
-    parser.add_argument("--data", default=None,
-                        help="the benchmark's folder (for synthetic: a folder of images; default the held-out "
-                             "bundled photos)")
-    parser.add_argument("--output", required=True, help="results JSON to write")
-    parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint folder or model.safetensors (default: the embedded demo model)")
-    parser.add_argument("--affine-checkpoint", default=None,
-                        help="with --tps-checkpoint: evaluate affine, TPS and affine+TPS")
-    parser.add_argument("--tps-checkpoint", default=None, help="with --affine-checkpoint")
-    parser.add_argument("--alphas", type=float, nargs="+", default=None,
-                        help="PCK tolerances (default 0.05 0.1 0.15; TSS 0.05)")
-    parser.add_argument("--split", default="test", choices=("test", "val", "train", "all"), help="PF-PASCAL split")
-    parser.add_argument("--reference", default="bbox", choices=("bbox", "image", "keypoints"),
-                        help="PF-PASCAL PCK reference length (default: object bounding box)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="network input size (default: the model's)")
-    parser.add_argument("--pairs", type=int, default=100, help="synthetic: number of held-out pairs")
-    parser.add_argument("--pair-model", default=None, choices=("affine", "tps"),
-                        help="synthetic: kind of the pairs' random thetas (default: tps for a TPS model, else affine)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers reading the images")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def _checkpoint_record(model: nn.Module, path, embedded: bool = False) -> dict:
-    state = getattr(model, "checkpoint_state", None) or {}
-    return {"path": str(Path(path).resolve()), "embedded": embedded, "step": state.get("step")}
-
-
-def _aligners(args, device) -> tuple[dict, dict]:
-    """``{mode: aligner}`` and ``{geometric model: {"path", "embedded", "step"}}`` for the report."""
-    from a2net.alignment import load_aligner
-
-    if args.affine_checkpoint is not None or args.tps_checkpoint is not None:
-        two = load_aligner(affine_checkpoint=args.affine_checkpoint, tps_checkpoint=args.tps_checkpoint,
-                           checkpoint=args.checkpoint, device=device)
-        return ({"affine": two.affine, "tps": two.tps, "affine+tps": two},
-                {"affine": _checkpoint_record(two.affine, args.affine_checkpoint),
-                 "tps": _checkpoint_record(two.tps, args.tps_checkpoint)})
-    model = load_aligner(checkpoint=args.checkpoint, device=device)
-    if args.checkpoint is not None:
-        record = _checkpoint_record(model, args.checkpoint)
-    else:
-        from a2net import checkpoint as ckpt
-
-        record = _checkpoint_record(model, ckpt.DEFAULT_CHECKPOINT, embedded=True)
-    return {mode_of(model): model}, {mode_of(model): record}
-
-
-def _dataset(args, aligners: dict):
-    from a2net import datasets
-
-    if args.benchmark == "synthetic":
-        size = input_size(next(iter(aligners.values())), args.image_size and tuple(args.image_size))
-        pairs, pair_model = _synthetic_pairs(args, aligners, size)
-        where = "held-out bundled photos" if args.data is None else str(args.data)
-        return pairs, f"synthetic {pair_model} pairs of the {where}"
-    if args.benchmark == "pf-willow":
-        return datasets.PFWillowDataset(args.data), "PF-WILLOW"
-    if args.benchmark == "pf-pascal":
-        return (datasets.PFPascalDataset(args.data, split=args.split, reference=args.reference),
-                f"PF-PASCAL ({args.split} split)")
-    if args.benchmark == "tss":
-        return datasets.TSSDataset(args.data), "TSS"
-    return datasets.CaltechDataset(args.data), "Caltech-101"
-
-
-def _synthetic_pairs(args, aligners: dict, image_size):
-    from a2net import data
-
-    pair_model = args.pair_model or default_pair_model(list(aligners.values())[-1])
-    images = "bundled:heldout" if args.data is None else args.data
-    return data.heldout_synthetic_pairs(pair_model, n_pairs=args.pairs, image_size=image_size, images=images), pair_model
-
-
-def run(args: argparse.Namespace) -> int:
-    """``a2net eval``: evaluate, print the tables, write the JSON report."""
-    import a2net
-
-    if args.data is None and args.benchmark != "synthetic":
-        raise SystemExit(f"a2net eval: --data is required for --benchmark {args.benchmark} (the dataset's folder)")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    aligners, checkpoints = _aligners(args, device)
-    dataset, title = _dataset(args, aligners)
-    common = dict(image_size=None if args.image_size is None else as_size("image_size", tuple(args.image_size)),
-                  batch_size=args.batch_size, num_workers=args.num_workers, progress=not args.no_progress)
-    results = {}
-    for mode, aligner in aligners.items():
-        if args.benchmark in ("pf-willow", "pf-pascal"):
-            results[mode] = evaluate_keypoints(aligner, dataset, alphas=args.alphas or KEYPOINT_ALPHAS, **common)
-        elif args.benchmark == "tss":
-            results[mode] = evaluate_tss(aligner, dataset, alphas=args.alphas or TSS_ALPHAS, **common)
-        elif args.benchmark == "caltech":
-            results[mode] = evaluate_caltech(aligner, dataset, **common)
-        else:
-            common.pop("num_workers", None)
-            results[mode] = evaluate_synthetic(aligner, dataset, alphas=args.alphas or KEYPOINT_ALPHAS, **common)
-    first = next(iter(results.values()))
-    report = {
-        "benchmark": args.benchmark,
-        "title": f"{title}: {first['pairs']} pairs",
-        "data": None if args.data is None else str(Path(args.data).resolve()),
-        "checkpoint": checkpoints,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "a2net_version": a2net.__version__,
-        "torch_version": torch.__version__,
-        "device": str(device),
-        "image_size": list(input_size(next(iter(aligners.values())), common["image_size"])),
-        "per_class": args.benchmark in ("pf-pascal", "tss"),
-        "modes": results,
-    }
-    for key in ("reference_kind", "reference_description", "alphas", "pair_model", "grid_size"):
-        if key in first:
-            report[key] = first[key]
-    if args.benchmark == "pf-pascal":
-        report["split"] = args.split
-    print(format_results(report))
-    written = write_json(args.output, report)
-    print(f"wrote {written}")
-    return 0
-

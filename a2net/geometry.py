@@ -1,7 +1,7 @@
 """Geometric transformations of A2Net: affine and thin-plate-spline grids, point mapping, warping,
-synthetic training pairs and the transformed grid loss.
+polygon rasterisation, synthetic training pairs and the transformed grid loss.
 
-Conventions (SPEC §3 and §5; checkpoints and datasets depend on them):
+Conventions (docs/design.md §5; checkpoints and datasets depend on them):
 
 * Coordinates are normalised to ``[-1, 1]``, x to the right, y down, with ``align_corners=True``
   semantics: the centre of the first pixel is ``-1`` and that of the last pixel ``+1``.
@@ -49,6 +49,7 @@ __all__ = [
     "mirror_pad",
     "normalized_to_pixels",
     "pixels_to_normalized",
+    "polygon_to_mask",
     "random_affine_theta",
     "random_tps_theta",
     "synthetic_pair",
@@ -409,7 +410,68 @@ def normalized_to_pixels(points: torch.Tensor, size, valid: torch.Tensor | None 
 
 
 # --------------------------------------------------------------------------------------------
-# Random transformations and synthetic training pairs (SPEC §3)
+# Polygons
+
+
+def polygon_to_mask(xs, ys, size) -> torch.Tensor:
+    """Rasterise a polygon: the pixels whose centre lies inside it or on its boundary.
+
+    Vertex coordinates are taken as pixel positions on the 0-based grid (pixel ``(row, col)`` has
+    centre ``(x, y) = (col, row)``), as ``skimage.draw.polygon(ys, xs, size)`` takes them and as
+    the reference Caltech-101 evaluation feeds the annotation polygons to it; for polygons with
+    non-integer vertices (the Caltech annotations) the two agree pixel for pixel. Inside is the
+    even-odd rule (PNPOLY's crossing test), vectorised over the pixels of the polygon's bounding box.
+
+    Args:
+        xs: ``(V,)`` x (column) coordinates of the vertices, V >= 3 (sequence, array or tensor).
+        ys: ``(V,)`` y (row) coordinates.
+        size: ``(H, W)`` of the mask (an int for a square).
+    Returns:
+        ``(H, W)`` bool mask (on the CPU, or on ``xs``' device for a tensor).
+
+    Example:
+        >>> polygon_to_mask([0.5, 3.5, 3.5, 0.5], [0.5, 0.5, 2.5, 2.5], (4, 5)).int()
+        tensor([[0, 0, 0, 0, 0],
+                [0, 1, 1, 1, 0],
+                [0, 1, 1, 1, 0],
+                [0, 0, 0, 0, 0]], dtype=torch.int32)
+    """
+    height, width = as_size("size", size)
+    device = xs.device if isinstance(xs, torch.Tensor) else None
+    vx = torch.as_tensor(xs, dtype=torch.float64, device=device).reshape(-1)
+    vy = torch.as_tensor(ys, dtype=torch.float64, device=device).reshape(-1)
+    if vx.shape != vy.shape or vx.numel() < 3:
+        raise ValueError(f"xs, ys: expected two vertex lists of one length >= 3, got {vx.numel()} and {vy.numel()}")
+    if not bool(torch.isfinite(vx).all() and torch.isfinite(vy).all()):
+        raise ValueError("xs, ys: expected finite vertex coordinates, got NaN or inf")
+    mask = torch.zeros(height, width, dtype=torch.bool, device=vx.device)
+    row0, row1 = max(0, int(vy.min().ceil())), min(height - 1, int(vy.max().floor()))
+    col0, col1 = max(0, int(vx.min().ceil())), min(width - 1, int(vx.max().floor()))
+    if row0 > row1 or col0 > col1:
+        return mask
+    y, x = torch.meshgrid(
+        torch.arange(row0, row1 + 1, dtype=torch.float64, device=vx.device),
+        torch.arange(col0, col1 + 1, dtype=torch.float64, device=vx.device),
+        indexing="ij",
+    )
+    inside = torch.zeros_like(x, dtype=torch.bool)
+    on_edge = torch.zeros_like(inside)
+    for i in range(vx.numel()):  # edge (j -> i), j the previous vertex (the last one closes the ring)
+        xi, yi, xj, yj = vx[i], vy[i], vx[i - 1], vy[i - 1]
+        if yi != yj:  # a horizontal edge is never crossed
+            straddles = (yi <= y) != (yj <= y)
+            inside ^= straddles & (x < (xj - xi) * (y - yi) / (yj - yi) + xi)
+        # Exact in float64 for the pixel grid; catches the centres that lie on an edge.
+        collinear = (xj - xi) * (y - yi) == (yj - yi) * (x - xi)
+        within = (x >= torch.minimum(xi, xj)) & (x <= torch.maximum(xi, xj))
+        within &= (y >= torch.minimum(yi, yj)) & (y <= torch.maximum(yi, yj))
+        on_edge |= collinear & within
+    mask[row0 : row1 + 1, col0 : col1 + 1] = inside | on_edge
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
+# Random transformations and synthetic training pairs (docs/design.md §6)
 
 
 def _uniform(shape, generator, device) -> torch.Tensor:

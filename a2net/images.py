@@ -12,7 +12,8 @@ DEMO_PAIR = ("motorcycle_left", "motorcycle_right")
 
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:
-    """An ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` array (uint8 or float in [0, 1]) -> ``(3, H, W)`` float32 in [0, 1]."""
+    """An ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` array (uint8 or float in [0, 1]) -> ``(3, H, W)``
+    float32 in [0, 1]."""
     a = np.asarray(array)
     if a.ndim == 2:
         a = np.stack([a] * 3, axis=-1)

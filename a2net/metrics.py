@@ -1,6 +1,6 @@
-"""Evaluation metrics of semantic alignment (SPEC §5): keypoint PCK (PF-WILLOW, PF-PASCAL), dense
-flow PCK (TSS), and the mask metrics of Caltech-101 (label transfer accuracy, IoU, localisation
-error).
+"""Evaluation metrics of semantic alignment (docs/design.md §8): keypoint PCK (PF-WILLOW, PF-PASCAL),
+dense flow PCK (TSS), the mask metrics of Caltech-101 (label transfer accuracy, IoU, localisation
+error), and the PCK of held-out synthetic pairs (:func:`synthetic_pck`).
 
 Conventions:
 
@@ -13,7 +13,7 @@ Conventions:
   of every ``theta`` (target -> source, :mod:`a2net.geometry`) and of the Middlebury ``.flo``
   convention with "image 1" = target and "image 2" = source: TSS's ``flowK.flo`` lives on
   ``imageK`` and points into the other image, so it is the ground truth of the pair whose target is
-  ``imageK`` (see :class:`a2net.datasets.TSSDataset`).
+  ``imageK`` (see :class:`a2net.benchmarks.TSSDataset`).
 * Masks are ``(B, H, W)``: bool, or numbers with foreground ``> 0.5`` (a bilinearly warped mask).
 * Per-pair results are ``(B,)`` tensors; a pair with nothing to measure (no valid keypoint, no
   foreground pixel) gets ``NaN``, so that ``torch.nanmean`` over a dataset skips it and it is
@@ -27,7 +27,15 @@ from collections.abc import Sequence
 import torch
 
 from a2net._validation import as_size, check_choice, check_dim, check_same, check_tensor
-from a2net.geometry import compose_points, normalized_to_pixels, pixels_to_normalized, valid_keypoints
+from a2net.geometry import (
+    _axis,
+    _flatten_theta,
+    compose_points,
+    normalized_to_pixels,
+    pixels_to_normalized,
+    transform_points,
+    valid_keypoints,
+)
 
 __all__ = [
     "REFERENCE_KINDS",
@@ -37,8 +45,8 @@ __all__ = [
     "localization_error",
     "mask_iou",
     "pck",
-    "polygon_to_mask",
     "reference_length",
+    "synthetic_pck",
     "theta_to_flow",
 ]
 
@@ -109,7 +117,7 @@ def pck(predicted: torch.Tensor, target: torch.Tensor, reference_length, alpha: 
     prediction is wrong.
 
     In the A2Net protocol the target image's keypoints are mapped through ``theta`` into the source
-    image, so ``predicted`` is those mapped points and ``target`` the source keypoints (SPEC §5).
+    image, so ``predicted`` is those mapped points and ``target`` the source keypoints (docs/design.md §8).
 
     Args:
         predicted: ``(B, 2, N)`` predicted positions, in pixels.
@@ -117,7 +125,7 @@ def pck(predicted: torch.Tensor, target: torch.Tensor, reference_length, alpha: 
             and device as ``predicted``.
         reference_length: ``L`` of each pair, a ``(B,)`` tensor or one number for all
             (see :func:`reference_length`).
-        alpha: the tolerance as a fraction of ``L`` (default 0.1; SPEC also reports 0.05, 0.15).
+        alpha: the tolerance as a fraction of ``L`` (default 0.1; the paper also reports 0.05, 0.15).
     Returns:
         ``(B,)`` fraction of correct valid keypoints, in ``predicted``'s dtype; ``NaN`` for a pair
         with no valid keypoint.
@@ -266,7 +274,7 @@ def flow_pck(flow_pred: torch.Tensor, flow_gt: torch.Tensor, mask=None, alpha: f
         alpha: tolerance as a fraction of ``L`` (default 0.05, TSS's).
         reference_length: ``L`` per pair (a ``(B,)`` tensor or one number); default
             ``max(H, W)`` of the flow grid. The TSS kit uses the longest side of the image the
-            flow points into (the source), which :class:`a2net.datasets.TSSDataset` items give
+            flow points into (the source), which :class:`a2net.benchmarks.TSSDataset` items give
             as ``reference_length``.
     Returns:
         ``(B,)`` fraction of correct evaluated pixels, in ``flow_pred``'s dtype; ``NaN`` for a
@@ -406,58 +414,48 @@ def localization_error(flow: torch.Tensor, source_mask, target_mask) -> torch.Te
     return torch.where(has_s & has_t, mean, torch.full_like(mean, float("nan")))
 
 
-def polygon_to_mask(xs, ys, size) -> torch.Tensor:
-    """Rasterise a polygon: the pixels whose centre lies inside it or on its boundary.
+# --------------------------------------------------------------------------------------------
+# Held-out synthetic pairs
 
-    Vertex coordinates are taken as pixel positions on the 0-based grid (pixel ``(row, col)`` has
-    centre ``(x, y) = (col, row)``), as ``skimage.draw.polygon(ys, xs, size)`` takes them and as
-    the reference Caltech-101 evaluation feeds the annotation polygons to it; for polygons with
-    non-integer vertices (the Caltech annotations) the two agree pixel for pixel. Inside is the
-    even-odd rule (PNPOLY's crossing test), vectorised over the pixels of the polygon's bounding box.
+
+def synthetic_pck(theta_pred: torch.Tensor, theta_true: torch.Tensor, image_size, alpha: float = 0.1,
+                  grid_size: int = 20) -> torch.Tensor:
+    """PCK of predicted thetas on synthetic pairs, per pair.
+
+    A ``grid_size`` x ``grid_size`` grid of target points on ``[-1, 1]^2`` is mapped to the source
+    by ``theta_pred`` and by ``theta_true`` (float64); both are converted to pixels of the
+    ``(H, W)`` pair images and a point is correct when they are within ``alpha * max(H, W)``
+    pixels (the PCK of :func:`pck`, without its padding rule: every point counts).
 
     Args:
-        xs: ``(V,)`` x (column) coordinates of the vertices, V >= 3 (sequence, array or tensor).
-        ys: ``(V,)`` y (row) coordinates.
-        size: ``(H, W)`` of the mask (an int for a square).
+        theta_pred: ``(B, 6)`` or ``(B, 18)`` predictions (identity thetas give the baseline), or a
+            chain of them applied in :func:`a2net.compose_points` order
+            (``[theta_tps, theta_affine]`` for affine+TPS); any kind, whatever the truth's.
+        theta_true: the ground truth ``(B, 6)`` or ``(B, 18)``.
+        image_size: ``(H, W)`` of the pair images, or an int.
+        alpha: tolerance as a fraction of ``max(H, W)``.
+        grid_size: points per side.
     Returns:
-        ``(H, W)`` bool mask (on the CPU, or on ``xs``' device for a tensor).
-
-    Example:
-        >>> polygon_to_mask([0.5, 3.5, 3.5, 0.5], [0.5, 0.5, 2.5, 2.5], (4, 5)).int()
-        tensor([[0, 0, 0, 0, 0],
-                [0, 1, 1, 1, 0],
-                [0, 1, 1, 1, 0],
-                [0, 0, 0, 0, 0]], dtype=torch.int32)
+        ``(B,)`` float64 fraction of correct points; ``.mean()`` is the PCK of the set.
     """
-    height, width = as_size("size", size)
-    device = xs.device if isinstance(xs, torch.Tensor) else None
-    vx = torch.as_tensor(xs, dtype=torch.float64, device=device).reshape(-1)
-    vy = torch.as_tensor(ys, dtype=torch.float64, device=device).reshape(-1)
-    if vx.shape != vy.shape or vx.numel() < 3:
-        raise ValueError(f"xs, ys: expected two vertex lists of one length >= 3, got {vx.numel()} and {vy.numel()}")
-    if not bool(torch.isfinite(vx).all() and torch.isfinite(vy).all()):
-        raise ValueError("xs, ys: expected finite vertex coordinates, got NaN or inf")
-    mask = torch.zeros(height, width, dtype=torch.bool, device=vx.device)
-    row0, row1 = max(0, int(vy.min().ceil())), min(height - 1, int(vy.max().floor()))
-    col0, col1 = max(0, int(vx.min().ceil())), min(width - 1, int(vx.max().floor()))
-    if row0 > row1 or col0 > col1:
-        return mask
-    y, x = torch.meshgrid(
-        torch.arange(row0, row1 + 1, dtype=torch.float64, device=vx.device),
-        torch.arange(col0, col1 + 1, dtype=torch.float64, device=vx.device),
-        indexing="ij",
-    )
-    inside = torch.zeros_like(x, dtype=torch.bool)
-    on_edge = torch.zeros_like(inside)
-    for i in range(vx.numel()):  # edge (j -> i), j the previous vertex (the last one closes the ring)
-        xi, yi, xj, yj = vx[i], vy[i], vx[i - 1], vy[i - 1]
-        if yi != yj:  # a horizontal edge is never crossed
-            straddles = (yi <= y) != (yj <= y)
-            inside ^= straddles & (x < (xj - xi) * (y - yi) / (yj - yi) + xi)
-        # Exact in float64 for the pixel grid; catches the centres that lie on an edge.
-        collinear = (xj - xi) * (y - yi) == (yj - yi) * (x - xi)
-        within = (x >= torch.minimum(xi, xj)) & (x <= torch.maximum(xi, xj))
-        within &= (y >= torch.minimum(yi, yj)) & (y <= torch.maximum(yi, yj))
-        on_edge |= collinear & within
-    mask[row0 : row1 + 1, col0 : col1 + 1] = inside | on_edge
-    return mask
+    chain = list(theta_pred) if isinstance(theta_pred, (list, tuple)) else [theta_pred]
+    chain = [_flatten_theta(t, name="theta_pred")[1].detach().double().cpu() for t in chain]
+    _, true = _flatten_theta(theta_true, name="theta_true")
+    if any(t.shape[0] != true.shape[0] for t in chain):
+        raise ValueError(f"theta_true: expected batch size {chain[0].shape[0]} (that of theta_pred), "
+                         f"got {true.shape[0]}")
+    size = as_size("image_size", image_size)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise ValueError(f"alpha: expected a number > 0, got {alpha!r}")
+    if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 1:
+        raise ValueError(f"grid_size: expected an int >= 1, got {grid_size!r}")
+    true = true.detach().double().cpu()
+    axis = _axis(grid_size, "cpu", torch.float64)  # align_corners=True; one point sits at 0
+    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+    points = torch.stack((xs.flatten(), ys.flatten())).unsqueeze(0).expand(true.shape[0], -1, -1)
+    moved = normalized_to_pixels(compose_points(chain, points), size)
+    truth = normalized_to_pixels(transform_points(true, points), size)
+    # Not pck: a true point that leaves the image has negative pixels, which pck would take for
+    # padding; here every grid point counts.
+    distance = torch.linalg.vector_norm(moved - truth, dim=1)
+    return (distance <= alpha * max(size)).double().mean(1)

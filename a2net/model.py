@@ -1,4 +1,4 @@
-"""The A2Net model: image pair -> geometric transformation (SPEC §2, stage by stage).
+"""The A2Net model: image pair -> geometric transformation (docs/design.md §2, stage by stage).
 
 1. frozen backbone (VGG-16 to ``pool4`` or ResNet-101 to ``layer3``), shared by both images;
 2. feature L2 normalisation; 3. correlation + ReLU + match normalisation;
@@ -9,11 +9,16 @@
 
 Module names follow the authors' code (``FeatureExtraction.model``, ``FeatureRegression.preconv``,
 ``.conv``, ``.proj``, ``.att.att``, ``.linear``, ``.weight``) so their checkpoints map by name.
+
+The backbones a model can be built with by name are :data:`BACKBONES`; :func:`build_model`
+rebuilds a model from its ``config``, seeded, which is how :mod:`a2net.checkpoint` restores one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,17 +26,18 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from a2net import geometry
-from a2net._validation import as_size, check_choice, check_tensor
-from a2net import ops
-from a2net._validation import INPUT_PRECISIONS
+from a2net import geometry, ops
+from a2net._validation import INPUT_PRECISIONS, as_size, check_choice, check_tensor
 from a2net.layers import AttentionPool2d, FeatureCorrelation, OffsetAwareCorrelation, fit_offset_weight
 
 GEOMETRIC_MODELS = {"affine": 6, "tps": 18}
-BACKBONES = ("resnet101", "vgg16")
 OAC_LAYOUTS = ("geometric", "official")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------------------------
+# Backbones
 
 
 def _torchvision_backbone(name: str) -> tuple[nn.Module, object]:
@@ -44,6 +50,57 @@ def _truncate(name: str, full: nn.Module) -> nn.Sequential:
     if name == "resnet101":  # up to layer3 (1024 channels, stride 16)
         return nn.Sequential(full.conv1, full.bn1, full.relu, full.maxpool, full.layer1, full.layer2, full.layer3)
     return nn.Sequential(*list(full.features.children())[:24])  # up to pool4 (512 channels, stride 16)
+
+
+def resnet101_backbone() -> nn.Sequential:
+    """torchvision's ResNet-101 up to ``layer3``, randomly initialised (torchvision's initialisation).
+
+    Shape: ``(B, 3, H, W)`` -> ``(B, 1024, h, w)``, ``h`` = ``H`` halved four times rounding up
+    (15x15 at 240x240).
+    """
+    return _truncate("resnet101", _torchvision_backbone("resnet101")[0])
+
+
+def vgg16_backbone() -> nn.Sequential:
+    """torchvision's VGG-16 up to ``pool4``, randomly initialised (torchvision's initialisation).
+
+    Shape: ``(B, 3, H, W)`` -> ``(B, 512, H // 16, W // 16)``.
+    """
+    return _truncate("vgg16", _torchvision_backbone("vgg16")[0])
+
+
+def small_cnn(channels=(32, 64, 128, 256)) -> nn.Sequential:
+    """A small stride-16 CNN: four 3x3 convolutions with stride 2 (+ReLU), ``channels`` wide.
+
+    The demo's backbone (the paper's ResNet-101/VGG-16 need ImageNet weights, which cannot be
+    downloaded here; docs/design.md §2): 0.39 M parameters, 0.42 GFLOP per 240x240 image, 15x15
+    feature maps at 240x240. Kaiming-normal weights (fan-out, as torchvision's VGG), zero biases.
+
+    Shape: ``(B, 3, H, W)`` -> ``(B, channels[-1], ceil(H/16), ceil(W/16))``.
+    """
+    layers, previous = [], 3
+    for width in channels:
+        layers += [nn.Conv2d(previous, width, kernel_size=3, stride=2, padding=1), nn.ReLU(inplace=True)]
+        previous = width
+    model = nn.Sequential(*layers)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    return model
+
+
+#: The backbones A2Net builds by name: name -> constructor of the randomly initialised extractor
+#: (``(B, 3, H, W)`` images -> ``(B, C, h, w)`` features, stride 16). ``config["backbone"]`` holds
+#: the name, so :func:`build_model` rebuilds the model.
+BACKBONES: dict[str, Callable[[], nn.Module]] = {
+    "resnet101": resnet101_backbone,
+    "vgg16": vgg16_backbone,
+    "small_cnn": small_cnn,
+}
+#: The backbones of torchvision: the only ones with ImageNet weights (``backbone_weights``), and
+#: those of the authors' published checkpoints.
+TORCHVISION_BACKBONES = ("resnet101", "vgg16")
 
 
 def _load_state_dict_file(path: Path) -> dict:
@@ -61,11 +118,12 @@ class FeatureExtraction(nn.Module):
     """A frozen ImageNet backbone cut at stride 16.
 
     Args:
-        backbone: ``"resnet101"`` (to ``layer3``, 1024 channels), ``"vgg16"`` (to ``pool4``, 512
-            channels) or any ``nn.Module`` mapping ``(B, 3, H, W)`` images to ``(B, C, h, w)``.
-        weights: ``None`` (random init), ``"imagenet"`` (torchvision's weights; downloads when
-            online) or a path to a ``state_dict`` file of the full torchvision model or of the
-            truncated extractor.
+        backbone: a name of :data:`BACKBONES` (``"resnet101"`` to ``layer3``, 1024 channels;
+            ``"vgg16"`` to ``pool4``, 512 channels; ``"small_cnn"``) or any ``nn.Module`` mapping
+            ``(B, 3, H, W)`` images to ``(B, C, h, w)``.
+        weights: ``None`` (random init), or for the torchvision backbones ``"imagenet"``
+            (torchvision's weights; downloads when online) or a path to a ``state_dict`` file of the
+            full torchvision model or of the truncated extractor.
         freeze: no gradients for the backbone and BatchNorm kept in eval mode (the paper).
 
     Shape: ``(B, 3, H, W)`` -> ``(B, C, ceil-or-floor(H/16), ...)``.
@@ -81,12 +139,17 @@ class FeatureExtraction(nn.Module):
             self.name = "custom"
             self.model = backbone
         else:
-            check_choice("backbone", backbone, BACKBONES)
+            check_choice("backbone", backbone, tuple(BACKBONES))
             self.name = backbone
-            full, enum = _torchvision_backbone(backbone)
-            if weights is not None:
-                full = self._load(backbone, full, enum, weights)
-            self.model = _truncate(backbone, full)
+            if weights is None:
+                self.model = BACKBONES[backbone]()
+            elif backbone in TORCHVISION_BACKBONES:
+                full, enum = _torchvision_backbone(backbone)
+                self.model = _truncate(backbone, self._load(backbone, full, enum, weights))
+            else:
+                raise ValueError(f"backbone_weights: expected None for the backbone {backbone!r} (pretrained weights "
+                                 f"exist for {list(TORCHVISION_BACKBONES)} only; a trained one comes with its "
+                                 f"checkpoint), got {weights!r}")
         if freeze:
             for p in self.model.parameters():
                 p.requires_grad_(False)
@@ -201,7 +264,9 @@ class FeatureRegression(nn.Module):
             nn.BatchNorm2d(channels),
             nn.ReLU(inplace=True),
         )
-        self.proj = nn.Sequential(nn.Conv2d(channels, channels, kernel_size=1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        self.proj = nn.Sequential(
+            nn.Conv2d(channels, channels, kernel_size=1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
+        )
         if use_attention:
             self.att = Attention(channels, channels // 2)
             self.linear = nn.Linear(channels, output_dim)
@@ -228,7 +293,8 @@ class FeatureRegression(nn.Module):
             x = self.preconv[0](corr)
         return self.regress(x)
 
-    def forward_features(self, source: torch.Tensor, target: torch.Tensor, normalize_features: bool = True) -> torch.Tensor:
+    def forward_features(self, source: torch.Tensor, target: torch.Tensor,
+                         normalize_features: bool = True) -> torch.Tensor:
         """Fused path: feature maps ``(B, C, Hs, Ws)``, ``(B, C, Ht, Wt)`` -> theta.
 
         Runs :func:`a2net.ops.correlation_oac` (correlation, ReLU, match normalisation and OAC in
@@ -263,11 +329,14 @@ class A2Net(nn.Module):
     Args:
         geometric_model: ``"affine"`` (theta ``(B, 6)``) or ``"tps"`` (theta ``(B, 18)``);
             layouts in :mod:`a2net.geometry`.
-        backbone: ``"resnet101"``, ``"vgg16"`` or an ``nn.Module`` (images -> features).
-        backbone_weights: ``None``, ``"imagenet"`` or a path to a state_dict file.
+        backbone: a name of :data:`BACKBONES` (``"resnet101"``, ``"vgg16"``, ``"small_cnn"``) or an
+            ``nn.Module`` (images -> features; ``config["backbone"]`` is then ``"custom"``).
+        backbone_weights: ``None``, or for a torchvision backbone ``"imagenet"`` or a path to a
+            state_dict file.
         oac_layout: ``"geometric"`` (offsets ``(ys-yt, xs-xt)``, this library's definition) or
             ``"official"`` (the authors' code: the source map's spatial axes are swapped before the
-            correlation, which their published checkpoints need; square maps only).
+            correlation, which their published checkpoints need; square maps only; docs/design.md
+            §3.3). :func:`a2net.official.load_official_checkpoint` builds such a model from their files.
         image_size: ``(H, W)`` the OAC weight and the position code are sized for (240x240 in
             the paper: 15x15 maps, a 29x29 offset grid and a 9x9 position code). Other image sizes
             still work at run time (see :class:`FeatureRegression`).
@@ -346,17 +415,6 @@ class A2Net(nn.Module):
         }
         self.fused = fused and use_oac and normalize_matches
 
-    @classmethod
-    def from_official_checkpoint(cls, path, geometric_model=None, backbone=None, map_location="cpu") -> "A2Net":
-        """The authors' published ``*.pth.tar`` checkpoint as an A2Net with ``oac_layout="official"``.
-
-        See :func:`a2net.official.load_official_checkpoint` (safe loading, key mapping, inference
-        of the geometric model and the backbone from the weights).
-        """
-        from a2net import official  # a2net.official imports this module
-
-        return official.load_official_checkpoint(path, geometric_model, backbone, map_location)
-
     def _feature_size(self, image_size) -> tuple[int, int]:
         """Feature map size for an image size (arithmetic for the named backbones, a probe otherwise)."""
         h, w = image_size
@@ -422,7 +480,7 @@ def normalize_images(images: torch.Tensor, size=None) -> torch.Tensor:
 
 
 class TwoStageAligner(nn.Module):
-    """Affine then TPS ("affine+TPS", SPEC §2): the TPS model refines the affine alignment.
+    """Affine then TPS ("affine+TPS", docs/design.md §2): the TPS model refines the affine alignment.
 
     The affine model aligns the source; the source is warped by its theta; the TPS model then
     aligns the warped source with the target. A target point maps through the TPS theta into the
@@ -449,3 +507,46 @@ class TwoStageAligner(nn.Module):
     def transform_points(theta_affine: torch.Tensor, theta_tps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Target points ``(B, 2, N)`` in [-1, 1] -> source points, through TPS then affine."""
         return geometry.transform_points(theta_affine, geometry.transform_points(theta_tps, points))
+
+
+# --------------------------------------------------------------------------------------------
+# Building a model from its config
+
+
+def build_model(config: dict, backbone_seed: int | None = 0, backbone_weights=None) -> A2Net:
+    """Build an A2Net from a ``config`` dict (``A2Net(...).config``).
+
+    The whole model is initialised under a forked RNG seeded with ``backbone_seed`` (the global RNG
+    is left untouched), so the same seed gives the same weights, bit for bit, on one PyTorch
+    version; ``model.backbone_init`` records the seed and the SHA-256 of the backbone when it is
+    randomly initialised (``backbone_weights=None``) so that :func:`a2net.checkpoint.save_checkpoint`
+    can store the seed instead of the tensors.
+
+    Args:
+        config: A2Net keyword arguments; ``"backbone"`` is a key of :data:`BACKBONES` (``"custom"``
+            cannot be rebuilt).
+        backbone_seed: seed of the initialisation, or ``None`` to use the global RNG as it is.
+        backbone_weights: ``None`` (random), ``"imagenet"`` or a path (torchvision backbones only;
+            see :class:`A2Net`).
+    Returns:
+        the model (train mode, CPU).
+    """
+    config = dict(config)
+    check_choice("config['backbone']", config.get("backbone", "resnet101"), tuple(BACKBONES))
+    with torch.random.fork_rng(devices=[]):
+        if backbone_seed is not None:
+            torch.manual_seed(backbone_seed)
+        model = A2Net(**config, backbone_weights=backbone_weights)
+    if backbone_weights is None and backbone_seed is not None:
+        model.backbone_init = {"seed": int(backbone_seed), "sha256": backbone_sha256(model)}
+    return model
+
+
+def backbone_sha256(model: nn.Module) -> str:
+    """SHA-256 of the backbone's parameters and buffers (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.FeatureExtraction.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()

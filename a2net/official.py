@@ -10,8 +10,8 @@ The authors' code (a fork of CNNGeometric) saves ``{"state_dict", "args", "epoch
   ``preconv.0.weight`` ``(128, 841, 1, 1)``; its channel ``dy*(2w-1) + dx`` is offset ``(dy, dx)``,
   so it is this library's OAC weight ``(128, 29, 29)`` reshaped;
 * their correlation flattens the source map column-major, so their offsets are those of this
-  library's OAC on the source map with its axes swapped (SPEC §2): the model is built with
-  ``oac_layout="official"``;
+  library's OAC on the source map with its axes swapped (docs/design.md §3.3): the model is built
+  with ``oac_layout="official"``;
 * checkpoints of that PyTorch era have no BatchNorm ``num_batches_tracked`` buffers (they get
   the default, 0: unused in eval mode);
 * ``args`` is an ``argparse.Namespace`` and ``best_test_loss`` often a numpy scalar, which
@@ -25,14 +25,13 @@ Example::
     >>> theta = model(source_images, target_images)                          # doctest: +SKIP
     >>> convert_official("resnet_affine_oack027.pth.tar", "models/resnet_affine")  # doctest: +SKIP
 
-Command line: ``a2net convert-official SRC DST`` (:func:`add_arguments`, :func:`run`).
+Command line: ``a2net convert-official SRC DST`` (:mod:`a2net.cli`).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import pickle
 import re
@@ -44,19 +43,18 @@ import torch
 import torch.nn.functional as F
 
 from a2net._validation import check_choice
-from a2net.model import BACKBONES, GEOMETRIC_MODELS, A2Net
+from a2net.checkpoint import save_checkpoint
+from a2net.model import GEOMETRIC_MODELS, TORCHVISION_BACKBONES, A2Net
 
 __all__ = [
     "ALLOWED_GLOBALS",
     "authors_correlation",
     "authors_correlation_align",
     "authors_offset_aware_correlation",
-    "add_arguments",
     "convert_official",
     "load_official_checkpoint",
     "official_state_dict",
     "read_official_checkpoint",
-    "run",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -269,7 +267,7 @@ def _build(checkpoint: dict, geometric_model, backbone, map_location) -> A2Net:
     state = official_state_dict(checkpoint["state_dict"])
     inferred_model, inferred_backbone, channels, side = _infer(state)
     for name, given, inferred, choices in (("geometric_model", geometric_model, inferred_model, GEOMETRIC_MODELS),
-                                           ("backbone", backbone, inferred_backbone, BACKBONES)):
+                                           ("backbone", backbone, inferred_backbone, TORCHVISION_BACKBONES)):
         if given is not None:
             check_choice(name, given, tuple(choices))
             if given != inferred:
@@ -360,8 +358,6 @@ def convert_official(src, dst, geometric_model: str | None = None, backbone: str
     Returns:
         the checkpoint directory.
     """
-    from a2net.checkpoint import save_checkpoint
-
     src = Path(src)
     checkpoint = read_official_checkpoint(src)
     model = _build(checkpoint, geometric_model, backbone, "cpu")
@@ -375,31 +371,3 @@ def convert_official(src, dst, geometric_model: str | None = None, backbone: str
     }
     return save_checkpoint(dst, model, step=0, extra={"converted_from": record})
 
-
-# --------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the arguments of ``a2net convert-official SRC DST`` to ``parser`` (and return it)."""
-    parser.add_argument("src", help="the authors' checkpoint file (e.g. resnet_affine_oack027.pth.tar)")
-    parser.add_argument("dst", help="checkpoint directory to write (this library's format)")
-    parser.add_argument("--geometric-model", default=None, choices=tuple(GEOMETRIC_MODELS),
-                        help="check the checkpoint is this model (default: read from its weights)")
-    parser.add_argument("--backbone", default=None, choices=BACKBONES,
-                        help="check the checkpoint has this backbone (default: read from its weights)")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """``a2net convert-official``: convert, print what was written."""
-    from a2net.checkpoint import STATE_FILE
-
-    try:
-        out = convert_official(args.src, args.dst, geometric_model=args.geometric_model, backbone=args.backbone)
-    except (FileNotFoundError, ValueError, pickle.UnpicklingError) as err:
-        raise SystemExit(f"a2net convert-official: {err}") from None
-    config = json.loads((out / STATE_FILE).read_text())["config"]
-    print(f"converted {args.src} -> {out}: A2Net({config['geometric_model']!r}, backbone={config['backbone']!r}, "
-          f"oac_layout={config['oac_layout']!r}, image_size={tuple(config['image_size'])})")
-    return 0

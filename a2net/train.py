@@ -1,10 +1,10 @@
-"""Self-supervised training (SPEC §3-4): ``a2net train`` / ``python -m a2net train``.
+"""Self-supervised training (docs/design.md §6-7): ``a2net train`` / ``python -m a2net train``.
 
 Adam on the transformed grid loss between the predicted and the true theta of synthetic pairs
-(:mod:`a2net.data`); the backbone is frozen as in the paper (``--fine-tune-backbone`` trains it
+(:mod:`a2net.synthetic`); the backbone is frozen as in the paper (``--fine-tune-backbone`` trains it
 too). Presets (explicit options override them):
 
-* ``paper`` — SPEC §4: ResNet-101 with ImageNet weights (required: ``--backbone-weights imagenet``
+* ``paper`` — docs/design.md §7: ResNet-101 with ImageNet weights (required: ``--backbone-weights imagenet``
   downloads torchvision's, or pass a local state_dict), 240x240, batch 32, lr 2e-4 (the authors'
   script), 50 epochs of ``--data`` (PASCAL VOC 2011 images; required), images resized to 480x640.
 * ``demo`` — what trains on 2 CPU cores in at most 30 minutes and ships as the embedded model
@@ -18,19 +18,20 @@ Output directory::
                     optimizer.pt), replaced atomically every --checkpoint-every steps and at the end
 
 Steps count from 1. The data of step ``s`` is a function of ``(seed, s)`` only
-(:class:`a2net.data.StepBatchSampler`), so ``--resume`` continues from ``last/`` and, on CPU,
+(:class:`a2net.synthetic.StepBatchSampler`), so ``--resume`` continues from ``last/`` and, on CPU,
 reaches the same weights as an uninterrupted run, bit for bit. Launched by ``torchrun`` with
 several processes, training uses DistributedDataParallel, each rank taking its share of every
 step's global batch (``--batch-size`` is per process).
+
+The options of ``a2net train`` (:mod:`a2net.cli`) are the keys of :data:`DEFAULTS`;
+:func:`resolve_options` combines them with a preset and, when resuming, with the stored run.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -38,9 +39,11 @@ import torch
 
 from a2net import checkpoint as ckpt
 from a2net import geometry
-from a2net.data import DEFAULT_RESIZE, StepBatchSampler, SyntheticPairDataset, collate_pairs
+from a2net.fileio import atomic_write
+from a2net.model import build_model, normalize_images
+from a2net.synthetic import DEFAULT_RESIZE, StepBatchSampler, SyntheticPairDataset, collate_pairs
 
-__all__ = ["PRESETS", "add_arguments", "main", "run", "train"]
+__all__ = ["DEFAULTS", "LR_SCHEDULES", "PRESETS", "learning_rate", "resolve_options", "train"]
 
 #: Presets of ``--preset``; every key is an option of ``a2net train`` (dashes as underscores).
 PRESETS: dict[str, dict] = {
@@ -115,54 +118,18 @@ def learning_rate(options: dict, step: int, max_steps: int) -> float:
     return options["lr"]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of ``a2net train`` to ``parser``."""
-    p = parser
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="defaults of a recipe: 'demo' (2 CPU cores, <= 30 min) or 'paper' (SPEC §4)")
-    p.add_argument("--geometric-model", choices=["affine", "tps"], default=None)
-    p.add_argument("--backbone", choices=["resnet101", "vgg16", *sorted(ckpt.BACKBONES)], default=None)
-    p.add_argument("--backbone-weights", default=None,
-                   help="'imagenet' (torchvision's, downloaded), a state_dict path, or 'none' (random init)")
-    p.add_argument("--backbone-seed", type=int, default=None, help="seed of the model's initialisation (0)")
-    p.add_argument("--fine-tune-backbone", action=argparse.BooleanOptionalAction, default=None,
-                   help="train the backbone too (demo preset: on; the paper: off)")
-    p.add_argument("--no-oac", dest="use_oac", action="store_false", default=None,
-                   help="ablation: plain 1x1 conv over the correlation instead of the OAC")
-    p.add_argument("--no-attention", dest="use_attention", action="store_false", default=None,
-                   help="ablation: flatten + linear regressor instead of attention pooling")
-    p.add_argument("--image-size", type=int, default=None, help="square input size (pixels)")
-    p.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="images are resized to this before padding and cropping (480 640)")
-    p.add_argument("--batch-size", type=int, default=None, help="pairs per step (per process)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
-                   help="constant (the paper) or cosine decay to 0 at the last step")
-    p.add_argument("--max-steps", type=int, default=None, help="train until this step")
-    p.add_argument("--epochs", type=float, default=None,
-                   help="train for this many passes over the images (sets --max-steps)")
-    p.add_argument("--data", default=None,
-                   help="image folder (recursive jpg/png), or bundled:training (scikit-image photos)")
-    p.add_argument("--thetas", default=None, help="CSV of image name + 6/18 theta numbers (the authors' files)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crop + flip of each image (demo preset: on)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the data stream (0)")
-    p.add_argument("--output-dir", default=None, help="where metrics.jsonl and last/ go (runs/a2net)")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="save last/ every N steps")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
-    return parser
-
-
-def _resolve(args: argparse.Namespace, stored: dict | None) -> dict:
+def resolve_options(args, stored: dict | None) -> dict:
     """The run's options: explicit > preset > defaults; when resuming (``stored`` = the
     checkpoint's state), the options that define the run come from the checkpoint, and so do the
-    length and the checkpoint interval unless given again."""
+    length and the checkpoint interval unless given again.
+
+    Args:
+        args: the parsed options of ``a2net train`` (an ``argparse.Namespace``; ``None`` means not
+            given).
+        stored: the ``state.json`` of the run being resumed, or ``None``.
+    Returns:
+        the options, a dict with the keys of :data:`DEFAULTS` plus ``"preset"``.
+    """
     explicit = {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
     if str(explicit.get("backbone_weights", "")).lower() == "none":
         explicit["backbone_weights"] = None
@@ -223,7 +190,7 @@ def _rewind_metrics(path: Path, step: int) -> None:
             continue
         if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
             kept.append(line)
-    ckpt.atomic_write(path, "".join(f"{line}\n" for line in kept))
+    atomic_write(path, "".join(f"{line}\n" for line in kept))
 
 
 def train(options: dict, output_dir, resume: bool = False, device=None, amp: bool = False, compile: bool = False,
@@ -244,8 +211,6 @@ def train(options: dict, output_dir, resume: bool = False, device=None, amp: boo
         ``{"step", "loss", "seconds", "output_dir"}`` of the run.
     """
     from tqdm import tqdm
-
-    from a2net.model import normalize_images
 
     output_dir = Path(output_dir)
     stored = None
@@ -283,8 +248,7 @@ def train(options: dict, output_dir, resume: bool = False, device=None, amp: boo
         "use_oac": options["use_oac"],
         "use_attention": options["use_attention"],
     }
-    model = ckpt.build_model(config, backbone_seed=options["backbone_seed"],
-                             backbone_weights=options["backbone_weights"])
+    model = build_model(config, backbone_seed=options["backbone_seed"], backbone_weights=options["backbone_weights"])
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=options["lr"])
@@ -370,28 +334,3 @@ def train(options: dict, output_dir, resume: bool = False, device=None, amp: boo
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return {"step": step, "loss": loss_value, "seconds": seconds, "output_dir": str(output_dir)}
-
-
-def run(args: argparse.Namespace) -> int:
-    """``a2net train`` with parsed arguments (see :func:`add_arguments`)."""
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    stored = None
-    output_dir = Path(args.output_dir or DEFAULTS["output_dir"])
-    if args.resume:
-        state_dir = ckpt.resolve_checkpoint(output_dir / "last")
-        stored = json.loads((state_dir / ckpt.STATE_FILE).read_text())
-    options = _resolve(args, stored)
-    train(options, output_dir, resume=args.resume, device=args.device, amp=args.amp, compile=args.compile,
-          num_workers=args.num_workers, progress=args.progress)
-    return 0
-
-
-def main(argv=None) -> int:
-    """Stand-alone entry point: ``python -m a2net.train ...``."""
-    parser = add_arguments(argparse.ArgumentParser(prog="a2net train", description=__doc__.splitlines()[0]))
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from a2net import TwoStageAligner, geometry
-from a2net import alignment as align_module
-from a2net.alignment import align, save_alignment_figure
-from tests.test_datasets import write_image
+from a2net import TwoStageAligner, cli, geometry
+from a2net.alignment import align, checkerboard, save_alignment_figure
+from a2net.inference import load_aligner
+from tests.test_benchmarks import write_image
 from tests.test_evaluate import IDENTITY, SIZE, save_tiny_checkpoint, shift, tiny, tps_shift
 
 THETA = [0.9, 0.1, 0.05, -0.08, 1.1, -0.1]
@@ -143,7 +143,7 @@ def test_figure_write_is_atomic(tmp_path, monkeypatch):
 
 def test_checkerboard():
     a, b = torch.zeros(1, 4, 6), torch.ones(1, 4, 6)
-    board = align_module.checkerboard(a, b, tiles=2)
+    board = checkerboard(a, b, tiles=2)
     assert board[0].tolist() == [[0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0]]
 
 
@@ -153,7 +153,7 @@ def test_checkerboard():
 
 def parse(argv):
     parser = argparse.ArgumentParser()
-    align_module.add_arguments(parser)
+    cli._add_align_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -168,7 +168,7 @@ def test_align_command(tmp_path, capsys, monkeypatch):
     args = parse([str(tmp_path / "s.png"), str(tmp_path / "t.png"), "--checkpoint", str(affine), "--out", str(out),
                   "--target-points", "3,4;20,30", "--source-points", "5,6;30,20", "--warped-out",
                   str(tmp_path / "warped.png"), "--device", "cpu"])
-    assert align_module.run(args) == 0
+    assert cli._run_align(args) == 0
     printed = capsys.readouterr().out
     assert "theta affine (6): [" in printed and "keypoint transfer error: mean" in printed and f"wrote {out}" in printed
     with Image.open(out) as image:
@@ -183,11 +183,11 @@ def test_align_command(tmp_path, capsys, monkeypatch):
     assert torch.equal(by_path.warped, expected.warped)
     args = parse([str(tmp_path / "s.png"), str(tmp_path / "t.png"), "--affine-checkpoint", str(affine),
                   "--tps-checkpoint", str(tps), "--out", str(tmp_path / "two.png"), "--geometric-model", "affine+tps"])
-    assert align_module.run(args) == 0
+    assert cli._run_align(args) == 0
     printed = capsys.readouterr().out
     assert "theta affine (6)" in printed and "theta tps (18)" in printed
     with pytest.raises(ValueError, match="geometric_model: expected 'tps', the checkpoint\\(s\\) give 'affine'"):
-        align_module.run(parse(["s", "t", "--checkpoint", str(affine), "--out", "x.png", "--geometric-model", "tps"]))
+        cli._run_align(parse(["s", "t", "--checkpoint", str(affine), "--out", "x.png", "--geometric-model", "tps"]))
     # the embedded default, here a checkpoint put in its place; and its absence
     monkeypatch.setattr(checkpoint, "DEFAULT_CHECKPOINT", affine / "model.safetensors")
     default = align(tmp_path / "s.png", tmp_path / "t.png", device="cpu")
@@ -201,4 +201,4 @@ def test_bad_command_arguments(tmp_path):
     with pytest.raises(SystemExit):
         parse(["s", "t", "--out", "f.png", "--target-points", "1,2;3"])
     with pytest.raises(ValueError, match="affine_checkpoint, tps_checkpoint: expected both"):
-        align_module.load_aligner(affine_checkpoint=tmp_path)
+        load_aligner(affine_checkpoint=tmp_path)

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from a2net import checkpoint as ckpt
+from a2net.model import BACKBONES, backbone_sha256, build_model, small_cnn
 
 SMALL = {"geometric_model": "affine", "backbone": "small_cnn", "image_size": [112, 112]}
 
 
 def _trained(config=SMALL, seed=0):
-    model = ckpt.build_model(config, backbone_seed=seed)
+    model = build_model(config, backbone_seed=seed)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(1))
     for _ in range(2):  # moves the head, the BN statistics and the optimizer state
@@ -35,16 +36,16 @@ def test_build_model_is_seeded_and_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    a = ckpt.build_model(SMALL, backbone_seed=5)
+    a = build_model(SMALL, backbone_seed=5)
     after = torch.rand(1)
     assert torch.equal(before, after)
-    b = ckpt.build_model(SMALL, backbone_seed=5)
+    b = build_model(SMALL, backbone_seed=5)
     _assert_same_weights(a, b)
-    c = ckpt.build_model(SMALL, backbone_seed=6)
-    assert ckpt.backbone_sha256(a) == a.backbone_init["sha256"] != ckpt.backbone_sha256(c)
+    c = build_model(SMALL, backbone_seed=6)
+    assert backbone_sha256(a) == a.backbone_init["sha256"] != backbone_sha256(c)
     assert a.config["backbone"] == "small_cnn"
     with pytest.raises(ValueError, match="backbone"):
-        ckpt.build_model(dict(SMALL, backbone="alexnet"))
+        build_model(dict(SMALL, backbone="alexnet"))
 
 
 def test_round_trip_model_and_optimizer(tmp_path):
@@ -63,7 +64,7 @@ def test_round_trip_model_and_optimizer(tmp_path):
         assert torch.equal(model(x, x), loaded(x, x))
     # also through the model file, and into a given model + optimizer
     _assert_same_weights(model, ckpt.load_model(path / "model.safetensors"))
-    fresh = ckpt.build_model(SMALL, backbone_seed=9)
+    fresh = build_model(SMALL, backbone_seed=9)
     fresh_opt = torch.optim.Adam([p for p in fresh.parameters() if p.requires_grad], lr=1e-2)
     state = ckpt.load_checkpoint(path, model=fresh, optimizer=fresh_opt)
     assert state["step"] == 7 and state["model"] is fresh
@@ -78,14 +79,14 @@ def test_seeded_backbone_is_not_stored_and_is_checked(tmp_path, monkeypatch):
     model, _ = _trained()
     path = ckpt.save_checkpoint(tmp_path / "ck", model, store_backbone=False)
     state = json.loads((path / "state.json").read_text())
-    assert state["backbone"] == {"stored": False, "seed": 0, "sha256": ckpt.backbone_sha256(model)}
+    assert state["backbone"] == {"stored": False, "seed": 0, "sha256": backbone_sha256(model)}
     from safetensors import safe_open
 
     with safe_open(str(path / "model.safetensors"), framework="pt") as f:
         assert not any(k.startswith("FeatureExtraction.") for k in f.keys())
     _assert_same_weights(model, ckpt.load_model(path))
     # a PyTorch whose initialisation draws other numbers: refused with an explanation
-    original = ckpt.small_cnn
+    original = small_cnn
 
     def other_init():
         net = original()
@@ -93,14 +94,14 @@ def test_seeded_backbone_is_not_stored_and_is_checked(tmp_path, monkeypatch):
             net[0].weight.mul_(1.0001)
         return net
 
-    monkeypatch.setitem(ckpt.BACKBONES, "small_cnn", other_init)
+    monkeypatch.setitem(BACKBONES, "small_cnn", other_init)
     with pytest.raises(RuntimeError, match="initialises the backbone differently"):
         ckpt.load_model(path)
 
 
 def test_large_random_backbone_is_stored_by_seed(tmp_path):
     config = {"geometric_model": "tps", "backbone": "vgg16", "image_size": [112, 112]}
-    model = ckpt.build_model(config, backbone_seed=3)
+    model = build_model(config, backbone_seed=3)
     path = ckpt.save_checkpoint(tmp_path / "vgg", model)
     assert (path / "model.safetensors").stat().st_size < 4 * 2**20  # the head only (VGG-16 alone: 29 MB)
     _assert_same_weights(model, ckpt.load_model(path))
@@ -119,7 +120,7 @@ def test_a_crash_at_any_point_of_the_swap_leaves_a_loadable_checkpoint(tmp_path,
     for crash_at in range(2):  # before the first rename, between the two renames
         calls = []
 
-        def failing_replace(src, dst):
+        def failing_replace(src, dst, calls=calls, crash_at=crash_at):
             calls.append(dst)
             if len(calls) > crash_at:
                 raise KeyboardInterrupt("killed")
@@ -150,11 +151,11 @@ def test_clear_errors(tmp_path):
     assert not (tmp_path / "x").exists()
     from a2net import A2Net
 
-    custom = A2Net("affine", backbone=ckpt.small_cnn(), image_size=112)
+    custom = A2Net("affine", backbone=small_cnn(), image_size=112)
     with pytest.raises(ValueError, match="custom"):
         ckpt.save_checkpoint(tmp_path / "x", custom)
     path = ckpt.save_checkpoint(tmp_path / "y", model)
-    other = ckpt.build_model(dict(SMALL, geometric_model="tps"))
+    other = build_model(dict(SMALL, geometric_model="tps"))
     with pytest.raises(ValueError, match="config"):
         ckpt.load_checkpoint(path, model=other)
     with pytest.raises(FileNotFoundError, match="optimizer"):

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from a2net import A2Net, TwoStageAligner, datasets, evaluate, geometry, metrics
-from tests.test_datasets import join, make_tss, write_csv, write_image
+from a2net import A2Net, TwoStageAligner, benchmarks, cli, evaluate, fileio, geometry, metrics
+from tests.test_benchmarks import join, make_tss, write_csv, write_image
 
 SIZE = (112, 112)  # the smallest input of the tiny backbone (7x7 features)
 
@@ -99,7 +99,7 @@ def make_pascal_pairs(root):
 
 def test_pf_willow_identity_transfers_keypoints_exactly(tmp_path):
     make_willow_pairs(tmp_path)
-    result = evaluate.evaluate_keypoints(tiny(theta=IDENTITY), datasets.PFWillowDataset(tmp_path), progress=False)
+    result = evaluate.evaluate_keypoints(tiny(theta=IDENTITY), benchmarks.PFWillowDataset(tmp_path), progress=False)
     assert result["mode"] == "affine" and result["pairs"] == 2 and result["scored"] == 2
     assert result["metrics"] == {"PCK@0.05": 1.0, "PCK@0.1": 1.0, "PCK@0.15": 1.0}
     assert result["reference_kind"] == "keypoints" and result["reference_kinds"] == {"keypoints": 2}
@@ -113,14 +113,14 @@ def test_pf_willow_shift_fails_on_small_boxes(tmp_path):
     """tx = 0.5 moves every transfer by 0.5 * (W_s - 1) / 2 px: 4 px in pair 0's 17 px wide source
     (L = 16: 4 > 0.15 * 16) and 2.25 px in pair 1's 10 px wide image (L = 10: 2.25 > 1.5)."""
     make_willow_pairs(tmp_path)
-    result = evaluate.evaluate_keypoints(tiny(theta=shift(0.5)), datasets.PFWillowDataset(tmp_path), progress=False,
+    result = evaluate.evaluate_keypoints(tiny(theta=shift(0.5)), benchmarks.PFWillowDataset(tmp_path), progress=False,
                                          batch_size=1)
     assert result["metrics"] == {"PCK@0.05": 0.0, "PCK@0.1": 0.0, "PCK@0.15": 0.0}
 
 
 def test_pf_pascal_shift_gives_the_hand_computed_pck(tmp_path):
     make_pascal_pairs(tmp_path)
-    dataset = datasets.PFPascalDataset(tmp_path)  # by bbox
+    dataset = benchmarks.PFPascalDataset(tmp_path)  # by bbox
     result = evaluate.evaluate_keypoints(tiny(theta=shift(0.125)), dataset, progress=False)
     cat, bird = result["per_pair"]
     assert cat["keypoints"] == 4 and cat["reference_length"] == 30.0 and cat["reference_kind"] == "bbox"
@@ -133,7 +133,7 @@ def test_pf_pascal_shift_gives_the_hand_computed_pck(tmp_path):
     assert result["metrics"]["PCK@0.1"] == (0.5 + 0.0) / 2
     assert result["class_average"]["PCK@0.15"] == (0.75 + 1.0) / 2
     by_image = evaluate.evaluate_keypoints(tiny(theta=shift(0.125)),
-                                           datasets.PFPascalDataset(tmp_path, reference="image"), progress=False)
+                                           benchmarks.PFPascalDataset(tmp_path, reference="image"), progress=False)
     assert by_image["reference_kind"] == "image" and by_image["per_pair"][0]["reference_length"] == 33.0
 
 
@@ -142,7 +142,7 @@ def test_two_stage_composes_tps_then_affine(tmp_path):
     together the 2 px shift of the single-model test, so the same PCK."""
     make_pascal_pairs(tmp_path)
     aligner = TwoStageAligner(tiny("affine", shift(0.0625)), tiny("tps", tps_shift(0.0625)))
-    result = evaluate.evaluate_keypoints(aligner, datasets.PFPascalDataset(tmp_path), progress=False)
+    result = evaluate.evaluate_keypoints(aligner, benchmarks.PFPascalDataset(tmp_path), progress=False)
     assert result["mode"] == "affine+tps"
     cat = result["per_pair"][0]
     assert cat["PCK@0.05"] == pytest.approx(SHIFT_PCK["PCK@0.05"])
@@ -153,10 +153,10 @@ def test_tiny_network_end_to_end(tmp_path):
     """The real (random) tiny network, affine and affine+TPS, with batches of 2: finite PCKs in
     [0, 1] equal to a pair-by-pair computation."""
     make_pascal_pairs(tmp_path)
-    dataset = datasets.PFPascalDataset(tmp_path)
+    dataset = benchmarks.PFPascalDataset(tmp_path)
     model = tiny("affine").eval()
     result = evaluate.evaluate_keypoints(model, dataset, batch_size=2, progress=False)
-    item = datasets.collate([dataset[0]], size=SIZE)
+    item = benchmarks.collate([dataset[0]], size=SIZE)
     from a2net import normalize_images
 
     with torch.no_grad():
@@ -179,9 +179,9 @@ def test_tss_flow_pck(tmp_path):
     make_tss(tmp_path)
     folder = tmp_path / "FG3DCar" / "pair01"  # image1 6x8, image2 5x7; JODS pair: zero flows
     true = torch.tensor([theta], dtype=torch.float64)
-    datasets.write_flo(folder / "flow1.flo", metrics.theta_to_flow(true, (6, 8), source_size=(5, 7))[0])
-    datasets.write_flo(folder / "flow2.flo", metrics.theta_to_flow(true, (5, 7), source_size=(6, 8))[0])
-    dataset = datasets.TSSDataset(tmp_path)
+    benchmarks.write_flo(folder / "flow1.flo", metrics.theta_to_flow(true, (6, 8), source_size=(5, 7))[0])
+    benchmarks.write_flo(folder / "flow2.flo", metrics.theta_to_flow(true, (5, 7), source_size=(6, 8))[0])
+    dataset = benchmarks.TSSDataset(tmp_path)
     result = evaluate.evaluate_tss(tiny(theta=theta), dataset, progress=False)
     assert result["per_class"]["FG3DCar"]["metrics"] == {"PCK@0.05": 1.0}  # float32 theta, well within
     identity = evaluate.evaluate_tss(tiny(theta=IDENTITY), dataset, progress=False)
@@ -209,7 +209,7 @@ def make_caltech(root):
 
 def test_caltech_mask_metrics(tmp_path):
     make_caltech(tmp_path)
-    dataset = datasets.CaltechDataset(tmp_path)
+    dataset = benchmarks.CaltechDataset(tmp_path)
     same = evaluate.evaluate_caltech(tiny(theta=IDENTITY), dataset, progress=False)
     assert same["metrics"] == {"LT-ACC": 1.0, "IoU": 1.0, "LOC-ERR": 0.0}
     # tx = 0.25 on 17 px: the target samples the source 2 px to the right, so the warped mask is
@@ -249,9 +249,9 @@ def test_synthetic_true_theta_and_identity_baseline():
 
 def test_synthetic_heldout_pairs_of_the_bundled_photos():
     pytest.importorskip("skimage")
-    from a2net import data
+    from a2net import synthetic
 
-    pairs = data.heldout_synthetic_pairs("affine", n_pairs=3, image_size=SIZE)
+    pairs = synthetic.heldout_synthetic_pairs("affine", n_pairs=3, image_size=SIZE)
     oracle = tiny()
     truth = iter(pairs["theta"].split(2))
     oracle.forward = lambda source, target: next(truth).to(source.dtype)  # the true theta of each batch
@@ -259,15 +259,15 @@ def test_synthetic_heldout_pairs_of_the_bundled_photos():
     assert result["metrics"]["PCK@0.05"] == 1.0
     identity = evaluate.evaluate_synthetic(tiny(theta=IDENTITY), pairs, progress=False)
     assert identity["metrics"] == identity["baseline"]["identity"]
-    # the composed path (two stages) measures what data.synthetic_pck measures
+    # the composed path (two stages) measures what metrics.synthetic_pck measures
     two = evaluate.evaluate_synthetic(TwoStageAligner(tiny("affine", IDENTITY), tiny("tps", tps_shift(0.0))), pairs,
                                       progress=False)
     assert two["metrics"] == pytest.approx(identity["metrics"])
     assert identity["baseline"]["identity"]["PCK@0.1"] == pytest.approx(
-        data.synthetic_pck(geometry.identity_theta("affine", 3), pairs["theta"], SIZE).mean().item())
+        metrics.synthetic_pck(geometry.identity_theta("affine", 3), pairs["theta"], SIZE).mean().item())
     default = evaluate.evaluate_synthetic(tiny("tps"), n_pairs=2, progress=False)  # pairs drawn for the model
     assert default["pair_model"] == "tps" and default["pairs"] == 2
-    assert set(default["per_class"]) <= set(data.BUNDLED_HELDOUT)
+    assert set(default["per_class"]) <= set(synthetic.BUNDLED_HELDOUT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,21 +276,21 @@ def test_synthetic_heldout_pairs_of_the_bundled_photos():
 
 def parse(argv):
     parser = argparse.ArgumentParser()
-    evaluate.add_arguments(parser)
+    cli._add_eval_arguments(parser)
     return parser.parse_args(argv)
 
 
 @pytest.fixture
 def fixed_models(monkeypatch):
     """`a2net eval` with models loaded by path: affine shift 0.0625 and TPS shift 0.0625."""
-    import a2net.alignment
+    import a2net.inference
 
     def load_aligner(checkpoint=None, affine_checkpoint=None, tps_checkpoint=None, geometric_model=None, device=None):
         if affine_checkpoint is not None:
             return TwoStageAligner(tiny("affine", shift(0.0625)), tiny("tps", tps_shift(0.0625)))
         return tiny("affine", shift(0.125))
 
-    monkeypatch.setattr(a2net.alignment, "load_aligner", load_aligner)
+    monkeypatch.setattr(a2net.inference, "load_aligner", load_aligner)
 
 
 def test_eval_command_writes_the_report(tmp_path, capsys, fixed_models):
@@ -298,7 +298,7 @@ def test_eval_command_writes_the_report(tmp_path, capsys, fixed_models):
     out = tmp_path / "results" / "pascal.json"
     args = parse(["--benchmark", "pf-pascal", "--data", str(tmp_path), "--output", str(out), "--affine-checkpoint",
                   "a", "--tps-checkpoint", "t", "--no-progress", "--device", "cpu"])
-    assert evaluate.run(args) == 0
+    assert cli._run_eval(args) == 0
     report = json.loads(out.read_text())
     assert list(report["modes"]) == ["affine", "tps", "affine+tps"]
     assert report["benchmark"] == "pf-pascal" and report["split"] == "test"
@@ -332,11 +332,11 @@ def test_eval_json_is_written_atomically_with_null_for_nan(tmp_path, monkeypatch
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="disk gone"):
-        evaluate.run(args)
+        cli._run_eval(args)
     assert out.read_text() == "previous results\n"  # the old report survives a failed write
     monkeypatch.undo()
     report = {"modes": {"affine": {"metrics": {"PCK@0.1": float("nan")}}}}
-    evaluate.write_json(out, report)
+    fileio.write_json(out, report)
     assert json.loads(out.read_text()) == {"modes": {"affine": {"metrics": {"PCK@0.1": None}}}}
     assert "NaN" not in out.read_text()
 
@@ -346,7 +346,7 @@ def test_eval_command_synthetic(tmp_path, capsys, fixed_models):
     out = tmp_path / "synthetic.json"
     args = parse(["--benchmark", "synthetic", "--output", str(out), "--checkpoint", "m", "--pairs", "2",
                   "--no-progress"])
-    assert evaluate.run(args) == 0
+    assert cli._run_eval(args) == 0
     report = json.loads(out.read_text())
     assert report["pair_model"] == "affine" and report["reference_kind"] == "image"
     assert set(report["modes"]["affine"]["baseline"]["identity"]) == {"PCK@0.05", "PCK@0.1", "PCK@0.15"}
@@ -356,9 +356,9 @@ def test_eval_command_synthetic(tmp_path, capsys, fixed_models):
 def save_tiny_checkpoint(directory, kind):
     """A real checkpoint of a small network (the demo's small_cnn backbone) at 112x112."""
     from a2net import checkpoint
+    from a2net.model import build_model
 
-    model = checkpoint.build_model({"geometric_model": kind, "backbone": "small_cnn", "image_size": list(SIZE)},
-                                   backbone_seed=1)
+    model = build_model({"geometric_model": kind, "backbone": "small_cnn", "image_size": list(SIZE)}, backbone_seed=1)
     checkpoint.save_checkpoint(directory, model, step=3)
     return directory
 
@@ -370,17 +370,17 @@ def test_eval_command_with_real_checkpoints(tmp_path, monkeypatch):
 
     make_willow_pairs(tmp_path)
     affine, tps = save_tiny_checkpoint(tmp_path / "affine", "affine"), save_tiny_checkpoint(tmp_path / "tps", "tps")
-    dataset = datasets.PFWillowDataset(tmp_path)
+    dataset = benchmarks.PFWillowDataset(tmp_path)
     expected = evaluate.evaluate_keypoints(checkpoint.load_model(affine), dataset, progress=False)
     out = tmp_path / "one.json"
-    assert evaluate.run(parse(["--benchmark", "pf-willow", "--data", str(tmp_path), "--output", str(out),
+    assert cli._run_eval(parse(["--benchmark", "pf-willow", "--data", str(tmp_path), "--output", str(out),
                                "--checkpoint", str(affine), "--no-progress", "--device", "cpu"])) == 0
     report = json.loads(out.read_text())
     assert report["checkpoint"] == {"affine": {"path": str(affine.resolve()), "embedded": False, "step": 3}}
     assert report["modes"]["affine"]["metrics"] == expected["metrics"]
     assert report["modes"]["affine"]["per_pair"] == json.loads(json.dumps(expected["per_pair"]))
     out = tmp_path / "two.json"
-    assert evaluate.run(parse(["--benchmark", "pf-willow", "--data", str(tmp_path), "--output", str(out),
+    assert cli._run_eval(parse(["--benchmark", "pf-willow", "--data", str(tmp_path), "--output", str(out),
                                "--affine-checkpoint", str(affine / "model.safetensors"), "--tps-checkpoint", str(tps),
                                "--no-progress", "--batch-size", "1"])) == 0
     report = json.loads(out.read_text())
@@ -388,7 +388,7 @@ def test_eval_command_with_real_checkpoints(tmp_path, monkeypatch):
     assert report["modes"]["affine"]["metrics"] == expected["metrics"]
     monkeypatch.setattr(checkpoint, "DEFAULT_CHECKPOINT", affine / "model.safetensors")
     out = tmp_path / "default.json"
-    assert evaluate.run(parse(["--benchmark", "pf-willow", "--data", str(tmp_path), "--output", str(out),
+    assert cli._run_eval(parse(["--benchmark", "pf-willow", "--data", str(tmp_path), "--output", str(out),
                                "--no-progress"])) == 0
     report = json.loads(out.read_text())
     assert report["checkpoint"] == {"affine": {"path": str(affine / "model.safetensors"), "embedded": True, "step": 3}}
@@ -397,7 +397,7 @@ def test_eval_command_with_real_checkpoints(tmp_path, monkeypatch):
 
 def test_argument_errors(tmp_path):
     make_willow_pairs(tmp_path)
-    dataset = datasets.PFWillowDataset(tmp_path)
+    dataset = benchmarks.PFWillowDataset(tmp_path)
     with pytest.raises(ValueError, match=r"alphas: expected a non-empty sequence of numbers > 0"):
         evaluate.evaluate_keypoints(tiny(theta=IDENTITY), dataset, alphas=(0.1, -1))
     with pytest.raises(ValueError, match=r"batch_size: expected an int >= 1, got 0"):
@@ -405,4 +405,4 @@ def test_argument_errors(tmp_path):
     with pytest.raises(ValueError, match=r"model: expected an A2Net or a TwoStageAligner, got Linear"):
         evaluate.evaluate_keypoints(nn.Linear(2, 2), dataset)
     with pytest.raises(SystemExit, match="--data is required"):
-        evaluate.run(parse(["--benchmark", "tss", "--output", str(tmp_path / "x.json"), "--checkpoint", "m"]))
+        cli._run_eval(parse(["--benchmark", "tss", "--output", str(tmp_path / "x.json"), "--checkpoint", "m"]))

@@ -422,3 +422,36 @@ def test_bad_pixel_arguments():
         pixels_to_normalized(points, torch.full((3, 2), 5))
     with pytest.raises(ValueError, match=r"valid: expected a bool tensor of shape \(B, N\) = \(2, 3\)"):
         normalized_to_pixels(points, (5, 5), valid=torch.ones(2, 4, dtype=torch.bool))
+
+
+# --------------------------------------------------------------------------------------------
+# Polygons
+
+
+def test_polygon_to_mask_hand_cases():
+    square = geometry.polygon_to_mask([0.5, 3.5, 3.5, 0.5], [0.5, 0.5, 2.5, 2.5], (4, 5))
+    expected = torch.zeros(4, 5, dtype=torch.bool)
+    expected[1:3, 1:4] = True
+    assert torch.equal(square, expected)
+    # integer vertices: the boundary pixels are in (skimage.draw.polygon's convention)
+    rectangle = geometry.polygon_to_mask(torch.tensor([1.0, 3.0, 3.0, 1.0]), torch.tensor([0.0, 0.0, 2.0, 2.0]), (4, 5))
+    expected = torch.zeros(4, 5, dtype=torch.bool)
+    expected[0:3, 1:4] = True
+    assert torch.equal(rectangle, expected)
+    # a polygon outside the image gives an empty mask
+    assert not geometry.polygon_to_mask([10, 12, 11], [10, 10, 12], (4, 5)).any()
+    with pytest.raises(ValueError, match="length >= 3"):
+        geometry.polygon_to_mask([1, 2], [1, 2], (4, 5))
+
+
+def test_polygon_to_mask_matches_skimage():
+    draw = pytest.importorskip("skimage.draw")
+    rng = np.random.default_rng(0)
+    shapes = [(rng.uniform(-3, 25, n), rng.uniform(-3, 20, n)) for n in rng.integers(3, 12, 40)]
+    shapes.append((np.array([2.0, 14.0, 8.0]), np.array([1.0, 3.0, 12.0])))  # integer vertices, convex
+    shapes.append((np.array([0.0, 21.0, 21.0, 0.0]), np.array([0.0, 0.0, 16.0, 16.0])))
+    for xs, ys in shapes:
+        rr, cc = draw.polygon(ys, xs, (17, 22))
+        expected = np.zeros((17, 22), dtype=bool)
+        expected[rr, cc] = True
+        assert np.array_equal(geometry.polygon_to_mask(xs, ys, (17, 22)).numpy(), expected)

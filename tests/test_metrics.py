@@ -1,5 +1,5 @@
 """Evaluation metrics on hand-computed cases: keypoint PCK and reference lengths, dense flows,
-the Caltech-101 mask metrics and polygon rasterisation."""
+the Caltech-101 mask metrics and the PCK of synthetic pairs."""
 
 import math
 
@@ -267,33 +267,31 @@ def test_localization_error_empty_mask_is_nan():
 
 
 # --------------------------------------------------------------------------------------------
-# Polygons
+# Held-out synthetic pairs
 
 
-def test_polygon_to_mask_hand_cases():
-    square = metrics.polygon_to_mask([0.5, 3.5, 3.5, 0.5], [0.5, 0.5, 2.5, 2.5], (4, 5))
-    expected = torch.zeros(4, 5, dtype=torch.bool)
-    expected[1:3, 1:4] = True
-    assert torch.equal(square, expected)
-    # integer vertices: the boundary pixels are in (skimage.draw.polygon's convention)
-    rectangle = metrics.polygon_to_mask(torch.tensor([1.0, 3.0, 3.0, 1.0]), torch.tensor([0.0, 0.0, 2.0, 2.0]), (4, 5))
-    expected = torch.zeros(4, 5, dtype=torch.bool)
-    expected[0:3, 1:4] = True
-    assert torch.equal(rectangle, expected)
-    # a polygon outside the image gives an empty mask
-    assert not metrics.polygon_to_mask([10, 12, 11], [10, 10, 12], (4, 5)).any()
-    with pytest.raises(ValueError, match="length >= 3"):
-        metrics.polygon_to_mask([1, 2], [1, 2], (4, 5))
-
-
-def test_polygon_to_mask_matches_skimage():
-    draw = pytest.importorskip("skimage.draw")
-    rng = np.random.default_rng(0)
-    shapes = [(rng.uniform(-3, 25, n), rng.uniform(-3, 20, n)) for n in rng.integers(3, 12, 40)]
-    shapes.append((np.array([2.0, 14.0, 8.0]), np.array([1.0, 3.0, 12.0])))  # integer vertices, convex
-    shapes.append((np.array([0.0, 21.0, 21.0, 0.0]), np.array([0.0, 0.0, 16.0, 16.0])))
-    for xs, ys in shapes:
-        rr, cc = draw.polygon(ys, xs, (17, 22))
-        expected = np.zeros((17, 22), dtype=bool)
-        expected[rr, cc] = True
-        assert np.array_equal(metrics.polygon_to_mask(xs, ys, (17, 22)).numpy(), expected)
+def test_synthetic_pck_values():
+    theta = geometry.identity_theta("affine", 2)
+    shifted = theta.clone()
+    # a shift of 0.1 normalised units = 0.1 * (W - 1) / 2 = 4.95 px on a 100 px image
+    shifted[0, 2] = 0.1
+    shifted[1, 2] = 0.3  # 14.85 px
+    result = metrics.synthetic_pck(shifted, theta, 100, alpha=0.1)  # tolerance 10 px
+    assert result.tolist() == [1.0, 0.0]
+    assert metrics.synthetic_pck(shifted, theta, 100, alpha=0.15).tolist() == [1.0, 1.0]
+    # half of the grid points move by 20 px: a rotation-free x flip about the centre column
+    flip = torch.tensor([[-1.0, 0, 0, 0, 1, 0]], dtype=torch.float64)
+    value = metrics.synthetic_pck(flip, geometry.identity_theta("affine", 1, dtype=torch.float64), 101, grid_size=3)
+    assert value.item() == pytest.approx(3 / 9)  # only the centre column stays
+    # points mapped outside the image still count (no padding rule)
+    far = geometry.identity_theta("affine", 1)
+    far[0, 2] = 5.0
+    assert metrics.synthetic_pck(far, far, 50).item() == 1.0
+    with pytest.raises(ValueError, match="theta_true: expected batch size 2"):
+        metrics.synthetic_pck(theta, geometry.identity_theta("tps", 3), 10)
+    # Any kind of prediction, and chains (affine+TPS): the identity TPS after theta is theta.
+    identity_tps = geometry.identity_theta("tps", 2)
+    assert metrics.synthetic_pck([identity_tps, theta], theta, 10).tolist() == [1.0, 1.0]
+    torch.testing.assert_close(metrics.synthetic_pck(identity_tps, theta, 10), metrics.synthetic_pck(
+        geometry.identity_theta("affine", 2), theta, 10))
+    assert metrics.synthetic_pck(theta, theta, (20, 30), grid_size=1).tolist() == [1.0, 1.0]

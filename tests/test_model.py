@@ -1,4 +1,4 @@
-"""The A2Net model: every stage wired as in SPEC §2, both backbones, both geometric models."""
+"""The A2Net model: every stage wired as in docs/design.md §2, both backbones, both geometric models."""
 
 import urllib.error
 
@@ -17,7 +17,7 @@ def bn(x, m: nn.BatchNorm2d):
 
 
 def manual_theta(model: A2Net, src_img, tgt_img):
-    """SPEC §2 stage by stage with functional calls and the reference ops (eval mode)."""
+    """docs/design.md §2 stage by stage with functional calls and the reference ops (eval mode)."""
     fs = model.FeatureExtraction.model(src_img)
     ft = model.FeatureExtraction.model(tgt_img)
     if model.oac_layout == "official":

@@ -4,9 +4,10 @@ The checkpoints here are written in the authors' exact format from random weight
 state_dict names and shapes (the OAC as a ``(128, 841, 1, 1)`` convolution, the 5x9x9 position
 code), no BatchNorm ``num_batches_tracked``, an ``argparse.Namespace`` under ``args``, a numpy
 scalar ``best_test_loss``, storages tagged ``cuda:0`` (they trained on GPUs), PyTorch's legacy
-serialisation. The reference is a re-implementation of the authors' forward written from SPEC §2
-(their column-major source flattening, their scatter loop, a 1x1 convolution over the 841
-offsets), independent of the library's model.
+serialisation. The reference is a re-implementation of the authors' forward written from
+docs/design.md §2 and §3.3 (their column-major source flattening and their scatter loop, the
+construction written once in :mod:`a2net.official`, then a 1x1 convolution over the 841 offsets),
+independent of the library's model.
 """
 
 import argparse
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from a2net import normalize_images, official
+from a2net import cli, normalize_images, official
 from a2net.checkpoint import load_model
 from a2net.images import bundled_image
 
@@ -34,31 +35,11 @@ VGG16_POOL4 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M
 
 
 # --------------------------------------------------------------------------------------------
-# The authors' forward, from SPEC §2
+# The authors' forward, from docs/design.md §2 and §3.3
 
 
 def l2norm(x):
     return x / torch.sqrt((x * x).sum(1, keepdim=True) + 1e-6)
-
-
-def authors_correlation(feature_a, feature_b):
-    """``(B, Hs*Ws, Ht, Wt)``, the source flattened column-major: channel ``xs*H + ys``."""
-    b, c, h, w = feature_a.shape
-    source = feature_a.transpose(2, 3).reshape(b, c, h * w)
-    target = feature_b.reshape(b, c, h * w).transpose(1, 2)
-    return torch.bmm(target, source).view(b, h, w, h * w).permute(0, 3, 1, 2)
-
-
-def correlation_align(corr):
-    """Their CorrelationAlign: scatter every target's source block into a (2h-1)(2w-1) grid."""
-    b, _, h, w = corr.shape
-    eh, ew = 2 * h - 1, 2 * w - 1
-    blocks = corr.reshape(b, h, w, h, w)
-    aligned = corr.new_zeros(b, eh, ew, h, w)
-    for i in range(h):
-        for j in range(w):
-            aligned[:, eh - h - i : eh - i, ew - w - j : ew - j, i, j] = blocks[:, :, :, i, j]
-    return aligned.reshape(b, eh * ew, h, w)
 
 
 def authors_theta(state, feature_a, feature_b, calibrate=False):
@@ -81,8 +62,8 @@ def authors_theta(state, feature_a, feature_b, calibrate=False):
                          p(name + ".bias"), False, 0.0, 1e-5)
         return F.relu(x) if relu else x
 
-    corr = l2norm(F.relu(authors_correlation(l2norm(feature_a), l2norm(feature_b))))
-    x = bn_relu(conv(correlation_align(corr), "preconv.0"), "preconv.1")
+    corr = l2norm(F.relu(official.authors_correlation(l2norm(feature_a), l2norm(feature_b))))
+    x = bn_relu(conv(official.authors_correlation_align(corr), "preconv.0"), "preconv.1")
     encoded = bn_relu(conv(x, "preconv.3"), "preconv.4")
     b, _, h, w = encoded.shape
     x = torch.cat((p("weight").expand(b, 5, h, w), encoded), 1)  # the position code comes first
@@ -264,9 +245,10 @@ def test_official_checkpoint_reproduces_authors_theta(case, authors_files, image
 def test_conversion_round_trip(authors_files, images, tmp_path, capsys):
     case = ("resnet101", "tps", "model", True)
     path, expected = authors_files(case)
-    parser = official.add_arguments(argparse.ArgumentParser())
+    parser = argparse.ArgumentParser()
+    cli._add_convert_official_arguments(parser)
     args = parser.parse_args([str(path), str(tmp_path / "converted"), "--geometric-model", "tps"])
-    assert official.run(args) == 0
+    assert cli._run_convert_official(args) == 0
     assert "oac_layout='official'" in capsys.readouterr().out
     model = load_model(tmp_path / "converted")
     assert model.config["oac_layout"] == "official" and model.config["backbone"] == "resnet101"
@@ -319,8 +301,8 @@ def test_wrong_arguments_and_files(tmp_path):
     with pytest.raises(ValueError, match="no 'FeatureRegression.preconv.0.weight'"):
         official.load_official_checkpoint(tmp_path / "b.pth.tar")
     with pytest.raises(SystemExit, match="convert-official: .*geometric_model"):
-        official.run(argparse.Namespace(src=str(path), dst=str(tmp_path / "out"), geometric_model="tps",
-                                        backbone=None))
+        cli._run_convert_official(argparse.Namespace(src=str(path), dst=str(tmp_path / "out"),
+                                                     geometric_model="tps", backbone=None))
     assert not (tmp_path / "out").exists()
 
 
@@ -358,8 +340,8 @@ def test_disallowed_global_is_refused_and_never_runs(payload, refused, zip_forma
     with pytest.raises(pickle.UnpicklingError, match=f"refused to load .*{refused}.*allow-list"):
         official.load_official_checkpoint(path)
     with pytest.raises(SystemExit, match="refused"):
-        official.run(argparse.Namespace(src=str(path), dst=str(tmp_path / "out"), geometric_model=None,
-                                        backbone=None))
+        cli._run_convert_official(argparse.Namespace(src=str(path), dst=str(tmp_path / "out"),
+                                                     geometric_model=None, backbone=None))
     assert not marker.exists()
     assert not (tmp_path / "out").exists()
     # The payload is live: the unrestricted load that the loader never does creates the marker.

@@ -1,5 +1,6 @@
-"""Readers of the evaluation benchmarks (SPEC §5): PF-WILLOW, PF-PASCAL, TSS and Caltech-101, plus
-the Middlebury ``.flo`` format and a batching ``collate``.
+"""The evaluation benchmarks (docs/design.md §8): readers of PF-WILLOW, PF-PASCAL, TSS and
+Caltech-101 (real image pairs with annotations), plus the Middlebury ``.flo`` format and a batching
+``collate``. (The synthetic training pairs are :mod:`a2net.synthetic`.)
 
 Every dataset is a ``torch.utils.data.Dataset`` whose items are dicts. Common keys:
 
@@ -13,8 +14,8 @@ Keypoint datasets (:class:`PFWillowDataset`, :class:`PFPascalDataset`) add ``sou
 ``target_keypoints`` — ``(2, N)`` float64, **1-based pixels** of the file, row 0 x, row 1 y, ``-1``
 for padding — and ``reference_length`` (0-D float64, the PCK ``L`` of the pair, measured in the
 source image) with ``reference_kind`` (str: ``"bbox"``, ``"keypoints"`` or ``"image"``) saying
-which ``L`` it is. Following SPEC §5, the *target* keypoints are mapped through ``theta`` into the
-source image and compared with the *source* keypoints::
+which ``L`` it is. Following the protocol (docs/design.md §8), the *target* keypoints are mapped
+through ``theta`` into the source image and compared with the *source* keypoints::
 
     valid = geometry.valid_keypoints(batch["target_keypoints"])
     points = geometry.pixels_to_normalized(batch["target_keypoints"], batch["target_size"])
@@ -40,8 +41,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from a2net._validation import as_size, check_choice, check_dim, check_tensor
+from a2net.geometry import polygon_to_mask
 from a2net.images import load_image
-from a2net.metrics import polygon_to_mask
 
 __all__ = [
     "CaltechDataset",
@@ -217,7 +218,7 @@ def _longest_side(box: torch.Tensor) -> torch.Tensor:
 
 
 class PFWillowDataset(Dataset):
-    """PF-WILLOW (900 pairs, 10 classes x 90; SPEC §5).
+    """PF-WILLOW (900 pairs, 10 classes x 90; docs/design.md §8).
 
     The pair list ``test_pairs_pf.csv`` has columns image A, image B, then 10 x and 10 y values of
     A's keypoints and 10 x and 10 y of B's (1-based pixels); a header row is detected and
@@ -279,7 +280,7 @@ def _read_pascal_box(path: Path) -> torch.Tensor:
 
 
 class PFPascalDataset(Dataset):
-    """PF-PASCAL (1,351 pairs over 20 classes; test split 299 pairs; SPEC §5).
+    """PF-PASCAL (1,351 pairs over 20 classes; test split 299 pairs; docs/design.md §8).
 
     Pair lists have columns ``source_image, target_image, class, XA, YA, XB, YB``, each
     coordinate column a ``;``-separated list of 1-based pixels (``-1`` pads missing keypoints;
@@ -421,7 +422,7 @@ def _read_mask(path: Path) -> torch.Tensor:
 
 
 class TSSDataset(Dataset):
-    """TSS (Taniai et al., CVPR 2016): dense flow with foreground masks (SPEC §5).
+    """TSS (Taniai et al., CVPR 2016): dense flow with foreground masks (docs/design.md §8).
 
     Layout: ``root/<subset>/<pair>/`` with ``image1.png``, ``image2.png``, ``flow1.flo``,
     ``flow2.flo``, ``mask1.png``, ``mask2.png`` and an optional ``flip_gt.txt`` (``1`` when the
@@ -504,13 +505,13 @@ class TSSDataset(Dataset):
 
 
 class CaltechDataset(Dataset):
-    """Caltech-101 pairs with object masks (SPEC §5), CNNGeometric's evaluation format.
+    """Caltech-101 pairs with object masks (docs/design.md §8), CNNGeometric's evaluation format.
 
     The pair list ``test_pairs_caltech_with_category.csv`` has columns ``source_image,
     target_image, class, XA, YA, XB, YB`` where ``XA``/``YA`` (``XB``/``YB``) list the x and y of
     the source (target) object polygon's vertices (separated by ``;``, or by ``,`` inside a quoted
     cell as in the published file). A header row is detected. The masks are the polygons
-    rasterised by :func:`a2net.metrics.polygon_to_mask` (vertices as given, on the 0-based pixel
+    rasterised by :func:`a2net.geometry.polygon_to_mask` (vertices as given, on the 0-based pixel
     grid, as the reference evaluation rasterises them with ``skimage.draw.polygon``).
 
     Items add ``source_polygon``, ``target_polygon`` (``(2, V)`` float64) and ``source_mask``,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from a2net import datasets, geometry, metrics
+from a2net import benchmarks, geometry, metrics
 
 
 def write_image(path, height, width, seed=0, channels=3):
@@ -45,13 +45,13 @@ def test_flo_round_trip_and_layout(tmp_path):
     flow = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0))
     flow[0, 1, 2] = 1e10  # unknown flow survives as is
     path = tmp_path / "flow1.flo"
-    datasets.write_flo(path, flow)
+    benchmarks.write_flo(path, flow)
     raw = path.read_bytes()
     assert struct.unpack("<fii", raw[:12]) == (202021.25, 5, 3)  # magic, width, height
     assert len(raw) == 12 + 3 * 5 * 2 * 4
     # (u, v) interleaved, row by row: the second float pair is pixel (row 0, col 1)
     assert struct.unpack("<ff", raw[20:28]) == pytest.approx((flow[0, 0, 1].item(), flow[1, 0, 1].item()))
-    back = datasets.read_flo(path)
+    back = benchmarks.read_flo(path)
     assert back.dtype == torch.float32 and back.shape == (2, 3, 5)
     assert torch.equal(back, flow)
 
@@ -60,13 +60,13 @@ def test_flo_errors(tmp_path):
     bad = tmp_path / "bad.flo"
     bad.write_bytes(struct.pack("<fii", 1.0, 1, 1) + b"\0" * 8)
     with pytest.raises(ValueError, match="magic number"):
-        datasets.read_flo(bad)
+        benchmarks.read_flo(bad)
     short = tmp_path / "short.flo"
     short.write_bytes(struct.pack("<fii", 202021.25, 4, 4) + b"\0" * 8)
     with pytest.raises(ValueError, match="expected 140 bytes for a 4x4 flow"):
-        datasets.read_flo(short)
+        benchmarks.read_flo(short)
     with pytest.raises(FileNotFoundError, match="missing.flo"):
-        datasets.read_flo(tmp_path / "missing.flo")
+        benchmarks.read_flo(tmp_path / "missing.flo")
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,7 +94,7 @@ def make_willow(root, header=True):
 @pytest.mark.parametrize("header", [True, False], ids=["header", "no-header"])
 def test_pf_willow_items(tmp_path, header):
     images = make_willow(tmp_path, header)
-    dataset = datasets.PFWillowDataset(tmp_path)
+    dataset = benchmarks.PFWillowDataset(tmp_path)
     assert len(dataset) == 2
     item = dataset[0]
     assert torch.equal(item["source_image"], images["a"])
@@ -111,18 +111,18 @@ def test_pf_willow_items(tmp_path, header):
 def test_missing_files_name_the_file_and_the_dataset(tmp_path):
     expected = r"PF-WILLOW: pair list not found: .*test_pairs_pf\.csv.*Proposal Flow project page"
     with pytest.raises(FileNotFoundError, match=expected):
-        datasets.PFWillowDataset(tmp_path)
+        benchmarks.PFWillowDataset(tmp_path)
     make_willow(tmp_path)
     (tmp_path / "PF-dataset" / "car(G)" / "b.png").unlink()
-    dataset = datasets.PFWillowDataset(tmp_path)
+    dataset = benchmarks.PFWillowDataset(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"PF-WILLOW: image not found: .*b\.png.*Ham, Cho, Schmid and Ponce"):
         dataset[0]
     with pytest.raises(FileNotFoundError, match=r"val_pairs_pf_pascal\.csv.*PF-PASCAL"):
-        datasets.PFPascalDataset(tmp_path, split="val")
+        benchmarks.PFPascalDataset(tmp_path, split="val")
     with pytest.raises(FileNotFoundError, match=r"TSS: subset folder FG3DCar not found.*Taniai"):
-        datasets.TSSDataset(tmp_path)
+        benchmarks.TSSDataset(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"test_pairs_caltech_with_category\.csv.*Caltech-101 page"):
-        datasets.CaltechDataset(tmp_path)
+        benchmarks.CaltechDataset(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def make_pascal(root, split="test", flip=False):
 
 def test_pf_pascal_bbox_from_annotations_and_fallback(tmp_path):
     make_pascal(tmp_path)
-    dataset = datasets.PFPascalDataset(tmp_path)  # split "test", reference "bbox"
+    dataset = benchmarks.PFPascalDataset(tmp_path)  # split "test", reference "bbox"
     assert len(dataset) == 2
     cat = dataset[0]
     assert cat["category"] == "cat" and cat["class_index"].item() == 8
@@ -171,20 +171,20 @@ def test_pf_pascal_bbox_from_annotations_and_fallback(tmp_path):
 
 def test_pf_pascal_reference_kinds_and_split(tmp_path):
     make_pascal(tmp_path, split="val")
-    by_image = datasets.PFPascalDataset(tmp_path, split="val", reference="image")
+    by_image = benchmarks.PFPascalDataset(tmp_path, split="val", reference="image")
     assert by_image[0]["reference_length"].item() == 14.0 and by_image[0]["reference_kind"] == "image"
-    by_keypoints = datasets.PFPascalDataset(tmp_path, split="val", reference="keypoints")
+    by_keypoints = benchmarks.PFPascalDataset(tmp_path, split="val", reference="keypoints")
     assert by_keypoints[0]["reference_length"].item() == 2.5  # valid source keypoints: x 3..5.5, y 4..6
     assert by_keypoints[0]["reference_kind"] == "keypoints"
     with pytest.raises(ValueError, match="split: expected one of"):
-        datasets.PFPascalDataset(tmp_path, split="dev")
+        benchmarks.PFPascalDataset(tmp_path, split="dev")
     with pytest.raises(ValueError, match="reference: expected one of"):
-        datasets.PFPascalDataset(tmp_path, split="val", reference="object")
+        benchmarks.PFPascalDataset(tmp_path, split="val", reference="object")
 
 
 def test_pf_pascal_flip_column_mirrors_images_and_annotations(tmp_path):
     images = make_pascal(tmp_path, split="train", flip=True)
-    dataset = datasets.PFPascalDataset(tmp_path, split="train")
+    dataset = benchmarks.PFPascalDataset(tmp_path, split="train")
     cat = dataset[0]  # flip = 1; widths 14 and 9
     assert torch.equal(cat["source_image"], images["c1"].flip(-1))
     assert cat["source_keypoints"].tolist() == [[12.0, 9.5, -1.0], [4.0, 6.0, -1.0]]  # x -> 15 - x
@@ -209,8 +209,8 @@ def make_tss(root):
     write_mask(pair / "mask2.png", mask2)
     flow1 = torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(1))
     flow2 = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(2))
-    datasets.write_flo(pair / "flow1.flo", flow1)
-    datasets.write_flo(pair / "flow2.flo", flow2)
+    benchmarks.write_flo(pair / "flow1.flo", flow1)
+    benchmarks.write_flo(pair / "flow2.flo", flow2)
     (pair / "flip_gt.txt").write_text("0\n")
     other = root / "JODS" / "pair01"
     jods2 = write_image(other / "image2.png", 4, 5, seed=4)
@@ -219,8 +219,8 @@ def make_tss(root):
     half[:, :2] = True
     write_mask(other / "mask1.png", half)
     write_mask(other / "mask2.png", half)
-    datasets.write_flo(other / "flow1.flo", torch.zeros(2, 4, 5))
-    datasets.write_flo(other / "flow2.flo", torch.zeros(2, 4, 5))
+    benchmarks.write_flo(other / "flow1.flo", torch.zeros(2, 4, 5))
+    benchmarks.write_flo(other / "flow2.flo", torch.zeros(2, 4, 5))
     (other / "flip_gt.txt").write_text("1\n")
     (root / "PASCAL").mkdir()
     return dict(image1=image1, image2=image2, mask1=mask1, mask2=mask2, flow1=flow1, flow2=flow2,
@@ -229,7 +229,7 @@ def make_tss(root):
 
 def test_tss_items_both_directions_and_flip(tmp_path):
     fx = make_tss(tmp_path)
-    dataset = datasets.TSSDataset(tmp_path)
+    dataset = benchmarks.TSSDataset(tmp_path)
     assert len(dataset) == 4  # two pair folders, two directions each
     first = dataset[0]  # target image1 <- source image2, ground truth flow1 on image1's grid
     assert torch.equal(first["target_image"], fx["image1"]) and torch.equal(first["source_image"], fx["image2"])
@@ -246,7 +246,7 @@ def test_tss_items_both_directions_and_flip(tmp_path):
     assert torch.equal(flipped["source_image"], fx["jods2"].flip(-1))
     assert torch.equal(flipped["source_mask"], fx["half"].flip(-1))
     assert torch.equal(flipped["target_mask"], fx["half"])
-    assert len(datasets.TSSDataset(tmp_path, subsets="JODS")) == 2
+    assert len(benchmarks.TSSDataset(tmp_path, subsets="JODS")) == 2
 
 
 def test_tss_flow_pck_of_the_true_transformation_is_one(tmp_path):
@@ -255,8 +255,8 @@ def test_tss_flow_pck_of_the_true_transformation_is_one(tmp_path):
     theta = torch.tensor([[0.9, 0.05, 0.1, -0.05, 1.05, 0.0]], dtype=torch.float64)
     make_tss(tmp_path)
     folder = tmp_path / "FG3DCar" / "pair01"
-    datasets.write_flo(folder / "flow1.flo", metrics.theta_to_flow(theta, (6, 8), source_size=(5, 7))[0])
-    item = datasets.TSSDataset(tmp_path, subsets="FG3DCar")[0]
+    benchmarks.write_flo(folder / "flow1.flo", metrics.theta_to_flow(theta, (6, 8), source_size=(5, 7))[0])
+    item = benchmarks.TSSDataset(tmp_path, subsets="FG3DCar")[0]
     flow_gt = item["flow"][None].double()
     predicted = metrics.theta_to_flow(theta, tuple(item["target_size"].tolist()), item["source_size"][None])
     score = metrics.flow_pck(predicted, flow_gt, item["target_mask"][None], 0.05, item["reference_length"][None])
@@ -271,7 +271,7 @@ def test_tss_missing_file_in_a_pair(tmp_path):
     make_tss(tmp_path)
     (tmp_path / "FG3DCar" / "pair01" / "flow2.flo").unlink()
     with pytest.raises(FileNotFoundError, match=r"TSS: file not found: .*flow2\.flo"):
-        datasets.TSSDataset(tmp_path)[1]
+        benchmarks.TSSDataset(tmp_path)[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ def test_caltech_items_and_masks(tmp_path):
             ["101_ObjectCategories/Faces/image_0001.png", "101_ObjectCategories/Faces/image_0002.png", 1,
              ",".join(map(str, xa)), ",".join(map(str, ya)), join(xb), join(yb)]]
     write_csv(tmp_path / "test_pairs_caltech_with_category.csv", rows)
-    dataset = datasets.CaltechDataset(tmp_path)
+    dataset = benchmarks.CaltechDataset(tmp_path)
     assert len(dataset) == 1
     item = dataset[0]
     assert torch.equal(item["source_image"], source) and item["category"] == "Faces" and item["class_index"].item() == 1
@@ -296,7 +296,7 @@ def test_caltech_items_and_masks(tmp_path):
     expected = torch.zeros(10, 12, dtype=torch.bool)
     expected[3:8, 2:10] = True
     assert torch.equal(item["source_mask"], expected)
-    assert torch.equal(item["target_mask"], metrics.polygon_to_mask(xb, yb, (9, 8)))
+    assert torch.equal(item["target_mask"], geometry.polygon_to_mask(xb, yb, (9, 8)))
     # the mask metrics take the item's masks directly: identity on the same mask is perfect
     mask = item["source_mask"][None]
     assert metrics.label_transfer_accuracy(mask, mask).item() == 1.0
@@ -310,11 +310,11 @@ def test_caltech_items_and_masks(tmp_path):
 def test_collate_resizes_images_and_pads_keypoints(tmp_path):
     make_pascal(tmp_path)
     make_tss(tmp_path)
-    dataset = datasets.PFPascalDataset(tmp_path)
+    dataset = benchmarks.PFPascalDataset(tmp_path)
     items = [dataset[0], dataset[1]]
     items[1]["source_keypoints"] = items[1]["source_keypoints"][:, :2]  # a pair with fewer keypoints
     items[1]["target_keypoints"] = items[1]["target_keypoints"][:, :2]
-    batch = datasets.collate(items, size=(16, 20))
+    batch = benchmarks.collate(items, size=(16, 20))
     assert batch["source_image"].shape == (2, 3, 16, 20) and batch["target_image"].shape == (2, 3, 16, 20)
     # align_corners=True: the corner pixels are kept exactly
     assert torch.allclose(batch["source_image"][0, :, 0, 0], items[0]["source_image"][:, 0, 0])
@@ -331,10 +331,11 @@ def test_collate_resizes_images_and_pads_keypoints(tmp_path):
     assert same.tolist() == [1.0, 1.0]
     assert valid.sum().item() == 4
     with pytest.raises(ValueError, match="source_image: expected one image size"):
-        datasets.collate(items)
-    tss = datasets.TSSDataset(tmp_path, subsets="FG3DCar")
-    tss_batch = datasets.collate([tss[0], tss[1]], size=8)
+        benchmarks.collate(items)
+    tss = benchmarks.TSSDataset(tmp_path, subsets="FG3DCar")
+    tss_batch = benchmarks.collate([tss[0], tss[1]], size=8)
     assert isinstance(tss_batch["flow"], list) and tss_batch["flow"][1].shape == (2, 5, 7)
     assert isinstance(tss_batch["target_mask"], list) and tss_batch["flip"].tolist() == [False, False]
-    loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=functools.partial(datasets.collate, size=12))
+    collate = functools.partial(benchmarks.collate, size=12)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=collate)
     assert next(iter(loader))["target_image"].shape == (2, 3, 12, 12)

@@ -1,6 +1,7 @@
-"""Self-supervised training data (SPEC §3): synthetic pairs made from any images, seeded and
+"""The training pairs (docs/design.md §6): synthetic pairs made from any images, seeded and
 worker-safe, plus the bundled default (real photos shipped with scikit-image) split into training
-and held-out images, and the PCK of synthetic pairs.
+and held-out images. (The evaluation benchmarks, with real image pairs and annotations, are
+:mod:`a2net.benchmarks`.)
 
 A synthetic pair is one image seen twice: the image is resized (480x640 by default), mirror-padded
 by half of each side, the *source* is the central crop and the *target* the same region warped by
@@ -31,11 +32,10 @@ are split by name:
 Held-out synthetic evaluation (the number the demo checkpoint reports):
 :func:`heldout_synthetic_pairs` builds a fixed set of pairs from the held-out photos (seed
 :data:`HELDOUT_SEED`; resized with :func:`matched_resize`, so that the pairs are sharp, as the demo
-preset trains), and :func:`synthetic_pck` scores predicted thetas on them: a 20 x 20 (``grid_size``)
-grid of target points on ``[-1, 1]^2`` is mapped by the predicted and
-by the true theta, both converted to pixels of the ``(H, W)`` pair images, and a point is correct
-when the two are within ``alpha * max(H, W)`` pixels (every grid point counts, also one that
-leaves the image).
+preset trains), and :func:`a2net.metrics.synthetic_pck` scores predicted thetas on them: a 20 x 20
+(``grid_size``) grid of target points on ``[-1, 1]^2`` is mapped by the predicted and by the true
+theta, both converted to pixels of the ``(H, W)`` pair images, and a point is correct when the two
+are within ``alpha * max(H, W)`` pixels (every grid point counts, also one that leaves the image).
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ __all__ = [
     "matched_resize",
     "read_theta_csv",
     "stream_seed",
-    "synthetic_pck",
 ]
 
 #: File suffixes (case-insensitive) taken from an image folder.
@@ -95,7 +94,7 @@ BUNDLED_EXCLUDED = {
 }
 #: Seed of the held-out synthetic pairs (:func:`heldout_synthetic_pairs`).
 HELDOUT_SEED = 2018
-#: Size the authors resize every training image to before padding and cropping (SPEC §3).
+#: Size the authors resize every training image to before padding and cropping (docs/design.md §6).
 DEFAULT_RESIZE = (480, 640)
 
 _PERMUTATION, _THETA = 0, 1  # stream tags: the epoch order and the per-item draws never share seeds
@@ -192,7 +191,7 @@ def read_theta_csv(path, geometric_model: str) -> tuple[list[str], torch.Tensor]
 
 
 class SyntheticPairDataset(Dataset):
-    """Synthetic training pairs (SPEC §3) from images, as an infinite seeded stream.
+    """Synthetic training pairs (docs/design.md §6) from images, as an infinite seeded stream.
 
     Args:
         images: a folder (searched recursively for jpg/jpeg/png), a sequence of image paths, a
@@ -418,46 +417,3 @@ def heldout_synthetic_pairs(geometric_model: str = "affine", n_pairs: int = 100,
     resize = matched_resize(image_size) if resize is None else resize
     dataset = SyntheticPairDataset(images, geometric_model, image_size, resize=resize, seed=seed)
     return collate_pairs([dataset[k] for k in range(n_pairs)])
-
-
-def synthetic_pck(theta_pred: torch.Tensor, theta_true: torch.Tensor, image_size, alpha: float = 0.1,
-                  grid_size: int = 20) -> torch.Tensor:
-    """PCK of predicted thetas on synthetic pairs, per pair.
-
-    A ``grid_size`` x ``grid_size`` grid of target points on ``[-1, 1]^2`` is mapped to the source
-    by ``theta_pred`` and by ``theta_true`` (float64); both are converted to pixels of the
-    ``(H, W)`` pair images and a point is correct when they are within ``alpha * max(H, W)``
-    pixels (the PCK of :func:`a2net.metrics.pck`, without its padding rule: every point counts).
-
-    Args:
-        theta_pred: ``(B, 6)`` or ``(B, 18)`` predictions (identity thetas give the baseline), or a
-            chain of them applied in :func:`a2net.geometry.compose_points` order
-            (``[theta_tps, theta_affine]`` for affine+TPS); any kind, whatever the truth's.
-        theta_true: the ground truth ``(B, 6)`` or ``(B, 18)``.
-        image_size: ``(H, W)`` of the pair images, or an int.
-        alpha: tolerance as a fraction of ``max(H, W)``.
-        grid_size: points per side.
-    Returns:
-        ``(B,)`` float64 fraction of correct points; ``.mean()`` is the PCK of the set.
-    """
-    chain = list(theta_pred) if isinstance(theta_pred, (list, tuple)) else [theta_pred]
-    chain = [geometry._flatten_theta(t, name="theta_pred")[1].detach().double().cpu() for t in chain]
-    _, true = geometry._flatten_theta(theta_true, name="theta_true")
-    if any(t.shape[0] != true.shape[0] for t in chain):
-        raise ValueError(f"theta_true: expected batch size {chain[0].shape[0]} (that of theta_pred), "
-                         f"got {true.shape[0]}")
-    size = as_size("image_size", image_size)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"alpha: expected a number > 0, got {alpha!r}")
-    if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 1:
-        raise ValueError(f"grid_size: expected an int >= 1, got {grid_size!r}")
-    true = true.detach().double().cpu()
-    axis = geometry._axis(grid_size, "cpu", torch.float64)  # align_corners=True; one point sits at 0
-    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
-    points = torch.stack((xs.flatten(), ys.flatten())).unsqueeze(0).expand(true.shape[0], -1, -1)
-    moved = geometry.normalized_to_pixels(geometry.compose_points(chain, points), size)
-    truth = geometry.normalized_to_pixels(geometry.transform_points(true, points), size)
-    # Not metrics.pck: a true point that leaves the image has negative pixels, which pck would
-    # take for padding; here every grid point counts.
-    distance = torch.linalg.vector_norm(moved - truth, dim=1)
-    return (distance <= alpha * max(size)).double().mean(1)

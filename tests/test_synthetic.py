@@ -1,5 +1,5 @@
-"""a2net.data: synthetic pairs (values, determinism, worker safety), theta CSVs, the bundled split,
-the held-out pairs and their PCK."""
+"""a2net.synthetic: synthetic pairs (values, determinism, worker safety), theta CSVs, the bundled
+split, the held-out pairs and their PCK."""
 
 import pickle
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from a2net import data, geometry
+from a2net import geometry, metrics, synthetic
 from a2net.images import bundled_names
 
 
@@ -35,14 +35,15 @@ def _ramp(h=48, w=64):
 
 
 def test_list_images_recursive_any_case(folder):
-    assert [p.relative_to(folder).as_posix() for p in data.list_images(folder)] == ["a.png", "sub/b.PNG", "sub/c.jpg"]
+    listed = synthetic.list_images(folder)
+    assert [p.relative_to(folder).as_posix() for p in listed] == ["a.png", "sub/b.PNG", "sub/c.jpg"]
     with pytest.raises(FileNotFoundError, match="folder"):
-        data.list_images(folder / "missing")
+        synthetic.list_images(folder / "missing")
 
 
 def test_item_is_the_synthetic_pair_of_its_theta():
     image = _ramp()
-    ds = data.SyntheticPairDataset([image], "affine", output_size=(20, 24), resize=(48, 64), seed=3)
+    ds = synthetic.SyntheticPairDataset([image], "affine", output_size=(20, 24), resize=(48, 64), seed=3)
     item = ds[5]
     assert item["source"].shape == (3, 20, 24) and item["theta"].shape == (6,) and item["index"] == 5
     # the same pair, rebuilt from the item's theta with geometry.synthetic_pair
@@ -57,13 +58,13 @@ def test_item_is_the_synthetic_pair_of_its_theta():
 
 
 def test_stream_is_a_function_of_seed_and_index(folder):
-    a = data.SyntheticPairDataset(folder, "tps", output_size=16, resize=(32, 40), seed=7)
-    b = data.SyntheticPairDataset(folder, "tps", output_size=16, resize=(32, 40), seed=7)
-    c = data.SyntheticPairDataset(folder, "tps", output_size=16, resize=(32, 40), seed=8)
+    a = synthetic.SyntheticPairDataset(folder, "tps", output_size=16, resize=(32, 40), seed=7)
+    b = synthetic.SyntheticPairDataset(folder, "tps", output_size=16, resize=(32, 40), seed=7)
+    c = synthetic.SyntheticPairDataset(folder, "tps", output_size=16, resize=(32, 40), seed=8)
     order = [4, 0, 9, 4]
     items_a = [a[k] for k in order]
     items_b = [b[k] for k in reversed(order)][::-1]  # another access order: same items
-    for x, y in zip(items_a, items_b):
+    for x, y in zip(items_a, items_b, strict=True):
         assert torch.equal(x["theta"], y["theta"]) and torch.equal(x["target"], y["target"]) and x["name"] == y["name"]
     assert not torch.equal(a[4]["theta"], c[4]["theta"])
     assert not torch.equal(a[1]["theta"], a[2]["theta"])
@@ -77,103 +78,76 @@ def test_stream_is_a_function_of_seed_and_index(folder):
 
 
 def test_dataloader_workers_give_the_same_batches(folder):
-    ds = data.SyntheticPairDataset(folder, "affine", output_size=16, resize=(32, 40), seed=1, augment=True)
-    sampler = data.StepBatchSampler(batch_size=2, start_step=1, max_steps=3)
-    kwargs = dict(batch_sampler=sampler, collate_fn=data.collate_pairs)
+    ds = synthetic.SyntheticPairDataset(folder, "affine", output_size=16, resize=(32, 40), seed=1, augment=True)
+    sampler = synthetic.StepBatchSampler(batch_size=2, start_step=1, max_steps=3)
+    kwargs = dict(batch_sampler=sampler, collate_fn=synthetic.collate_pairs)
     main = list(torch.utils.data.DataLoader(ds, **kwargs))
     workers = list(torch.utils.data.DataLoader(ds, num_workers=2, **kwargs))
     assert len(main) == 3
-    for x, y in zip(main, workers):
+    for x, y in zip(main, workers, strict=True):
         assert x["index"].tolist() == y["index"].tolist()
         assert torch.equal(x["source"], y["source"]) and torch.equal(x["theta"], y["theta"])
 
 
 def test_step_batch_sampler_resume_and_ranks():
-    full = list(data.StepBatchSampler(3, 1, 4))
+    full = list(synthetic.StepBatchSampler(3, 1, 4))
     assert full == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
-    assert list(data.StepBatchSampler(3, 3, 4)) == full[2:]
-    ranks = [list(data.StepBatchSampler(2, 1, 2, rank=r, world_size=2)) for r in range(2)]
+    assert list(synthetic.StepBatchSampler(3, 3, 4)) == full[2:]
+    ranks = [list(synthetic.StepBatchSampler(2, 1, 2, rank=r, world_size=2)) for r in range(2)]
     assert ranks[0] == [[0, 2], [4, 6]] and ranks[1] == [[1, 3], [5, 7]]
     with pytest.raises(ValueError, match="rank"):
-        data.StepBatchSampler(2, 1, 2, rank=2, world_size=2)
+        synthetic.StepBatchSampler(2, 1, 2, rank=2, world_size=2)
 
 
 def test_theta_csv_authors_order(tmp_path, folder):
     csv_path = tmp_path / "train.csv"
     # the authors' affine columns: a22, a21, a12, a11, ty, tx
     csv_path.write_text("image,A22,A21,A12,A11,ty,tx\na.png,0.9,0.1,-0.2,1.1,0.3,-0.4\nsub/c.jpg,1,0,0,1,0,0\n")
-    names, thetas = data.read_theta_csv(csv_path, "affine")
+    names, thetas = synthetic.read_theta_csv(csv_path, "affine")
     assert names == ["a.png", "sub/c.jpg"]
     torch.testing.assert_close(thetas[0], torch.tensor([1.1, -0.2, -0.4, 0.1, 0.9, 0.3], dtype=torch.float64))
-    ds = data.SyntheticPairDataset(folder, "affine", output_size=16, resize=(32, 40), thetas=csv_path)
+    ds = synthetic.SyntheticPairDataset(folder, "affine", output_size=16, resize=(32, 40), thetas=csv_path)
     assert len(ds) == 2
     item = next(ds[k] for k in range(2) if ds[k]["name"] == "a.png")
     torch.testing.assert_close(item["theta"], thetas[0].float())
     tps_csv = tmp_path / "tps.csv"
     tps_csv.write_text("a.png," + ",".join(["0.5"] * 18) + "\n")
-    assert data.read_theta_csv(tps_csv, "tps")[1].shape == (1, 18)
+    assert synthetic.read_theta_csv(tps_csv, "tps")[1].shape == (1, 18)
     with pytest.raises(ValueError, match="expected 6 numbers"):
-        data.read_theta_csv(tps_csv, "affine")
+        synthetic.read_theta_csv(tps_csv, "affine")
     (tmp_path / "bad.csv").write_text("missing.png,1,0,0,1,0,0\n")
     with pytest.raises(FileNotFoundError, match="missing.png"):
-        data.SyntheticPairDataset(folder, "affine", thetas=tmp_path / "bad.csv")
+        synthetic.SyntheticPairDataset(folder, "affine", thetas=tmp_path / "bad.csv")
 
 
 def test_bad_arguments(folder):
     with pytest.raises(ValueError, match="geometric_model"):
-        data.SyntheticPairDataset(folder, "homography")
+        synthetic.SyntheticPairDataset(folder, "homography")
     with pytest.raises(ValueError, match="images"):
-        data.SyntheticPairDataset([torch.rand(1, 8, 8)])
+        synthetic.SyntheticPairDataset([torch.rand(1, 8, 8)])
     with pytest.raises(IndexError, match="index"):
-        data.SyntheticPairDataset(folder)[-1]
+        synthetic.SyntheticPairDataset(folder)[-1]
     with pytest.raises(ValueError, match="split"):
-        data.bundled_photos("test")
+        synthetic.bundled_photos("test")
 
 
 def test_bundled_split_is_documented_and_disjoint():
     names = set(bundled_names())
-    training, heldout = set(data.BUNDLED_TRAINING), set(data.BUNDLED_HELDOUT)
-    assert not training & heldout and not (training | heldout) & set(data.BUNDLED_EXCLUDED)
-    assert set(data.bundled_photos("all")) <= names
+    training, heldout = set(synthetic.BUNDLED_TRAINING), set(synthetic.BUNDLED_HELDOUT)
+    assert not training & heldout and not (training | heldout) & set(synthetic.BUNDLED_EXCLUDED)
+    assert set(synthetic.bundled_photos("all")) <= names
     assert {"motorcycle_left", "motorcycle_right"} <= heldout  # one scene: one side of the split
-    assert data.bundled_photos("training") == [n for n in data.BUNDLED_TRAINING if n in names]
-    for name in data.bundled_photos("heldout"):
-        assert f"``{name}``" in data.__doc__
+    assert synthetic.bundled_photos("training") == [n for n in synthetic.BUNDLED_TRAINING if n in names]
+    for name in synthetic.bundled_photos("heldout"):
+        assert f"``{name}``" in synthetic.__doc__
 
 
 def test_heldout_pairs_are_fixed_and_identity_is_the_baseline():
-    a = data.heldout_synthetic_pairs("affine", n_pairs=6, image_size=32)
-    b = data.heldout_synthetic_pairs("affine", n_pairs=6, image_size=32)
+    a = synthetic.heldout_synthetic_pairs("affine", n_pairs=6, image_size=32)
+    b = synthetic.heldout_synthetic_pairs("affine", n_pairs=6, image_size=32)
     assert a["source"].shape == (6, 3, 32, 32) and a["theta"].shape == (6, 6)
-    assert torch.equal(a["target"], b["target"]) and set(a["name"]) <= set(data.BUNDLED_HELDOUT)
-    truth = data.synthetic_pck(a["theta"], a["theta"], 32)
+    assert torch.equal(a["target"], b["target"]) and set(a["name"]) <= set(synthetic.BUNDLED_HELDOUT)
+    truth = metrics.synthetic_pck(a["theta"], a["theta"], 32)
     assert torch.equal(truth, torch.ones(6, dtype=torch.float64))
-    identity = data.synthetic_pck(geometry.identity_theta("affine", 6), a["theta"], 32)
+    identity = metrics.synthetic_pck(geometry.identity_theta("affine", 6), a["theta"], 32)
     assert 0 <= identity.mean() < 0.5
-
-
-def test_synthetic_pck_values():
-    theta = geometry.identity_theta("affine", 2)
-    shifted = theta.clone()
-    # a shift of 0.1 normalised units = 0.1 * (W - 1) / 2 = 4.95 px on a 100 px image
-    shifted[0, 2] = 0.1
-    shifted[1, 2] = 0.3  # 14.85 px
-    result = data.synthetic_pck(shifted, theta, 100, alpha=0.1)  # tolerance 10 px
-    assert result.tolist() == [1.0, 0.0]
-    assert data.synthetic_pck(shifted, theta, 100, alpha=0.15).tolist() == [1.0, 1.0]
-    # half of the grid points move by 20 px: a rotation-free x flip about the centre column
-    flip = torch.tensor([[-1.0, 0, 0, 0, 1, 0]], dtype=torch.float64)
-    value = data.synthetic_pck(flip, geometry.identity_theta("affine", 1, dtype=torch.float64), 101, grid_size=3)
-    assert value.item() == pytest.approx(3 / 9)  # only the centre column stays
-    # points mapped outside the image still count (no padding rule)
-    far = geometry.identity_theta("affine", 1)
-    far[0, 2] = 5.0
-    assert data.synthetic_pck(far, far, 50).item() == 1.0
-    with pytest.raises(ValueError, match="theta_true: expected batch size 2"):
-        data.synthetic_pck(theta, geometry.identity_theta("tps", 3), 10)
-    # Any kind of prediction, and chains (affine+TPS): the identity TPS after theta is theta.
-    identity_tps = geometry.identity_theta("tps", 2)
-    assert data.synthetic_pck([identity_tps, theta], theta, 10).tolist() == [1.0, 1.0]
-    torch.testing.assert_close(data.synthetic_pck(identity_tps, theta, 10), data.synthetic_pck(
-        geometry.identity_theta("affine", 2), theta, 10))
-    assert data.synthetic_pck(theta, theta, (20, 30), grid_size=1).tolist() == [1.0, 1.0]
