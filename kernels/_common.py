@@ -27,9 +27,10 @@ def dot_options(dtype: torch.dtype, input_precision: str) -> dict:
 
 
 def strides(prefix: str, x: torch.Tensor, dims: str) -> dict:
-    """Stride arguments of ``x`` named ``stride_<prefix><dim>``: ``strides("s", x, "bcyx")`` ->
-    ``{"stride_sb": ..., "stride_sc": ..., "stride_sy": ..., "stride_sx": ...}``."""
-    return {f"stride_{prefix}{d}": s for d, s in zip(dims, x.stride())}
+    """Stride arguments of ``x``'s leading dims named ``stride_<prefix><dim>``: ``strides("s", x,
+    "bcyx")`` -> ``{"stride_sb": ..., "stride_sc": ..., "stride_sy": ..., "stride_sx": ...}``.
+    ``dims`` may name fewer dims than ``x`` has (a trailing unit stride the kernel assumes)."""
+    return {f"stride_{prefix}{d}": s for d, s in zip(dims, x.stride(), strict=False)}
 
 
 def dtype_name(dtype: torch.dtype) -> str:

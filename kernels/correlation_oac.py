@@ -100,7 +100,7 @@ DIAGONAL_TARGET_PROGRAMS = 264
 @triton.jit
 def correlation_oac_fwd_kernel(
     p_src, p_tgt, p_inv_src, p_inv_tgt, p_wpad, p_bias, p_out, p_inv_match,
-    C, O, Hs, Ws, Ht, Wt,
+    C, O, Hs, Ws, Ht, Wt,  # noqa: E741 (O: output channels, as in the math)
     stride_sb, stride_sc, stride_sy, stride_sx,
     stride_tb, stride_tc, stride_ty, stride_tx,
     stride_wo, stride_wy,
@@ -187,7 +187,7 @@ def correlation_oac_fwd_kernel(
 @triton.jit
 def correlation_oac_bwd_weight_kernel(
     p_src, p_tgt, p_inv_src, p_inv_tgt, p_inv_match, p_grad, p_partial,
-    B, C, O, Hs, Ws, Ht, Wt, batch_per_split,
+    B, C, O, Hs, Ws, Ht, Wt, batch_per_split,  # noqa: E741 (O: output channels, as in the math)
     stride_sb, stride_sc, stride_sy, stride_sx,
     stride_tb, stride_tc, stride_ty, stride_tx,
     stride_gb, stride_go, stride_gy, stride_gx,
@@ -282,7 +282,7 @@ def correlation_oac_bwd_weight_kernel(
 @triton.jit
 def correlation_oac_bwd_weight_reduce_kernel(
     p_partial, p_dweight,
-    O, Dh, Dw, Wt, n_xt, n_k, n_split, stride_pn,
+    O, Dh, Dw, Wt, n_xt, n_k, n_split, stride_pn,  # noqa: E741 (O: output channels, as in the math)
     BLOCK_X: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """``dW[o, dy, dx]`` (contiguous) = the two diagonals whose offset columns hold ``dx``, summed
@@ -315,7 +315,7 @@ def correlation_oac_bwd_weight_reduce_kernel(
 def correlation_oac_bwd_corr_kernel(
     p_src, p_tgt, p_inv_src, p_inv_tgt, p_wpad, p_bias, p_out, p_inv_match, p_grad,
     p_dcorr, p_dot_src, p_dot_tgt,
-    C, O, Hs, Ws, Ht, Wt,
+    C, O, Hs, Ws, Ht, Wt,  # noqa: E741 (O: output channels, as in the math)
     stride_sb, stride_sc, stride_sy, stride_sx,
     stride_tb, stride_tc, stride_ty, stride_tx,
     stride_wo, stride_wy,

@@ -16,7 +16,8 @@ tensor itself never exists.
 * ``dW[o, d] = sum_{b, t} g[b, o, t] * A[b, d, t]``: one program per 2-D tile of offsets x a block
   of channels, K over the targets that some offset of the tile can see. Deterministic: the batch
   may be split into fixed chunks (partial sums, then
-  :func:`offset_aware_correlation_bwd_reduce_kernel` adds them in a fixed order); no atomics anywhere, so two runs give bit-identical gradients.
+  :func:`offset_aware_correlation_bwd_reduce_kernel` adds them in a fixed order); no atomics
+  anywhere, so two runs give bit-identical gradients.
 * ``dbias`` sums ``g`` per batch element, then the same reduction.
 
 Memory: ``O(B*O*T + B*S*T)``, plus for ``dW`` at most ``16*O*Dh*Dw`` fp32 partial sums.
@@ -109,7 +110,7 @@ def _target_tile(i_t, i_b, B, Ws, Wt, BLOCK_T: tl.constexpr, BLOCK_B: tl.constex
 @triton.jit
 def offset_aware_correlation_fwd_kernel(
     p_corr, p_weight, p_bias, p_out,
-    B, O, Hs, Ws, Ht, Wt,
+    B, O, Hs, Ws, Ht, Wt,  # noqa: E741 (O: output channels, as in the math)
     stride_cb, stride_cs, stride_cy, stride_cx,
     stride_wo, stride_wy, stride_wx,
     stride_bias,
@@ -158,7 +159,7 @@ def offset_aware_correlation_fwd_kernel(
 @triton.jit
 def offset_aware_correlation_bwd_corr_kernel(
     p_grad, p_weight, p_dcorr,
-    B, O, Hs, Ws, Ht, Wt,
+    B, O, Hs, Ws, Ht, Wt,  # noqa: E741 (O: output channels, as in the math)
     stride_gb, stride_go, stride_gy, stride_gx,
     stride_wo, stride_wy, stride_wx,
     stride_cb, stride_cs, stride_cy, stride_cx,
@@ -202,7 +203,7 @@ def offset_aware_correlation_bwd_corr_kernel(
 @triton.jit
 def offset_aware_correlation_bwd_weight_kernel(
     p_grad, p_corr, p_dweight,
-    B, O, Hs, Ws, Ht, Wt, batch_per_split,
+    B, O, Hs, Ws, Ht, Wt, batch_per_split,  # noqa: E741 (O: output channels, as in the math)
     stride_gb, stride_go, stride_gy, stride_gx,
     stride_cb, stride_cs, stride_cy, stride_cx,
     stride_dn, stride_do,
@@ -278,7 +279,7 @@ def offset_aware_correlation_bwd_weight_kernel(
 @triton.jit
 def offset_aware_correlation_bwd_bias_kernel(
     p_grad, p_dbias,
-    O, Ht, Wt,
+    O, Ht, Wt,  # noqa: E741 (O: output channels, as in the math)
     stride_gb, stride_go, stride_gy, stride_gx,
     stride_dn,
     BLOCK_O: tl.constexpr, BLOCK_T: tl.constexpr,

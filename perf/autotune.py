@@ -300,7 +300,7 @@ def best_entry(launch: Launch, info: dict) -> dict | None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ops", nargs="+", help="ops to tune (default: all of bench_ops.OPS)")
+    p.add_argument("--ops", nargs="+", help="ops to tune (default: all of perf.op_specs.OPS)")
     p.add_argument("--batch", nargs="+", type=int, default=[32])
     p.add_argument("--hw", nargs="+", type=int, default=[15])
     p.add_argument("--channels", nargs="+", type=int, default=[1024, 512])
@@ -330,14 +330,14 @@ def main(argv=None) -> int:
     device = require_cuda()
     os.environ["A2NET_BACKEND"] = "triton"
     from perf import _harness as H
-    from perf import bench_ops
+    from perf.op_specs import OPS
 
     # the model's path first (fused op, attention), so that a cut budget loses the unfused ops
     preferred = ("correlation_oac", "attention_pool", "offset_aware_correlation", "correlation")
-    names = args.ops or sorted(bench_ops.OPS, key=lambda n: preferred.index(n) if n in preferred else len(preferred))
-    unknown = set(names) - set(bench_ops.OPS)
+    names = args.ops or sorted(OPS, key=lambda n: preferred.index(n) if n in preferred else len(preferred))
+    unknown = set(names) - set(OPS)
     if unknown:
-        raise SystemExit(f"--ops: unknown {sorted(unknown)}; expected some of {list(bench_ops.OPS)}")
+        raise SystemExit(f"--ops: unknown {sorted(unknown)}; expected some of {list(OPS)}")
     path = args.table or tuning.table_path()
     arch = tuning.device_arch(device)
     run = H.run_info(device)
@@ -354,8 +354,8 @@ def main(argv=None) -> int:
             for hw in args.hw:
                 for c in args.channels:
                     for name in names:
-                        spec = bench_ops.OPS[name]
-                        shape = bench_ops.op_shape(spec, b, c, hw)
+                        spec = OPS[name]
+                        shape = spec.shape(b, c, hw)
                         if shape is not None and (name, spec.shape_id(shape), label) not in {x[:3] for x in cases}:
                             cases.append((name, spec.shape_id(shape), label, spec, shape))
     for name, sid, label, spec, shape in cases:
@@ -423,14 +423,15 @@ def verify(path: Path, names, args, device) -> None:
     """Run each op with the written table and compare with the float64 reference."""
     from perf import _harness as H
     from perf import bench_ops
+    from perf.op_specs import OPS
 
     os.environ[tuning.TABLE_ENV] = str(path)
     tuning.load_table.cache_clear()
     failures = []
     for label in args.dtypes:
         for name in names:
-            spec = bench_ops.OPS[name]
-            shape = bench_ops.op_shape(spec, args.batch[0], args.channels[0], args.hw[0])
+            spec = OPS[name]
+            shape = spec.shape(args.batch[0], args.channels[0], args.hw[0])
             if shape is None:
                 continue
             H.set_matmul_mode(label)

@@ -1,25 +1,14 @@
 """Benchmark of the A2Net ops: forward, backward and forward+backward, timed separately.
 
-Providers (perf/README.md explains how to read them):
-
-* ``triton``: ours, the public op (``a2net.ops``) on the Triton kernels (CUDA only);
-* ``reference``: the vectorised PyTorch reference (``a2net.reference``), eager — on CPU this
-  *is* the library's path, so there it is the subject the others are compared with;
-* ``reference-compiled``: the same function under ``torch.compile``;
-* ``authors`` (OAC, and the fused op): the authors' construction, a Python loop over target
-  positions that scatters the correlation into the zero-filled ``(2H-1)(2W-1)``-channel aligned
-  tensor, then a 1x1 convolution;
-* ``triton-unfused`` (the fused op only): our correlation op, then our OAC op — what the fusion
-  saves.
-
-Ops: ``correlation``, ``offset_aware_correlation``, ``correlation_oac`` (the two fused: the
-correlation is never stored; what the model runs by default) and ``attention_pool``.
+The ops, their providers (``triton``, ``reference``, ``reference-compiled``, ``authors``,
+``triton-unfused``), inputs and cost models are in ``perf/op_specs.py`` and ``perf/costs.py``;
+this script checks, times and reports them (perf/README.md explains how to read the figures).
 
 Shapes: every ``B`` x ``H=W`` (and ``C`` for the correlation and the fused op, whose cost
 depends on it; the OAC and the attention pooling do not see ``C``: the OAC has O=128 output
 channels and reads the ``(B, H*W, H, W)`` correlation, the attention pools ``C=128`` values over
-the ``(H-6)x(W-6)`` map the 7x7 encoder leaves). Cases whose estimated memory does not fit are skipped and listed.
-Each case checks every provider's output and gradients against the float64 reference first
+the ``(H-6)x(W-6)`` map the 7x7 encoder leaves). Cases whose estimated memory does not fit are
+skipped and listed. Each case checks every provider's output and gradients against the float64 reference first
 (``rel_err``; ``MISMATCH`` in the note when far above the eager reference's own error).
 
 Gradients (``bwd``): those the model needs — both feature maps of the correlation op, the
@@ -56,23 +45,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from a2net import ops, reference  # noqa: E402
+from a2net import ops  # noqa: E402
 from perf import _harness as H  # noqa: E402
+from perf.op_specs import OPS, PROVIDERS, OpSpec  # noqa: E402
 
 PASSES = ("fwd", "bwd", "fwd+bwd")
-PROVIDERS = ("triton", "triton-unfused", "reference", "reference-compiled", "authors")
-OAC_CHANNELS = 128  # O, the paper's OAC output channels
-ATTENTION_CHANNELS = 128  # C of the attention values in the model
-ENCODER_SHRINK = 6  # the 7x7 encoder convolution (no padding) takes 6 off each side length
 #: A result is flagged MISMATCH when its relative error against float64 exceeds
 #: ``MISMATCH_FACTOR * max(error of the eager reference at the same dtype, ERROR_FLOOR[dtype])``:
 #: relative to what PyTorch itself achieves on the same inputs, because some gradients are
@@ -80,286 +64,6 @@ ENCODER_SHRINK = 6  # the 7x7 encoder convolution (no padding) takes 6 off each 
 #: computes it), so no fixed bound separates rounding from a bug at every size.
 MISMATCH_FACTOR = 10.0
 ERROR_FLOOR = {"fp32": 1e-6, "tf32": 1e-4, "bf16": 1e-3}
-
-
-# ------------------------------------------------------------------------------------------
-# The authors' construction of the OAC (SPEC §2.4), written for this benchmark
-# ------------------------------------------------------------------------------------------
-
-
-def authors_oac(corr: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The authors' OAC: Python loop over target positions scattering into the aligned tensor,
-    then a 1x1 convolution over its ``(2H-1)(2W-1)`` channels (source and target maps the same size).
-
-    Target ``(i, j)`` sees source ``(ys, xs)`` at offset ``(ys - i + H - 1, xs - j + W - 1)``: the
-    ``H x W`` source block lands on rows ``H-1-i .. 2H-2-i`` and columns ``W-1-j .. 2W-2-j``.
-    """
-    b, _, h, w = corr.shape
-    eh, ew = 2 * h - 1, 2 * w - 1
-    blocks = corr.reshape(b, h, w, h, w)
-    aligned = corr.new_zeros(b, eh, ew, h, w)
-    for i in range(h):
-        for j in range(w):
-            aligned[:, eh - h - i : eh - i, ew - w - j : ew - j, i, j] = blocks[:, :, :, i, j]
-    return F.conv2d(aligned.view(b, eh * ew, h, w), weight.reshape(weight.shape[0], eh * ew, 1, 1), bias)
-
-
-# ------------------------------------------------------------------------------------------
-# Ops: inputs, providers, FLOPs and bytes
-# ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class OpSpec:
-    """One op of the benchmark.
-
-    ``make(shape, dtype, device, gen, all_grads)`` returns the inputs, those that need a gradient
-    in the model requiring grad (every one with ``all_grads``); ``providers[name](inputs,
-    precision)`` runs it; ``cost(shape, pass, elem, all_grads)`` returns ``(flop, byte)`` of the
-    roofline model; ``memory(shape, elem, provider)`` estimates the bytes a fwd+bwd needs (for
-    skipping cases that cannot fit).
-    """
-
-    name: str
-    shape_keys: tuple
-    make: Callable
-    providers: dict
-    cost: Callable
-    memory: Callable
-    uses_channels: bool = False
-
-    def shape_id(self, shape: dict) -> str:
-        return "-".join(f"{k}{shape[k]}" for k in self.shape_keys)
-
-
-_COMPILED: dict = {}
-
-
-def compiled(fn):
-    """One ``torch.compile`` of a reference function per process (dynamic shapes after the first
-    recompile; the recompile limit is raised so that a grid of shapes never falls back to eager)."""
-    if fn not in _COMPILED:
-        for knob in ("recompile_limit", "cache_size_limit",
-                     "accumulated_recompile_limit", "accumulated_cache_size_limit"):
-            if hasattr(torch._dynamo.config, knob):
-                setattr(torch._dynamo.config, knob, max(256, getattr(torch._dynamo.config, knob)))
-        _COMPILED[fn] = torch.compile(fn)
-    return _COMPILED[fn]
-
-
-def _randn(shape, dtype, device, gen, scale=1.0):
-    x = torch.randn(shape, device=device, dtype=torch.float32, generator=gen) * scale
-    return x.to(dtype).requires_grad_(True)
-
-
-# correlation ------------------------------------------------------------------------------
-
-
-def _corr_make(shape, dtype, device, gen, all_grads=False):
-    b, c, h, w = shape["B"], shape["C"], shape["H"], shape["W"]
-    return {"source": _randn((b, c, h, w), dtype, device, gen), "target": _randn((b, c, h, w), dtype, device, gen)}
-
-
-def _corr_cost(shape, pass_, elem, all_grads=False):
-    b, c, hw = shape["B"], shape["C"], shape["H"] * shape["W"]
-    feats, out = 2 * b * c * hw, b * hw * hw
-    fwd = (2 * b * hw * hw * c, elem * (feats + out))
-    bwd = (4 * b * hw * hw * c, elem * (2 * out + 2 * feats))
-    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": (fwd[0] + bwd[0], fwd[1] + bwd[1])}[pass_]
-
-
-def _corr_memory(shape, elem, provider):
-    b, c, hw = shape["B"], shape["C"], shape["H"] * shape["W"]
-    feats, out = 2 * b * c * hw, b * hw * hw
-    k = 3 if provider.startswith("triton") else 8  # the reference: normalised copies, 3 S x T temporaries
-    return elem * (4 * feats + k * out)
-
-
-CORRELATION = OpSpec(
-    name="correlation",
-    shape_keys=("B", "C", "H", "W"),
-    make=_corr_make,
-    providers={
-        "triton": lambda x, p: ops.correlation(x["source"], x["target"], input_precision=p),
-        "reference": lambda x, p: reference.correlation(x["source"], x["target"]),
-        "reference-compiled": lambda x, p: compiled(reference.correlation)(x["source"], x["target"]),
-    },
-    cost=_corr_cost,
-    memory=_corr_memory,
-    uses_channels=True,
-)
-
-
-# offset-aware correlation -----------------------------------------------------------------
-
-
-def _oac_make(shape, dtype, device, gen, all_grads=False):
-    b, o, h, w = shape["B"], shape["O"], shape["H"], shape["W"]
-    # a correlation-like input: non-negative, L2-normalised over the source positions. It needs
-    # no gradient in the model (it comes from the frozen backbone's features).
-    corr = torch.rand((b, h * w, h, w), device=device, generator=gen)
-    corr = (corr / corr.norm(dim=1, keepdim=True)).to(dtype).requires_grad_(all_grads)
-    return {"corr": corr, **_oac_parameters(o, h, w, dtype, device, gen)}
-
-
-def _oac_parameters(o, h, w, dtype, device, gen):
-    """Weight and bias as the layer initialises them (uniform, bound 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt((2 * h - 1) * (2 * w - 1))
-    weight = (torch.rand((o, 2 * h - 1, 2 * w - 1), device=device, generator=gen) * 2 - 1) * bound
-    bias = (torch.rand((o,), device=device, generator=gen) * 2 - 1) * bound
-    return {"weight": weight.to(dtype).requires_grad_(True), "bias": bias.to(dtype).requires_grad_(True)}
-
-
-def _oac_cost(shape, pass_, elem, all_grads=False):
-    b, o, h, w = shape["B"], shape["O"], shape["H"], shape["W"]
-    s = t = h * w
-    d = (2 * h - 1) * (2 * w - 1)
-    corr, out, wgt = b * s * t, b * o * t, o * d + o
-    fwd = (2 * b * o * s * t, elem * (corr + wgt + out))
-    # dW (and dbias) read the incoming gradient and corr; dcorr also reads W and writes corr's size
-    bwd = (2 * b * o * s * t + b * o * t, elem * (out + corr + wgt))
-    if all_grads:
-        bwd = (bwd[0] + 2 * b * o * s * t, bwd[1] + elem * (corr + wgt))
-    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": (fwd[0] + bwd[0], fwd[1] + bwd[1])}[pass_]
-
-
-def _oac_memory(shape, elem, provider):
-    b, o, h, w = shape["B"], shape["O"], shape["H"], shape["W"]
-    corr = b * (h * w) ** 2
-    aligned = b * (2 * h - 1) * (2 * w - 1) * h * w
-    if provider.startswith("triton"):
-        return elem * (3 * corr + 4 * b * o * h * w)
-    return elem * (3 * corr + 3 * aligned) + 8 * (h * w) ** 2  # + the int64 scatter index (reference)
-
-
-OAC = OpSpec(
-    name="offset_aware_correlation",
-    shape_keys=("B", "O", "H", "W"),
-    make=_oac_make,
-    providers={
-        "triton": lambda x, p: ops.offset_aware_correlation(x["corr"], x["weight"], x["bias"],
-                                                            tuple(x["corr"].shape[2:]), input_precision=p),
-        "reference": lambda x, p: reference.offset_aware_correlation(x["corr"], x["weight"], x["bias"],
-                                                                     tuple(x["corr"].shape[2:])),
-        "reference-compiled": lambda x, p: compiled(reference.offset_aware_correlation)(
-            x["corr"], x["weight"], x["bias"], tuple(x["corr"].shape[2:])),
-        "authors": lambda x, p: authors_oac(x["corr"], x["weight"], x["bias"]),
-    },
-    cost=_oac_cost,
-    memory=_oac_memory,
-)
-
-
-# attention pooling ------------------------------------------------------------------------
-
-
-def _att_make(shape, dtype, device, gen, all_grads=False):
-    b, c, h, w = shape["B"], shape["C"], shape["H"], shape["W"]
-    return {"logits": _randn((b, 1, h, w), dtype, device, gen, 2.0), "values": _randn((b, c, h, w), dtype, device, gen)}
-
-
-def _att_cost(shape, pass_, elem, all_grads=False):
-    b, c, t = shape["B"], shape["C"], shape["H"] * shape["W"]
-    fwd = (2 * b * c * t + 5 * b * t, elem * (b * t + b * c * t + b * c))
-    bwd = (3 * b * c * t + 5 * b * t, elem * (b * c + b * t + b * c * t + b * c * t + b * t))
-    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": (fwd[0] + bwd[0], fwd[1] + bwd[1])}[pass_]
-
-
-def _att_memory(shape, elem, provider):
-    b, c, t = shape["B"], shape["C"], shape["H"] * shape["W"]
-    return elem * 6 * (b * c * t + b * t)
-
-
-ATTENTION = OpSpec(
-    name="attention_pool",
-    shape_keys=("B", "C", "H", "W"),
-    make=_att_make,
-    providers={
-        "triton": lambda x, p: ops.attention_pool(x["logits"], x["values"]),
-        "reference": lambda x, p: reference.attention_pool(x["logits"], x["values"]),
-        "reference-compiled": lambda x, p: compiled(reference.attention_pool)(x["logits"], x["values"]),
-    },
-    cost=_att_cost,
-    memory=_att_memory,
-)
-
-# correlation + OAC, fused ----------------------------------------------------------------
-
-
-def _fused_make(shape, dtype, device, gen, all_grads=False):
-    b, c, o, h, w = shape["B"], shape["C"], shape["O"], shape["H"], shape["W"]
-    # the feature maps come from the frozen backbone in the model: no gradient unless all_grads
-    source = _randn((b, c, h, w), dtype, device, gen).requires_grad_(all_grads)
-    target = _randn((b, c, h, w), dtype, device, gen).requires_grad_(all_grads)
-    return {"source": source, "target": target, **_oac_parameters(o, h, w, dtype, device, gen)}
-
-
-def _fused_cost(shape, pass_, elem, all_grads=False):
-    """The fused op's floor: the correlation never goes through memory (only the maps, the
-    weight and the output do); the backward recomputes it for dW."""
-    b, c, o, h, w = shape["B"], shape["C"], shape["O"], shape["H"], shape["W"]
-    s = t = h * w
-    d = (2 * h - 1) * (2 * w - 1)
-    feats, out, wgt = 2 * b * c * h * w, b * o * t, o * d + o
-    corr_flop, oac_flop = 2 * b * s * t * c, 2 * b * o * s * t
-    fwd = (corr_flop + oac_flop, elem * (feats + wgt + out))
-    bwd = (corr_flop + oac_flop + b * o * t, elem * (feats + out + wgt))
-    if all_grads:  # dcorr, then both feature-map GEMMs through a (B, S, T) buffer
-        bwd = (bwd[0] + oac_flop + 2 * corr_flop, bwd[1] + elem * (feats + 2 * b * s * t))
-    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": (fwd[0] + bwd[0], fwd[1] + bwd[1])}[pass_]
-
-
-def _fused_memory(shape, elem, provider):
-    corr_shape = {k: shape[k] for k in ("B", "C", "H", "W")}
-    oac_shape = {k: shape[k] for k in ("B", "O", "H", "W")}
-    if provider == "triton":  # the maps and their gradients, the output; no (B, S, T) buffer
-        b, c, o, t = shape["B"], shape["C"], shape["O"], shape["H"] * shape["W"]
-        return elem * (4 * 2 * b * c * t + 4 * b * o * t)
-    return _corr_memory(corr_shape, elem, provider) + _oac_memory(oac_shape, elem, provider)
-
-
-def _reference_fused(source, target, weight, bias):
-    corr = reference.correlation(source, target)
-    return reference.offset_aware_correlation(corr, weight, bias, tuple(source.shape[2:]))
-
-
-CORRELATION_OAC = OpSpec(
-    name="correlation_oac",
-    shape_keys=("B", "C", "O", "H", "W"),
-    make=_fused_make,
-    providers={
-        "triton": lambda x, p: ops.correlation_oac(x["source"], x["target"], x["weight"], x["bias"],
-                                                   input_precision=p),
-        # our two ops one after the other: what the fusion saves
-        "triton-unfused": lambda x, p: ops.offset_aware_correlation(
-            ops.correlation(x["source"], x["target"], input_precision=p), x["weight"], x["bias"],
-            tuple(x["source"].shape[2:]), input_precision=p),
-        "reference": lambda x, p: _reference_fused(x["source"], x["target"], x["weight"], x["bias"]),
-        "reference-compiled": lambda x, p: compiled(_reference_fused)(x["source"], x["target"], x["weight"],
-                                                                     x["bias"]),
-        # the correlation is the same batched GEMM in any code; the OAC is built the authors' way
-        "authors": lambda x, p: authors_oac(reference.correlation(x["source"], x["target"]), x["weight"],
-                                            x["bias"]),
-    },
-    cost=_fused_cost,
-    memory=_fused_memory,
-    uses_channels=True,
-)
-
-#: The ops benchmarked, in order.
-OPS = {spec.name: spec for spec in (CORRELATION, OAC, CORRELATION_OAC, ATTENTION)}
-
-
-def op_shape(spec: OpSpec, b: int, c: int, hw: int) -> dict | None:
-    """The op's shape for feature maps of ``hw x hw`` with ``c`` channels and batch ``b``."""
-    if spec is OAC:
-        return {"B": b, "O": OAC_CHANNELS, "H": hw, "W": hw}
-    if spec is CORRELATION_OAC:
-        return {"B": b, "C": c, "O": OAC_CHANNELS, "H": hw, "W": hw}
-    if spec is ATTENTION:
-        side = hw - ENCODER_SHRINK
-        return {"B": b, "C": ATTENTION_CHANNELS, "H": side, "W": side} if side >= 1 else None
-    return {"B": b, "C": c, "H": hw, "W": hw}
 
 
 # ------------------------------------------------------------------------------------------
@@ -426,7 +130,7 @@ def check_provider(ctx: Context, spec: OpSpec, shape: dict, label: str, provider
         if name == "reference" and xs is not inputs:  # the float64 truth itself
             return out, grads
         return (_relative_error(out, truth[0]),
-                max((_relative_error(g, r) for g, r in zip(grads, truth[1])), default=0.0))
+                max((_relative_error(g, r) for g, r in zip(grads, truth[1], strict=True)), default=0.0))
 
     ref_inputs = {k: v.detach().double().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v
                   for k, v in inputs.items()}
@@ -659,7 +363,7 @@ def cases(args):
     for b, hw, c, label in itertools.product(args.batch, sorted(args.hw), args.channels, args.dtypes):
         for name in args.ops:
             spec = OPS[name]
-            shape = op_shape(spec, b, c, hw)
+            shape = spec.shape(b, c, hw)
             if shape is None:
                 continue
             key = (name, spec.shape_id(shape), label)

@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# The one command for a lent GPU: the test-suite on CUDA, the autotuner for the paper's shapes,
-# the op and model benchmarks, the kernel resource report; everything under
-# perf/results/<date>-<gpu>/, a short table printed last. At most ~8 minutes on an H100: every
-# stage runs under `timeout` with its own budget (the benchmarks also stop starting new cases
-# before theirs ends, and append their rows as they go, so a cut stage still leaves figures).
+# Everything a CUDA machine can check in one command: the test-suite on CUDA, the autotuner for
+# the paper's shapes, the op and model benchmarks, the kernel resource report; a short table
+# printed last. At most ~8 minutes on an H100: every stage runs under `timeout` with its own
+# budget (the benchmarks also stop starting new cases before theirs ends, and append their rows
+# as they go, so a cut stage still leaves figures).
 #
-#   bash perf/gpu_check.sh            # from the checkout root, no install, no network
-#   A2NET_COMMIT=<sha> bash perf/gpu_check.sh   # when the copy of the tree has no .git
-#   GPU_CHECK_SCALE=2 bash perf/gpu_check.sh    # double every budget (a longer lease)
+# From the checkout root, with torch and triton importable (no install, no network):
 #
-# On the device tool's machine, $OUT is set: the results folder, perf/results/results.csv and
-# the tuned table are also packed into $OUT/gpu_check.tar.gz and the summary copied to
-# $OUT/gpu_check_summary.txt (its files come back; the tree does not).
-# Exit status: 0 when every stage passed, 1 otherwise (see the table).
+#   PYTHONPATH=. bash perf/gpu_check.sh
+#   PYTHONPATH=. bash perf/gpu_check.sh --dry-run           # print the stages, run none (no GPU needed)
+#
+# Environment (all optional):
+#   RESULTS_DIR      where this run's logs and results go (default perf/results/<date>-<gpu>)
+#   OUT_DIR          also pack copies there: gpu_check.tar.gz (the results folder,
+#                    perf/results/results.csv, the regenerated perf/results pages and
+#                    kernels/tuned_configs.json; unpack it at a checkout root to take them over)
+#                    and gpu_check_summary.txt
+#   A2NET_COMMIT     the commit to record when the checkout has no .git
+#   GPU_CHECK_SCALE  multiply every stage budget (e.g. 2)
+#   PYTHON           the interpreter (default python3)
+#
+# Exit status: 0 when every stage passed, 1 otherwise (see the table), 2 without a CUDA device.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -33,13 +41,14 @@ if [ $DRY -eq 1 ]; then
     GPU="dry-run"
 elif ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     echo "gpu_check: no CUDA device visible to $PY (torch: $("$PY" -c 'import torch; print(torch.__version__)' 2>&1));" \
-         "this script is for a lent GPU machine. On CPU use: python perf/bench_ops.py --device cpu" >&2
+         "this script needs a CUDA GPU. On CPU use: python perf/bench_ops.py --device cpu" >&2
     exit 2
 fi
 [ $DRY -eq 1 ] || GPU=$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))')
 SLUG=$(echo "$GPU" | tr 'A-Z' 'a-z' | sed -E 's/[^a-z0-9]+/-/g; s/^-|-$//g')
 RES="perf/results/$(date -u +%Y-%m-%d-%H%M)-$SLUG"
-[ $DRY -eq 1 ] && RES="$(mktemp -d)/$(basename "$RES")"
+[ $DRY -eq 1 ] && RES="$(mktemp -d)/$(basename "$RES")"  # a dry run writes nothing into the checkout
+RES=${RESULTS_DIR:-$RES}
 mkdir -p "$RES"
 SUMMARY="$RES/summary.txt"
 : > "$SUMMARY"
@@ -163,11 +172,12 @@ if ops_log.exists():
         print("\n".join(keep))
 print(f"\nresults: {res}/ (logs, results.csv, tuned_configs.json, kernel_report.json); perf/results/README.md regenerated")
 EOF
-if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
-    cp "$SUMMARY" "$OUT/gpu_check_summary.txt"
-    tar czf "$OUT/gpu_check.tar.gz" "$RES" perf/results/results.csv perf/results/README.md perf/results/*.png \
-        perf/results/*.md kernels/tuned_configs.json 2>/dev/null
-    echo "packed: \$OUT/gpu_check.tar.gz, \$OUT/gpu_check_summary.txt" >> "$SUMMARY"
+if [ -n "${OUT_DIR:-}" ]; then
+    mkdir -p "$OUT_DIR"
+    cp "$SUMMARY" "$OUT_DIR/gpu_check_summary.txt"
+    tar czf "$OUT_DIR/gpu_check.tar.gz" "$RES" perf/results/results.csv perf/results/README.md \
+        perf/results/*.png perf/results/*.md kernels/tuned_configs.json 2>/dev/null
+    echo "packed: $OUT_DIR/gpu_check.tar.gz, $OUT_DIR/gpu_check_summary.txt" >> "$SUMMARY"
 fi
 echo
 echo "=== gpu_check summary ($GPU)"

@@ -1,9 +1,10 @@
 """Ahead-of-time compile report for the Triton kernels: registers, spills and shared memory.
 
 Compiles every config that ``perf/kernel_specs.py`` lists for real GPU architectures (sm_80
-and sm_90 by default) without a GPU, and reads the resource usage of each cubin. This catches what the CPU interpreter cannot see: GPU compile errors, register spills, and
-configs whose shared memory exceeds the architecture's per-block limit (the compiler accepts those;
-they only fail at launch).
+and sm_90 by default) without a GPU, and reads the resource usage of each cubin. This catches
+what the CPU interpreter cannot see: GPU compile errors, register spills, and configs whose
+shared memory exceeds the architecture's per-block limit (the compiler accepts those; they only
+fail at launch).
 
 Usage::
 
@@ -124,7 +125,7 @@ class Row:
         """Total spill evidence in bytes (stack + local + spill stores + spill loads)."""
         return sum(v or 0 for v in (self.stack, self.local, self.spill_stores, self.spill_loads))
 
-    def check(self) -> "Row":
+    def check(self) -> Row:
         """Fill ``problems`` and ``notes`` from the figures."""
         self.problems = []
         self.notes = [n for n in self.notes if not n.startswith(_DERIVED_NOTES)]
@@ -152,7 +153,7 @@ class Row:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Row":
+    def from_dict(cls, d: dict) -> Row:
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in fields})
 
@@ -556,7 +557,7 @@ def format_table(rows: list[Row]) -> str:
 
     def fmt(cells):
         first = [cells[0].ljust(widths[0]), cells[1].ljust(widths[1]), cells[2].ljust(widths[2])]
-        nums = [c.rjust(w) for c, w in zip(cells[3:-1], widths[3:-1])]
+        nums = [c.rjust(w) for c, w in zip(cells[3:-1], widths[3:-1], strict=True)]
         return "  ".join(first + nums + [cells[-1]]).rstrip()
 
     lines.append(fmt(COLUMNS))

@@ -230,7 +230,7 @@ def plot(device: str, rows: dict, path: Path) -> bool:
         batch = max(d["B"] for d in dims)
         channels = max(d.get("C", 0) for d in dims)
         series: dict = defaultdict(list)
-        for k, d in zip(keys, dims):
+        for k, d in zip(keys, dims, strict=True):
             if d["B"] != batch or d.get("C", 0) != channels:
                 continue
             r = rows[k]

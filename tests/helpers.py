@@ -6,7 +6,7 @@ import os
 
 import torch
 
-#: Where the kernel tests run: ``cpu`` (the Triton interpreter, CI) or ``cuda`` (a lent GPU,
+#: Where the kernel tests run: ``cpu`` (the Triton interpreter, CI) or ``cuda`` (a CUDA machine,
 #: ``A2NET_TEST_DEVICE=cuda TRITON_INTERPRET=0``, see perf/gpu_check.sh).
 DEVICE = torch.device(os.environ.get("A2NET_TEST_DEVICE", "cpu"))
 

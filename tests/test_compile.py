@@ -44,7 +44,7 @@ def test_compiled_head_forward_and_backward_match_eager(triton_backend, fused):
     compiled = torch.compile(head, fullgraph=True)
     theta_compiled, grads_compiled = run(compiled)
     torch.testing.assert_close(theta_compiled, theta_eager, rtol=1e-4, atol=1e-5)
-    for g_c, g_e in zip(grads_compiled, grads_eager):
+    for g_c, g_e in zip(grads_compiled, grads_eager, strict=True):
         torch.testing.assert_close(g_c, g_e, rtol=1e-4, atol=1e-5)
     for op in (("correlation_oac",) if fused else ("correlation", "offset_aware_correlation")) + ("attention_pool",):
         assert TRITON_CALLS[op] >= before.get(op, 0) + 2, f"{op}: the Triton path did not run in eager and compiled"

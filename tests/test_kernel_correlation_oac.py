@@ -95,7 +95,7 @@ def check_case(b, sizes, c, o, dtype, norm, seed=0, bias=True):
     assert_close_to_reference(out.detach(), ref, dtype, "output")
     hs, ws = sizes[:2]
     resolvable = dtype == torch.float64 or (hs * ws > 1 and c > 1)
-    for name, g, ref_g in zip(("source", "target", "weight", "bias"), grads, ref_grads):
+    for name, g, ref_g in zip(("source", "target", "weight", "bias"), grads, ref_grads, strict=False):
         assert g.dtype == dtype and g.shape == ref_g.shape, name
         if name in ("source", "target") and not resolvable:
             assert torch.isfinite(g).all(), f"grad {name}: not finite"
@@ -140,7 +140,7 @@ def test_zero_match_column(triton_backend):
     torch.testing.assert_close(out[:, :, 1, 2], bias.detach().expand(2, -1))
     grads = torch.autograd.grad(out, leaves, grad)
     _, ref_grads = reference_grads((source, target, weight, bias), grad, True)
-    for name, g, ref_g in zip(("source", "target", "weight", "bias"), grads, ref_grads):
+    for name, g, ref_g in zip(("source", "target", "weight", "bias"), grads, ref_grads, strict=False):
         assert_close_to_reference(g, ref_g, torch.float32, f"grad {name}")
 
 
@@ -211,7 +211,7 @@ def test_non_contiguous_inputs(triton_backend):
     grads = torch.autograd.grad(out, leaves, grad)
     ref, ref_grads = reference_grads(inputs, grad, True)
     assert_close_to_reference(out.detach(), ref, torch.float32, "output")
-    for name, g, ref_g in zip(("source", "target", "weight", "bias"), grads, ref_grads):
+    for name, g, ref_g in zip(("source", "target", "weight", "bias"), grads, ref_grads, strict=False):
         assert_close_to_reference(g, ref_g, torch.float32, f"grad {name}")
 
 
@@ -222,7 +222,7 @@ def test_expanded_grad(triton_backend):
     leaves = [t.requires_grad_() for t in (source, target, weight, bias)]
     grads = torch.autograd.grad(correlation_oac(*leaves, input_precision="ieee"), leaves, grad)
     _, ref_grads = reference_grads((source, target, weight, bias), grad, True)
-    for name, g, ref_g in zip(("source", "target", "weight", "bias"), grads, ref_grads):
+    for name, g, ref_g in zip(("source", "target", "weight", "bias"), grads, ref_grads, strict=False):
         assert_close_to_reference(g, ref_g, torch.float32, f"grad {name}")
 
 

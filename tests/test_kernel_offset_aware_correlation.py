@@ -75,7 +75,7 @@ def test_output_and_gradients_match_reference(triton_backend, case):
     ref, ref_grads = _reference(corr, weight, bias, sizes[:2], grad_out)
     assert out.dtype == dtype
     assert_close_to_reference(out.detach(), ref, dtype, "output")
-    for name, grad, ref_grad in zip(("corr", "weight", "bias"), grads, ref_grads):
+    for name, grad, ref_grad in zip(("corr", "weight", "bias"), grads, ref_grads, strict=False):
         assert grad.dtype == dtype
         assert_close_to_reference(grad, ref_grad, dtype, f"grad {name}")
 
@@ -122,7 +122,7 @@ def test_weight_gradient_is_deterministic(triton_backend):
     for _ in range(2):
         out = offset_aware_correlation(corr, weight, bias, (5, 7))
         runs.append(torch.autograd.grad(out, leaves, torch.ones_like(out)))
-    for first, second in zip(*runs):
+    for first, second in zip(*runs, strict=True):
         assert torch.equal(first, second), "two backward runs differ"
 
 
@@ -150,7 +150,7 @@ def test_non_contiguous_inputs(triton_backend):
     grads = torch.autograd.grad(out, leaves, grad_out)
     ref, ref_grads = _reference(corr, weight, bias, (hs, ws), grad_out)
     assert_close_to_reference(out.detach(), ref, torch.float32, "output")
-    for name, grad, ref_grad in zip(("corr", "weight", "bias"), grads, ref_grads):
+    for name, grad, ref_grad in zip(("corr", "weight", "bias"), grads, ref_grads, strict=False):
         assert_close_to_reference(grad, ref_grad, torch.float32, f"grad {name}")
 
 

@@ -22,6 +22,7 @@ import torch
 
 import a2net.kernels._tuning as tuning
 from perf import _harness as H
+from perf import op_specs
 from tests.helpers import DEVICE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,7 +213,8 @@ def test_tuned_table_round_trip(tmp_path, monkeypatch):
     autotune = _load("autotune")
     name = "offset_aware_correlation_fwd"
     path = tmp_path / "tuned.json"
-    path.write_text(json.dumps({name: {"sm_80": {"B=32": {"kwargs": {"BLOCK_O": 64}, "num_warps": 4, "num_stages": 2}}}}))
+    old_entry = {"kwargs": {"BLOCK_O": 64}, "num_warps": 4, "num_stages": 2}
+    path.write_text(json.dumps({name: {"sm_80": {"B=32": old_entry}}}))
     sizes = {"B": 32, "O": 128, "S": 225, "T": 225, "dtype": "float32"}
     key = tuning.table_key(sizes)
     assert key == "B=32,O=128,S=256,T=256,dtype=float32"
@@ -269,14 +271,13 @@ def test_autotune_checks_every_config_of_every_kernel(triton_backend):
         # check there, at the paper's shapes, in gpu_check.sh's autotune stage.
         pytest.skip("runs in the Triton interpreter")
     autotune = _load("autotune")
-    bench_ops = _load("bench_ops")
     store: dict = {}
     shapes = {"correlation": {"B": 2, "C": 8, "H": 4, "W": 5},
               "offset_aware_correlation": {"B": 3, "O": 16, "H": 5, "W": 6},
               "correlation_oac": {"B": 2, "C": 8, "O": 16, "H": 4, "W": 5},
               "attention_pool": {"B": 2, "C": 40, "H": 3, "W": 5}}
     for name, shape in shapes.items():
-        spec = bench_ops.OPS[name]
+        spec = op_specs.OPS[name]
         inputs = spec.make(shape, torch.float32, DEVICE, torch.Generator(device=DEVICE).manual_seed(0), all_grads=True)
         with autotune.recording(store):
             out = spec.providers["triton"](inputs, "ieee")
@@ -333,7 +334,7 @@ def test_autotune_checker_rejects_a_wrong_config():
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_check_dry_run(tmp_path):
     proc = subprocess.run(["bash", str(PERF / "gpu_check.sh"), "--dry-run"], capture_output=True, text=True,
-                          timeout=120, cwd=REPO, env=_env(PYTHON=sys.executable, OUT=str(tmp_path)))
+                          timeout=120, cwd=REPO, env=_env(PYTHON=sys.executable, OUT_DIR=str(tmp_path)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = proc.stdout.split("=== gpu_check summary")[1]
     for stage in ("tests (cuda)", "autotune", "bench_ops", "bench_model", "kernel_report"):

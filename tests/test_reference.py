@@ -70,8 +70,10 @@ def test_feature_l2norm_matches_loop():
     torch.testing.assert_close(reference.feature_l2norm(x), naive_l2norm(x), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("flags", [(True, True, True), (False, False, False), (True, False, True), (False, True, False)],
-                         ids=lambda f: "nf{}-relu{}-nm{}".format(*map(int, f)))
+@pytest.mark.parametrize(
+    "flags", [(True, True, True), (False, False, False), (True, False, True), (False, True, False)],
+    ids=lambda f: "nf{}-relu{}-nm{}".format(*map(int, f)),
+)
 @pytest.mark.parametrize("size", SIZES, ids=size_id)
 def test_correlation_matches_loop(size, flags):
     hs, ws, ht, wt = size
@@ -166,7 +168,8 @@ def f32(*shape):
         (lambda: reference.correlation(f32(2, 3, 4), f32(2, 3, 4, 4)), r"source: expected a 4-D tensor, got 3-D"),
         (lambda: reference.correlation(f32(2, 3, 4, 4), f32(1, 3, 4, 4)), r"target: expected batch size .* = 2, got 1"),
         (lambda: reference.correlation(f32(2, 3, 4, 4), f32(2, 5, 4, 4)), r"target: expected channels .* = 3, got 5"),
-        (lambda: reference.correlation(f32(2, 3, 4, 4), f32(2, 3, 4, 4).double()), r"target: expected dtype torch.float32"),
+        (lambda: reference.correlation(f32(2, 3, 4, 4), f32(2, 3, 4, 4).double()),
+         r"target: expected dtype torch.float32"),
         (lambda: reference.correlation(f32(2, 3, 4, 4), f32(2, 3, 4, 4).to("meta")), r"target: expected device cpu"),
         (lambda: reference.offset_aware_correlation(f32(1, 12, 3, 4), f32(2, 6, 7), None, (3, 4)),
          r"weight: expected offset grid .* = \(5, 7\) .* got \(6, 7\)"),
@@ -174,8 +177,10 @@ def f32(*shape):
          r"corr: expected source positions Hs\*Ws .* = 12, got 11"),
         (lambda: reference.offset_aware_correlation(f32(1, 12, 3, 4), f32(2, 5, 7), f32(3), (3, 4)),
          r"bias: expected output channels O of weight .* = 2, got 3"),
-        (lambda: reference.attention_pool(f32(2, 2, 3, 3), f32(2, 4, 3, 3)), r"logits: expected channels .* = 1, got 2"),
-        (lambda: reference.attention_pool(f32(2, 1, 3, 3), f32(2, 4, 3, 2)), r"values: expected batch and spatial size"),
+        (lambda: reference.attention_pool(f32(2, 2, 3, 3), f32(2, 4, 3, 3)),
+         r"logits: expected channels .* = 1, got 2"),
+        (lambda: reference.attention_pool(f32(2, 1, 3, 3), f32(2, 4, 3, 2)),
+         r"values: expected batch and spatial size"),
         (lambda: reference.attention_pool(f32(2, 1, 3, 3), torch.zeros(2, 4, 3, 3, dtype=torch.long)),
          r"values: expected a floating-point tensor"),
     ],

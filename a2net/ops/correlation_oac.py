@@ -23,8 +23,6 @@ Registered ops (``S = Hs*Ws``, ``T = Ht*Wt``):
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from a2net import reference
@@ -38,7 +36,7 @@ def _correlation_oac_op(
     source: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     normalize_features: bool,
     input_precision: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,7 +65,7 @@ def _correlation_oac_backward_op(
     source: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     out: torch.Tensor,
     inv_source: torch.Tensor,
     inv_target: torch.Tensor,

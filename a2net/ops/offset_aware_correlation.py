@@ -14,8 +14,6 @@ Both run the Triton kernels of :mod:`a2net.kernels.offset_aware_correlation` and
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from a2net import reference
@@ -25,7 +23,7 @@ from a2net.ops._dispatch import TRITON_CALLS, use_triton
 
 @torch.library.custom_op("a2net::offset_aware_correlation", mutates_args=())
 def _offset_aware_correlation_op(
-    corr: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], hs: int, ws: int, input_precision: str
+    corr: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, hs: int, ws: int, input_precision: str
 ) -> torch.Tensor:
     """Triton forward ``(B, O, Ht, Wt)``; see :func:`offset_aware_correlation`."""
     from a2net.kernels.offset_aware_correlation import offset_aware_correlation_fwd

@@ -11,12 +11,12 @@ The heads (``A2Net(use_oac=..., use_attention=...)``):
 Each is trained by :func:`a2net.train.train` with the options of ``a2net train --preset demo``
 (same data stream, seed, initialisation seed, steps, schedule) except ``--max-steps`` (this
 script's ``--steps``), then evaluated on the held-out synthetic pairs
-(:func:`a2net.data.heldout_synthetic_pairs`, PCK of :func:`a2net.data.synthetic_pck` at
+(:func:`a2net.synthetic.heldout_synthetic_pairs`, PCK of :func:`a2net.metrics.synthetic_pck` at
 alpha 0.05 / 0.1 / 0.15, L = image size) next to the identity transformation.
 
-Usage::
+It measures accuracy, not speed (the benchmarks are in ``perf/``). Usage, from the checkout::
 
-    python perf/ablation.py --steps 1500 --out runs/ablation     # ~4x the time of one run
+    python experiments/ablation.py --steps 1500 --out runs/ablation     # ~4x the time of one run
 
 Writes ``OUT/ablation.json`` and ``OUT/ablation.md`` (the markdown table); runs are kept in
 ``OUT/<head>/`` and an interrupted ablation resumes them (``--resume``).
@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from a2net import checkpoint as ckpt  # noqa: E402
-from a2net import data, geometry, train  # noqa: E402
+from a2net import fileio, geometry, metrics, synthetic, train  # noqa: E402
 from a2net.model import normalize_images  # noqa: E402
 
 #: (name, use_oac, use_attention), in the paper's order.
@@ -66,7 +66,7 @@ def evaluate(model, pairs: dict, image_size: int, batch_size: int = 50) -> dict:
             else:
                 thetas.append(model(normalize_images(src), normalize_images(tgt)).float())
     theta = torch.cat(thetas)
-    return {f"pck@{a}": float(data.synthetic_pck(theta, pairs["theta"], image_size, alpha=a).mean()) for a in ALPHAS}
+    return {f"pck@{a}": float(metrics.synthetic_pck(theta, pairs["theta"], image_size, alpha=a).mean()) for a in ALPHAS}
 
 
 def model_kind(pairs: dict) -> str:
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     options = dict(train.DEFAULTS, **train.PRESETS["demo"], preset="demo")
     options["max_steps"] = args.steps
     size = options["image_size"]
-    pairs = data.heldout_synthetic_pairs(options["geometric_model"], args.pairs, size)
+    pairs = synthetic.heldout_synthetic_pairs(options["geometric_model"], args.pairs, size)
     rows = [{"head": "identity (no alignment)", "use_oac": None, "use_attention": None, "seconds": 0.0,
              **evaluate(None, pairs, size)}]
     print(f"identity: {rows[0]}", flush=True)
@@ -107,20 +107,20 @@ def main(argv=None) -> int:
         rows.append(row)
         print(row, flush=True)
     report = {
-        "what": "held-out synthetic PCK (a2net.data.synthetic_pck, L = image size) of four heads trained with "
+        "what": "held-out synthetic PCK (a2net.metrics.synthetic_pck, L = image size) of four heads trained with "
                 "the demo preset's options and the same number of steps",
         "steps": args.steps,
         "demo_preset_steps": train.PRESETS["demo"]["max_steps"],
         "pairs": args.pairs,
-        "held_out_images": data.bundled_photos("heldout"),
+        "held_out_images": synthetic.bundled_photos("heldout"),
         "options": options,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
                    f"{torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
         "rows": rows,
     }
-    ckpt.atomic_write(out / "ablation.json", json.dumps(report, indent=2))
-    ckpt.atomic_write(out / "ablation.md", markdown(report))
+    fileio.atomic_write(out / "ablation.json", json.dumps(report, indent=2))
+    fileio.atomic_write(out / "ablation.md", markdown(report))
     print(markdown(report))
     return 0
 
