@@ -57,8 +57,9 @@ def _as_points(points, name: str) -> torch.Tensor | None:
         return None
     p = torch.as_tensor(np.asarray(points) if not isinstance(points, torch.Tensor) else points).to(torch.float64)
     if p.dim() != 2 or p.shape[0] != 2:
-        raise ValueError(f"{name}: expected (2, N) 1-based pixel coordinates (row 0 x, row 1 y), got shape "
-                         f"{tuple(p.shape)}")
+        raise ValueError(
+            f"{name}: expected (2, N) 1-based pixel coordinates (row 0 x, row 1 y), got shape {tuple(p.shape)}"
+        )
     return p.cpu()
 
 
@@ -109,14 +110,17 @@ class Alignment:
         (NaN for padded keypoints); None unless both point sets were given."""
         if self.transferred_points is None or self.source_points is None:
             return None
-        valid = geometry.valid_keypoints(self.source_points[None])[0] & geometry.valid_keypoints(
-            self.target_points[None])[0]
+        valid = (
+            geometry.valid_keypoints(self.source_points[None])[0]
+            & geometry.valid_keypoints(self.target_points[None])[0]
+        )
         errors = torch.linalg.vector_norm(self.transferred_points - self.source_points, dim=0)
         return torch.where(valid, errors, torch.full_like(errors, float("nan")))
 
 
-def align(source, target, model=None, image_size=None, source_points=None, target_points=None,
-          device=None) -> Alignment:
+def align(
+    source, target, model=None, image_size=None, source_points=None, target_points=None, device=None
+) -> Alignment:
     """Align ``source`` onto ``target``.
 
     Args:
@@ -145,8 +149,10 @@ def align(source, target, model=None, image_size=None, source_points=None, targe
     source_points = _as_points(source_points, "source_points")
     target_points = _as_points(target_points, "target_points")
     if source_points is not None and target_points is not None and source_points.shape != target_points.shape:
-        raise ValueError(f"target_points: expected shape {tuple(source_points.shape)} (that of source_points: "
-                         f"keypoint i of one image matches keypoint i of the other), got {tuple(target_points.shape)}")
+        raise ValueError(
+            f"target_points: expected shape {tuple(source_points.shape)} (that of source_points: "
+            f"keypoint i of one image matches keypoint i of the other), got {tuple(target_points.shape)}"
+        )
     size = input_size(model, image_size)
     run_on = model_device(model)
     with torch.no_grad():
@@ -156,11 +162,20 @@ def align(source, target, model=None, image_size=None, source_points=None, targe
         warped = warp_chain(source_image[None], chain, tuple(target_image.shape[1:]))[0]
     transferred = None
     if target_points is not None:
-        transferred = transfer_points(chain, target_points[None], tuple(target_image.shape[1:]),
-                                      tuple(source_image.shape[1:]))[0]
-    return Alignment(mode=mode, chain=tuple(chain), source=source_image, target=target_image, warped=warped,
-                     image_size=size, source_points=source_points, target_points=target_points,
-                     transferred_points=transferred)
+        transferred = transfer_points(
+            chain, target_points[None], tuple(target_image.shape[1:]), tuple(source_image.shape[1:])
+        )[0]
+    return Alignment(
+        mode=mode,
+        chain=tuple(chain),
+        source=source_image,
+        target=target_image,
+        warped=warped,
+        image_size=size,
+        source_points=source_points,
+        target_points=target_points,
+        transferred_points=transferred,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,8 +236,9 @@ def save_alignment_figure(result: Alignment, path, dpi: int = 100, panel_size: f
     pixels = (round(5 * panel_size * dpi), round((height + header) * dpi))
     fig = Figure(figsize=((pixels[0] + 0.5) / dpi, (pixels[1] + 0.5) / dpi), dpi=dpi)
     axes = fig.subplots(1, 5)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02 * panel_size / (height + header),
-                        top=height / (height + header), wspace=0.04)
+    fig.subplots_adjust(
+        left=0.01, right=0.99, bottom=0.02 * panel_size / (height + header), top=height / (height + header), wspace=0.04
+    )
     warped, target = result.warped, result.target
     _show(axes[0], result.source, "source")
     _show(axes[1], target, "target")
@@ -247,21 +263,38 @@ def save_alignment_figure(result: Alignment, path, dpi: int = 100, panel_size: f
         if sp is not None:
             both = keep & _valid(sp).numpy()
             for i in np.flatnonzero(both):
-                axes[0].plot([moved[0, i] - 1, sp[0, i] - 1], [moved[1, i] - 1, sp[1, i] - 1], color=colours[i],
-                             linewidth=1.0, zorder=2)
-        axes[0].scatter(moved[0, keep] - 1, moved[1, keep] - 1, c=colours[: moved.shape[1]][keep], marker="X",
-                        s=40, edgecolors="black", linewidths=0.5, zorder=4)
+                axes[0].plot(
+                    [moved[0, i] - 1, sp[0, i] - 1],
+                    [moved[1, i] - 1, sp[1, i] - 1],
+                    color=colours[i],
+                    linewidth=1.0,
+                    zorder=2,
+                )
+        axes[0].scatter(
+            moved[0, keep] - 1,
+            moved[1, keep] - 1,
+            c=colours[: moved.shape[1]][keep],
+            marker="X",
+            s=40,
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=4,
+        )
     panels = (result.source, target, warped, warped, warped)
     for ax, image in zip(axes, panels, strict=True):  # the axes keep the image's extent: points may leave it
         ax.set_xlim(-0.5, image.shape[2] - 0.5)
         ax.set_ylim(image.shape[1] - 0.5, -0.5)
 
-    title = f"A2Net {result.mode} alignment (source warped onto target; network input {result.image_size[0]}x" \
-            f"{result.image_size[1]})"
+    title = (
+        f"A2Net {result.mode} alignment (source warped onto target; network input {result.image_size[0]}x"
+        f"{result.image_size[1]})"
+    )
     errors = result.transfer_errors()
     if errors is not None and bool(torch.isfinite(errors).any()):
-        title += f"\no: keypoints, x: target keypoints transferred into the source; mean error " \
-                 f"{float(torch.nanmean(errors)):.1f} px"
+        title += (
+            f"\no: keypoints, x: target keypoints transferred into the source; mean error "
+            f"{float(torch.nanmean(errors)):.1f} px"
+        )
     elif moved is not None:
         title += "\no: target keypoints, x: their transfer into the source"
     fig.suptitle(title, fontsize=11)
@@ -270,4 +303,3 @@ def save_alignment_figure(result: Alignment, path, dpi: int = 100, panel_size: f
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, buffer.getvalue())
     return path
-

@@ -61,9 +61,27 @@ __all__ = [
 FLO_MAGIC = 202021.25
 #: PF-PASCAL's ``class`` column is 1-based in this (PASCAL VOC) order.
 PASCAL_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)  #
 #: The three parts of TSS, one folder each.
 TSS_SUBSETS = ("FG3DCar", "JODS", "PASCAL")
 
@@ -78,7 +96,7 @@ _ORIGIN = {
     "Caltech-101": "Caltech-101 images and annotations come from the Caltech-101 page (Fei-Fei, Fergus and Perona, "
     "2004); the pair list test_pairs_caltech_with_category.csv from the CNNGeometric project page (Rocco, "
     "Arandjelovic and Sivic, CVPR 2017)",
-}  # fmt: skip
+}  #
 
 
 def _require(path: Path, dataset: str, what: str) -> Path:
@@ -538,8 +556,10 @@ class CaltechDataset(Dataset):
             raise ValueError(f"{where}: expected a numeric class, got {row[2]!r}")
         xa, ya, xb, yb = (_numbers(cell, where) for cell in row[3:7])
         if len(xa) != len(ya) or len(xb) != len(yb) or min(len(xa), len(xb)) < 3:
-            raise ValueError(f"{where}: expected polygons of >= 3 vertices with as many x as y values, "
-                             f"got {len(xa)}/{len(ya)} (A) and {len(xb)}/{len(yb)} (B)")
+            raise ValueError(
+                f"{where}: expected polygons of >= 3 vertices with as many x as y values, "
+                f"got {len(xa)}/{len(ya)} (A) and {len(xb)}/{len(yb)} (B)"
+            )
         source, target = _image(self.root, row[0], "Caltech-101"), _image(self.root, row[1], "Caltech-101")
         source_polygon = torch.tensor([xa, ya], dtype=torch.float64)
         target_polygon = torch.tensor([xb, yb], dtype=torch.float64)

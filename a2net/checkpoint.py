@@ -79,15 +79,23 @@ def _backbone_record(model: nn.Module, store_backbone: bool | None) -> dict:
         size = sum(t.numel() * t.element_size() for t in model.FeatureExtraction.state_dict().values())
         store_backbone = not seeded or size <= SEEDED_BACKBONE_MIN_BYTES
     if store_backbone is False and not seeded:
-        raise ValueError("store_backbone: False needs the unchanged random backbone of build_model (its seed "
-                         "rebuilds it); this backbone is pretrained, fine-tuned or custom")
+        raise ValueError(
+            "store_backbone: False needs the unchanged random backbone of build_model (its seed "
+            "rebuilds it); this backbone is pretrained, fine-tuned or custom"
+        )
     if store_backbone or not seeded:
         return {"stored": True, "seed": init["seed"] if init is not None else None, "sha256": sha}
     return {"stored": False, "seed": init["seed"], "sha256": sha}
 
 
-def save_checkpoint(directory, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, step: int = 0,
-                    extra: dict | None = None, store_backbone: bool | None = None) -> Path:
+def save_checkpoint(
+    directory,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    step: int = 0,
+    extra: dict | None = None,
+    store_backbone: bool | None = None,
+) -> Path:
     """Save ``model`` (and ``optimizer``) to ``directory``, replacing what is there atomically.
 
     Args:
@@ -110,8 +118,10 @@ def save_checkpoint(directory, model: nn.Module, optimizer: torch.optim.Optimize
     if not hasattr(model, "config") or not hasattr(model, "FeatureExtraction"):
         raise ValueError(f"model: expected an A2Net, got {type(model).__name__}")
     if model.config.get("backbone") == "custom":
-        raise ValueError("model: a 'custom' backbone cannot be rebuilt from a checkpoint; build the model with "
-                         f"a backbone named in a2net.model.BACKBONES {list(BACKBONES)}")
+        raise ValueError(
+            "model: a 'custom' backbone cannot be rebuilt from a checkpoint; build the model with "
+            f"a backbone named in a2net.model.BACKBONES {list(BACKBONES)}"
+        )
     extra = dict(extra or {})
     clash = sorted(set(extra) & set(_RESERVED))
     if clash:
@@ -119,8 +129,14 @@ def save_checkpoint(directory, model: nn.Module, optimizer: torch.optim.Optimize
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step: expected an int >= 0, got {step!r}")
     backbone = _backbone_record(model, store_backbone)
-    state = {"format": FORMAT, "step": step, "config": model.config, "backbone": backbone,
-             "torch_version": torch.__version__, **extra}
+    state = {
+        "format": FORMAT,
+        "step": step,
+        "config": model.config,
+        "backbone": backbone,
+        "torch_version": torch.__version__,
+        **extra,
+    }
     text = json.dumps(state, indent=2, sort_keys=False)
     json.loads(text)  # fail here, before anything is written, if extra is not JSON
 
@@ -176,8 +192,10 @@ def resolve_checkpoint(path) -> Path:
     old = directory.with_name(f".{directory.name}.old")
     if not directory.exists() and (old / MODEL_FILE).is_file() and (old / STATE_FILE).is_file():
         return old  # a crash between the two renames of save_checkpoint
-    raise FileNotFoundError(f"path: no checkpoint at {str(path)!r} (expected a directory with {MODEL_FILE} and "
-                            f"{STATE_FILE}, or a .safetensors file)")
+    raise FileNotFoundError(
+        f"path: no checkpoint at {str(path)!r} (expected a directory with {MODEL_FILE} and "
+        f"{STATE_FILE}, or a .safetensors file)"
+    )
 
 
 def _read(path) -> tuple[Path, dict, Path]:
@@ -193,12 +211,15 @@ def _read(path) -> tuple[Path, dict, Path]:
         with safe_open(str(resolved), framework="pt") as f:
             metadata = f.metadata() or {}
         if _METADATA_KEY not in metadata:
-            raise ValueError(f"path: {str(resolved)!r} is a safetensors file without a2net's state in its metadata; "
-                             "pass the checkpoint directory instead")
+            raise ValueError(
+                f"path: {str(resolved)!r} is a safetensors file without a2net's state in its metadata; "
+                "pass the checkpoint directory instead"
+            )
         state = json.loads(metadata[_METADATA_KEY])
     if state.get("format") != FORMAT:
-        raise ValueError(f"path: expected an {FORMAT!r} checkpoint, got format {state.get('format')!r} in "
-                         f"{str(resolved)!r}")
+        raise ValueError(
+            f"path: expected an {FORMAT!r} checkpoint, got format {state.get('format')!r} in {str(resolved)!r}"
+        )
     return resolved, state, model_file
 
 
@@ -221,8 +242,10 @@ def _restore_weights(model: nn.Module, state: dict, model_file: Path, map_locati
     if not backbone["stored"]:
         missing = [k for k in missing if not k.startswith("FeatureExtraction.")]
     if missing or unexpected:
-        raise ValueError(f"checkpoint: {str(model_file)!r} does not fit the model its config describes: missing "
-                         f"{missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"checkpoint: {str(model_file)!r} does not fit the model its config describes: missing "
+            f"{missing[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
 def load_model(path, map_location="cpu") -> nn.Module:
@@ -244,8 +267,9 @@ def load_model(path, map_location="cpu") -> nn.Module:
     return model.to(map_location).eval()
 
 
-def load_checkpoint(directory, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
-                    map_location="cpu") -> dict:
+def load_checkpoint(
+    directory, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None, map_location="cpu"
+) -> dict:
     """Load a checkpoint for resuming.
 
     Args:

@@ -23,8 +23,9 @@ __all__ = ["main"]
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo/alignment.png", help="the alignment figure (default: %(default)s)")
     parser.add_argument("--pairs", type=int, default=200, help="held-out synthetic pairs scored (default: %(default)s)")
-    parser.add_argument("--index", type=int, default=3,
-                        help="which held-out pair the figure shows (default: %(default)s)")
+    parser.add_argument(
+        "--index", type=int, default=3, help="which held-out pair the figure shows (default: %(default)s)"
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
@@ -41,20 +42,24 @@ def _run_demo(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_default_model(map_location=device)
     state = getattr(model, "checkpoint_state", {})
-    print(f"embedded model: {DEFAULT_CHECKPOINT.name} ({model.geometric_model}, backbone "
-          f"{model.config['backbone']}, {model.image_size[0]}x{model.image_size[1]} input, trained "
-          f"{state.get('step', '?')} steps by `a2net train --preset demo`) on {device}, backend {backend()}")
+    print(
+        f"embedded model: {DEFAULT_CHECKPOINT.name} ({model.geometric_model}, backbone "
+        f"{model.config['backbone']}, {model.image_size[0]}x{model.image_size[1]} input, trained "
+        f"{state.get('step', '?')} steps by `a2net train --preset demo`) on {device}, backend {backend()}"
+    )
 
     # 1. PCK on held-out synthetic pairs (photos never seen in training, known transformations).
     start = time.perf_counter()
     report = evaluate_synthetic(model, n_pairs=args.pairs, device=device, progress=False)
-    print(f"\nheld-out synthetic pairs of the bundled photos ({args.pairs} pairs, "
-          f"{time.perf_counter() - start:.1f} s):")
+    print(
+        f"\nheld-out synthetic pairs of the bundled photos ({args.pairs} pairs, {time.perf_counter() - start:.1f} s):"
+    )
     print(format_results({"benchmark": "synthetic", "modes": {report["mode"]: report}}))
 
     # 2. One held-out pair as a figure: the true transformation's keypoints vs the predicted ones.
-    pairs = synthetic.heldout_synthetic_pairs(model.geometric_model, n_pairs=args.index + 1,
-                                              image_size=model.image_size)
+    pairs = synthetic.heldout_synthetic_pairs(
+        model.geometric_model, n_pairs=args.index + 1, image_size=model.image_size
+    )
     source, target, theta = pairs["source"][args.index], pairs["target"][args.index], pairs["theta"][args.index]
     h, w = target.shape[1:]
     axis = torch.linspace(-0.7, 0.7, 4, dtype=torch.float64)
@@ -64,8 +69,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     target_points = geometry.normalized_to_pixels(grid, size)[0]
     source_points = geometry.normalized_to_pixels(geometry.transform_points(theta[None].double(), grid), size)[0]
     start = time.perf_counter()
-    result = align(source, target, model=model, source_points=source_points.float(),
-                   target_points=target_points.float())
+    result = align(
+        source, target, model=model, source_points=source_points.float(), target_points=target_points.float()
+    )
     elapsed = time.perf_counter() - start
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -73,9 +79,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     errors = result.transfer_errors()
     inside = ~torch.isnan(errors)  # keypoints whose true source position lies inside the image
     identity = torch.linalg.vector_norm(source_points - target_points, dim=0)[inside]
-    print(f"\npair {args.index} ({pairs['name'][args.index]}): aligned in {elapsed * 1e3:.0f} ms; keypoint "
-          f"error {errors[inside].mean():.1f} px mean over {int(inside.sum())} points inside the source "
-          f"(without alignment: {identity.mean():.1f} px)")
+    print(
+        f"\npair {args.index} ({pairs['name'][args.index]}): aligned in {elapsed * 1e3:.0f} ms; keypoint "
+        f"error {errors[inside].mean():.1f} px mean over {int(inside.sum())} points inside the source "
+        f"(without alignment: {identity.mean():.1f} px)"
+    )
     print(f"figure: {out}")
     return 0
 
@@ -89,34 +97,71 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from a2net.train import LR_SCHEDULES, PRESETS
 
     p = parser
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="defaults of a recipe: 'demo' (2 CPU cores, <= 30 min) or 'paper' (docs/design.md §7)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="defaults of a recipe: 'demo' (2 CPU cores, <= 30 min) or 'paper' (docs/design.md §7)",
+    )
     p.add_argument("--geometric-model", choices=["affine", "tps"], default=None)
     p.add_argument("--backbone", choices=list(BACKBONES), default=None)
-    p.add_argument("--backbone-weights", default=None,
-                   help="'imagenet' (torchvision's, downloaded), a state_dict path, or 'none' (random init)")
+    p.add_argument(
+        "--backbone-weights",
+        default=None,
+        help="'imagenet' (torchvision's, downloaded), a state_dict path, or 'none' (random init)",
+    )
     p.add_argument("--backbone-seed", type=int, default=None, help="seed of the model's initialisation (0)")
-    p.add_argument("--fine-tune-backbone", action=argparse.BooleanOptionalAction, default=None,
-                   help="train the backbone too (demo preset: on; the paper: off)")
-    p.add_argument("--no-oac", dest="use_oac", action="store_false", default=None,
-                   help="ablation: plain 1x1 conv over the correlation instead of the OAC")
-    p.add_argument("--no-attention", dest="use_attention", action="store_false", default=None,
-                   help="ablation: flatten + linear regressor instead of attention pooling")
+    p.add_argument(
+        "--fine-tune-backbone",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the backbone too (demo preset: on; the paper: off)",
+    )
+    p.add_argument(
+        "--no-oac",
+        dest="use_oac",
+        action="store_false",
+        default=None,
+        help="ablation: plain 1x1 conv over the correlation instead of the OAC",
+    )
+    p.add_argument(
+        "--no-attention",
+        dest="use_attention",
+        action="store_false",
+        default=None,
+        help="ablation: flatten + linear regressor instead of attention pooling",
+    )
     p.add_argument("--image-size", type=int, default=None, help="square input size (pixels)")
-    p.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="images are resized to this before padding and cropping (480 640)")
+    p.add_argument(
+        "--resize",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="images are resized to this before padding and cropping (480 640)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="pairs per step (per process)")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
-                   help="constant (the paper) or cosine decay to 0 at the last step")
+    p.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=None,
+        help="constant (the paper) or cosine decay to 0 at the last step",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="train until this step")
-    p.add_argument("--epochs", type=float, default=None,
-                   help="train for this many passes over the images (sets --max-steps)")
-    p.add_argument("--data", default=None,
-                   help="image folder (recursive jpg/png), or bundled:training (scikit-image photos)")
+    p.add_argument(
+        "--epochs", type=float, default=None, help="train for this many passes over the images (sets --max-steps)"
+    )
+    p.add_argument(
+        "--data", default=None, help="image folder (recursive jpg/png), or bundled:training (scikit-image photos)"
+    )
     p.add_argument("--thetas", default=None, help="CSV of image name + 6/18 theta numbers (the authors' files)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crop + flip of each image (demo preset: on)")
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random crop + flip of each image (demo preset: on)",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed of the data stream (0)")
     p.add_argument("--output-dir", default=None, help="where metrics.jsonl and last/ go (runs/a2net)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="save last/ every N steps")
@@ -146,8 +191,16 @@ def _run_train(args: argparse.Namespace) -> int:
         state_dir = ckpt.resolve_checkpoint(output_dir / "last")
         stored = json.loads((state_dir / ckpt.STATE_FILE).read_text())
     options = train.resolve_options(args, stored)
-    train.train(options, output_dir, resume=args.resume, device=args.device, amp=args.amp, compile=args.compile,
-                num_workers=args.num_workers, progress=args.progress)
+    train.train(
+        options,
+        output_dir,
+        resume=args.resume,
+        device=args.device,
+        amp=args.amp,
+        compile=args.compile,
+        num_workers=args.num_workers,
+        progress=args.progress,
+    )
     return 0
 
 
@@ -159,25 +212,44 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     from a2net.evaluate import BENCHMARKS
 
     parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
-    parser.add_argument("--data", default=None,
-                        help="the benchmark's folder (for synthetic: a folder of images; default the held-out "
-                             "bundled photos)")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="the benchmark's folder (for synthetic: a folder of images; default the held-out bundled photos)",
+    )
     parser.add_argument("--output", required=True, help="results JSON to write")
-    parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint folder or model.safetensors (default: the embedded demo model)")
-    parser.add_argument("--affine-checkpoint", default=None,
-                        help="with --tps-checkpoint: evaluate affine, TPS and affine+TPS")
+    parser.add_argument(
+        "--checkpoint", default=None, help="checkpoint folder or model.safetensors (default: the embedded demo model)"
+    )
+    parser.add_argument(
+        "--affine-checkpoint", default=None, help="with --tps-checkpoint: evaluate affine, TPS and affine+TPS"
+    )
     parser.add_argument("--tps-checkpoint", default=None, help="with --affine-checkpoint")
-    parser.add_argument("--alphas", type=float, nargs="+", default=None,
-                        help="PCK tolerances (default 0.05 0.1 0.15; TSS 0.05)")
+    parser.add_argument(
+        "--alphas", type=float, nargs="+", default=None, help="PCK tolerances (default 0.05 0.1 0.15; TSS 0.05)"
+    )
     parser.add_argument("--split", default="test", choices=("test", "val", "train", "all"), help="PF-PASCAL split")
-    parser.add_argument("--reference", default="bbox", choices=("bbox", "image", "keypoints"),
-                        help="PF-PASCAL PCK reference length (default: object bounding box)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="network input size (default: the model's)")
+    parser.add_argument(
+        "--reference",
+        default="bbox",
+        choices=("bbox", "image", "keypoints"),
+        help="PF-PASCAL PCK reference length (default: object bounding box)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="network input size (default: the model's)",
+    )
     parser.add_argument("--pairs", type=int, default=100, help="synthetic: number of held-out pairs")
-    parser.add_argument("--pair-model", default=None, choices=("affine", "tps"),
-                        help="synthetic: kind of the pairs' random thetas (default: tps for a TPS model, else affine)")
+    parser.add_argument(
+        "--pair-model",
+        default=None,
+        choices=("affine", "tps"),
+        help="synthetic: kind of the pairs' random thetas (default: tps for a TPS model, else affine)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers reading the images")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -195,11 +267,19 @@ def _eval_aligners(args: argparse.Namespace, device) -> tuple[dict, dict]:
     from a2net.inference import load_aligner, mode_of
 
     if args.affine_checkpoint is not None or args.tps_checkpoint is not None:
-        two = load_aligner(affine_checkpoint=args.affine_checkpoint, tps_checkpoint=args.tps_checkpoint,
-                           checkpoint=args.checkpoint, device=device)
-        return ({"affine": two.affine, "tps": two.tps, "affine+tps": two},
-                {"affine": _checkpoint_record(two.affine, args.affine_checkpoint),
-                 "tps": _checkpoint_record(two.tps, args.tps_checkpoint)})
+        two = load_aligner(
+            affine_checkpoint=args.affine_checkpoint,
+            tps_checkpoint=args.tps_checkpoint,
+            checkpoint=args.checkpoint,
+            device=device,
+        )
+        return (
+            {"affine": two.affine, "tps": two.tps, "affine+tps": two},
+            {
+                "affine": _checkpoint_record(two.affine, args.affine_checkpoint),
+                "tps": _checkpoint_record(two.tps, args.tps_checkpoint),
+            },
+        )
     model = load_aligner(checkpoint=args.checkpoint, device=device)
     if args.checkpoint is not None:
         record = _checkpoint_record(model, args.checkpoint)
@@ -224,8 +304,10 @@ def _eval_dataset(args: argparse.Namespace, aligners: dict):
     if args.benchmark == "pf-willow":
         return benchmarks.PFWillowDataset(args.data), "PF-WILLOW"
     if args.benchmark == "pf-pascal":
-        return (benchmarks.PFPascalDataset(args.data, split=args.split, reference=args.reference),
-                f"PF-PASCAL ({args.split} split)")
+        return (
+            benchmarks.PFPascalDataset(args.data, split=args.split, reference=args.reference),
+            f"PF-PASCAL ({args.split} split)",
+        )
     if args.benchmark == "tss":
         return benchmarks.TSSDataset(args.data), "TSS"
     return benchmarks.CaltechDataset(args.data), "Caltech-101"
@@ -256,8 +338,12 @@ def _run_eval(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     aligners, checkpoints = _eval_aligners(args, device)
     dataset, title = _eval_dataset(args, aligners)
-    common = dict(image_size=None if args.image_size is None else as_size("image_size", tuple(args.image_size)),
-                  batch_size=args.batch_size, num_workers=args.num_workers, progress=not args.no_progress)
+    common = dict(
+        image_size=None if args.image_size is None else as_size("image_size", tuple(args.image_size)),
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+    )
     results = {}
     for mode, aligner in aligners.items():
         if args.benchmark in ("pf-willow", "pf-pascal"):
@@ -319,18 +405,39 @@ def _add_align_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="source image (the one that is warped)")
     parser.add_argument("target", help="target image")
     parser.add_argument("--out", required=True, help="figure to write (PNG, or .pdf/.svg)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint folder or model.safetensors (default: the embedded demo model)")
+    parser.add_argument(
+        "--checkpoint", default=None, help="checkpoint folder or model.safetensors (default: the embedded demo model)"
+    )
     parser.add_argument("--affine-checkpoint", default=None, help="with --tps-checkpoint: affine+TPS alignment")
     parser.add_argument("--tps-checkpoint", default=None, help="with --affine-checkpoint: affine+TPS alignment")
-    parser.add_argument("--geometric-model", default=None, choices=MODES,
-                        help="check that the model is of this kind (affine, tps or affine+tps)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="network input size (default: the model's)")
-    parser.add_argument("--source-points", type=_parse_points, default=None, metavar="X,Y;X,Y;...",
-                        help="keypoints of the source image, 1-based pixels")
-    parser.add_argument("--target-points", type=_parse_points, default=None, metavar="X,Y;X,Y;...",
-                        help="keypoints of the target image, 1-based pixels; drawn with their transfer")
+    parser.add_argument(
+        "--geometric-model",
+        default=None,
+        choices=MODES,
+        help="check that the model is of this kind (affine, tps or affine+tps)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="network input size (default: the model's)",
+    )
+    parser.add_argument(
+        "--source-points",
+        type=_parse_points,
+        default=None,
+        metavar="X,Y;X,Y;...",
+        help="keypoints of the source image, 1-based pixels",
+    )
+    parser.add_argument(
+        "--target-points",
+        type=_parse_points,
+        default=None,
+        metavar="X,Y;X,Y;...",
+        help="keypoints of the target image, 1-based pixels; drawn with their transfer",
+    )
     parser.add_argument("--warped-out", default=None, help="also write the warped source alone (PNG)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
@@ -346,18 +453,34 @@ def _run_align(args: argparse.Namespace) -> int:
     from a2net.inference import load_aligner
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    aligner = load_aligner(args.checkpoint, args.affine_checkpoint, args.tps_checkpoint,
-                           geometric_model=args.geometric_model, device=device)
-    result = align(args.source, args.target, model=aligner, image_size=args.image_size,
-                   source_points=args.source_points, target_points=args.target_points)
-    thetas = {"affine": result.chain[-1], "tps": result.chain[0]} if result.mode == "affine+tps" else \
-        {result.mode: result.chain[0]}
+    aligner = load_aligner(
+        args.checkpoint,
+        args.affine_checkpoint,
+        args.tps_checkpoint,
+        geometric_model=args.geometric_model,
+        device=device,
+    )
+    result = align(
+        args.source,
+        args.target,
+        model=aligner,
+        image_size=args.image_size,
+        source_points=args.source_points,
+        target_points=args.target_points,
+    )
+    thetas = (
+        {"affine": result.chain[-1], "tps": result.chain[0]}
+        if result.mode == "affine+tps"
+        else {result.mode: result.chain[0]}
+    )
     for kind, theta in thetas.items():
         print(f"theta {kind} ({theta.shape[1]}): [" + ", ".join(f"{v:+.4f}" for v in theta[0].tolist()) + "]")
     errors = result.transfer_errors()
     if errors is not None:
-        print(f"keypoint transfer error: mean {float(torch.nanmean(errors)):.2f} px over "
-              f"{int(torch.isfinite(errors).sum())} keypoints")
+        print(
+            f"keypoint transfer error: mean {float(torch.nanmean(errors)):.2f} px over "
+            f"{int(torch.isfinite(errors).sum())} keypoints"
+        )
     written = save_alignment_figure(result, args.out)
     print(f"wrote {written}")
     if args.warped_out is not None:
@@ -382,10 +505,18 @@ def _add_convert_official_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("src", help="the authors' checkpoint file (e.g. resnet_affine_oack027.pth.tar)")
     parser.add_argument("dst", help="checkpoint directory to write (this library's format)")
-    parser.add_argument("--geometric-model", default=None, choices=tuple(GEOMETRIC_MODELS),
-                        help="check the checkpoint is this model (default: read from its weights)")
-    parser.add_argument("--backbone", default=None, choices=TORCHVISION_BACKBONES,
-                        help="check the checkpoint has this backbone (default: read from its weights)")
+    parser.add_argument(
+        "--geometric-model",
+        default=None,
+        choices=tuple(GEOMETRIC_MODELS),
+        help="check the checkpoint is this model (default: read from its weights)",
+    )
+    parser.add_argument(
+        "--backbone",
+        default=None,
+        choices=TORCHVISION_BACKBONES,
+        help="check the checkpoint has this backbone (default: read from its weights)",
+    )
 
 
 def _run_convert_official(args: argparse.Namespace) -> int:
@@ -401,8 +532,10 @@ def _run_convert_official(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, pickle.UnpicklingError) as err:
         raise SystemExit(f"a2net convert-official: {err}") from None
     config = json.loads((out / STATE_FILE).read_text())["config"]
-    print(f"converted {args.src} -> {out}: A2Net({config['geometric_model']!r}, backbone={config['backbone']!r}, "
-          f"oac_layout={config['oac_layout']!r}, image_size={tuple(config['image_size'])})")
+    print(
+        f"converted {args.src} -> {out}: A2Net({config['geometric_model']!r}, backbone={config['backbone']!r}, "
+        f"oac_layout={config['oac_layout']!r}, image_size={tuple(config['image_size'])})"
+    )
     return 0
 
 
@@ -415,8 +548,11 @@ _COMMANDS = {
     "train": ("train A2Net on synthetic pairs (self-supervised)", _add_train_arguments, _run_train),
     "eval": ("evaluate a model on a benchmark or on held-out synthetic pairs", _add_eval_arguments, _run_eval),
     "align": ("align a source image onto a target image and draw the result", _add_align_arguments, _run_align),
-    "convert-official": ("convert the authors' published *.pth.tar checkpoint", _add_convert_official_arguments,
-                         _run_convert_official),
+    "convert-official": (
+        "convert the authors' published *.pth.tar checkpoint",
+        _add_convert_official_arguments,
+        _run_convert_official,
+    ),
 }
 
 

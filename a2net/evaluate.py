@@ -99,8 +99,9 @@ def _check_batch_size(batch_size) -> int:
     return batch_size
 
 
-def _batches(model: nn.Module, dataset, image_size, batch_size: int, device, num_workers: int, progress: bool,
-             desc: str):
+def _batches(
+    model: nn.Module, dataset, image_size, batch_size: int, device, num_workers: int, progress: bool, desc: str
+):
     """Yield ``(batch, chain)``: the collated batch (images resized to the network input) and the
     predicted thetas (:func:`a2net.inference.predict_chain`) in float64 on the CPU."""
     from tqdm.auto import tqdm
@@ -111,7 +112,10 @@ def _batches(model: nn.Module, dataset, image_size, batch_size: int, device, num
     device = model_device(model)
     size = input_size(model, image_size)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=_check_batch_size(batch_size), shuffle=False, num_workers=num_workers,
+        dataset,
+        batch_size=_check_batch_size(batch_size),
+        shuffle=False,
+        num_workers=num_workers,
         collate_fn=functools.partial(collate, size=size),
     )
     with tqdm(total=len(dataset), desc=desc, unit="pair", disable=not progress, file=sys.stderr) as bar:
@@ -162,8 +166,16 @@ def _slice(chain: list[torch.Tensor], i: int) -> list[torch.Tensor]:
 # Keypoints: PF-WILLOW, PF-PASCAL
 
 
-def evaluate_keypoints(model: nn.Module, dataset, alphas=KEYPOINT_ALPHAS, image_size=None, batch_size: int = 8,
-                       device=None, num_workers: int = 0, progress: bool = True) -> dict:
+def evaluate_keypoints(
+    model: nn.Module,
+    dataset,
+    alphas=KEYPOINT_ALPHAS,
+    image_size=None,
+    batch_size: int = 8,
+    device=None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict:
     """PCK of keypoint transfer on PF-WILLOW or PF-PASCAL (docs/design.md §8).
 
     The target keypoints ``(2, N)`` (1-based pixels) are normalised with the target size, mapped
@@ -190,30 +202,37 @@ def evaluate_keypoints(model: nn.Module, dataset, alphas=KEYPOINT_ALPHAS, image_
     mode = mode_of(model)
     names = [_pck_name(a) for a in alphas]
     records = []
-    for batch, chain in _batches(model, dataset, image_size, batch_size, device, num_workers, progress,
-                                 f"keypoints {mode}"):
+    for batch, chain in _batches(
+        model, dataset, image_size, batch_size, device, num_workers, progress, f"keypoints {mode}"
+    ):
         moved = transfer_points(chain, batch["target_keypoints"], batch["target_size"], batch["source_size"])
         truth = batch["source_keypoints"].to(torch.float64)
         lengths = batch["reference_length"].to(torch.float64)
         scores = [metrics.pck(moved, truth, lengths, alpha=a) for a in alphas]
         valid = geometry.valid_keypoints(truth).sum(1)
         for i in range(truth.shape[0]):
-            records.append({
-                "source": batch["source_name"][i],
-                "target": batch["target_name"][i],
-                "category": batch["category"][i],
-                "keypoints": int(valid[i]),
-                "reference_length": float(lengths[i]),
-                "reference_kind": batch["reference_kind"][i],
-                **{n: float(s[i]) for n, s in zip(names, scores, strict=True)},
-            })
+            records.append(
+                {
+                    "source": batch["source_name"][i],
+                    "target": batch["target_name"][i],
+                    "category": batch["category"][i],
+                    "keypoints": int(valid[i]),
+                    "reference_length": float(lengths[i]),
+                    "reference_kind": batch["reference_kind"][i],
+                    **{n: float(s[i]) for n, s in zip(names, scores, strict=True)},
+                }
+            )
     result = _summarise(mode, records, names)
     kinds = Counter(r["reference_kind"] for r in records)
     kind = next(iter(kinds)) if len(kinds) == 1 else "mixed"
-    description = REFERENCE_DESCRIPTIONS.get(kind, kind) if kind != "mixed" else "; ".join(
-        f"{REFERENCE_DESCRIPTIONS.get(k, k)} ({k}) for {n} pairs" for k, n in sorted(kinds.items()))
-    result.update(alphas=list(alphas), reference_kind=kind, reference_kinds=dict(kinds),
-                  reference_description=description)
+    description = (
+        REFERENCE_DESCRIPTIONS.get(kind, kind)
+        if kind != "mixed"
+        else "; ".join(f"{REFERENCE_DESCRIPTIONS.get(k, k)} ({k}) for {n} pairs" for k, n in sorted(kinds.items()))
+    )
+    result.update(
+        alphas=list(alphas), reference_kind=kind, reference_kinds=dict(kinds), reference_description=description
+    )
     return result
 
 
@@ -221,8 +240,16 @@ def evaluate_keypoints(model: nn.Module, dataset, alphas=KEYPOINT_ALPHAS, image_
 # TSS
 
 
-def evaluate_tss(model: nn.Module, dataset, alphas=TSS_ALPHAS, image_size=None, batch_size: int = 8, device=None,
-                 num_workers: int = 0, progress: bool = True) -> dict:
+def evaluate_tss(
+    model: nn.Module,
+    dataset,
+    alphas=TSS_ALPHAS,
+    image_size=None,
+    batch_size: int = 8,
+    device=None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict:
     """Flow PCK on TSS over the foreground (docs/design.md §8), per subset (FG3DCar, JODS, PASCAL).
 
     For each pair the predicted transformation gives a dense target -> source flow on the target
@@ -247,14 +274,18 @@ def evaluate_tss(model: nn.Module, dataset, alphas=TSS_ALPHAS, image_size=None, 
             truth = batch["flow"][i][None].to(torch.float64)
             length = batch["reference_length"][i : i + 1].to(torch.float64)
             mask = batch["target_mask"][i][None]
-            records.append({
-                "source": batch["source_name"][i],
-                "target": batch["target_name"][i],
-                "category": batch["category"][i],
-                "pair": batch["pair"][i],
-                **{n: float(metrics.flow_pck(flow, truth, mask, a, length)[0])
-                   for n, a in zip(names, alphas, strict=True)},
-            })
+            records.append(
+                {
+                    "source": batch["source_name"][i],
+                    "target": batch["target_name"][i],
+                    "category": batch["category"][i],
+                    "pair": batch["pair"][i],
+                    **{
+                        n: float(metrics.flow_pck(flow, truth, mask, a, length)[0])
+                        for n, a in zip(names, alphas, strict=True)
+                    },
+                }
+            )
     result = _summarise(mode, records, names)
     result.update(alphas=list(alphas), reference_kind="image", reference_description=REFERENCE_DESCRIPTIONS["image"])
     return result
@@ -266,8 +297,15 @@ def evaluate_tss(model: nn.Module, dataset, alphas=TSS_ALPHAS, image_size=None, 
 CALTECH_METRICS = ("LT-ACC", "IoU", "LOC-ERR")
 
 
-def evaluate_caltech(model: nn.Module, dataset, image_size=None, batch_size: int = 8, device=None,
-                     num_workers: int = 0, progress: bool = True) -> dict:
+def evaluate_caltech(
+    model: nn.Module,
+    dataset,
+    image_size=None,
+    batch_size: int = 8,
+    device=None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict:
     """Label-transfer accuracy, IoU and localisation error on Caltech-101 (docs/design.md §8).
 
     The source mask is warped with the predicted transformation onto the target grid (bilinear,
@@ -283,8 +321,9 @@ def evaluate_caltech(model: nn.Module, dataset, image_size=None, batch_size: int
     """
     mode = mode_of(model)
     records = []
-    for batch, chain in _batches(model, dataset, image_size, batch_size, device, num_workers, progress,
-                                 f"Caltech-101 {mode}"):
+    for batch, chain in _batches(
+        model, dataset, image_size, batch_size, device, num_workers, progress, f"Caltech-101 {mode}"
+    ):
         for i in range(len(batch["source_mask"])):
             pair = _slice(chain, i)
             target_size = _size_pair(batch["target_size"][i])
@@ -292,14 +331,16 @@ def evaluate_caltech(model: nn.Module, dataset, image_size=None, batch_size: int
             target_mask = batch["target_mask"][i][None]
             warped = warp_chain(source_mask[:, None].to(torch.float64), pair, target_size)[:, 0]
             flow = metrics.theta_to_flow(pair, target_size, batch["source_size"][i : i + 1])
-            records.append({
-                "source": batch["source_name"][i],
-                "target": batch["target_name"][i],
-                "category": batch["category"][i],
-                "LT-ACC": float(metrics.label_transfer_accuracy(warped, target_mask)[0]),
-                "IoU": float(metrics.mask_iou(warped, target_mask)[0]),
-                "LOC-ERR": float(metrics.localization_error(flow, source_mask, target_mask)[0]),
-            })
+            records.append(
+                {
+                    "source": batch["source_name"][i],
+                    "target": batch["target_name"][i],
+                    "category": batch["category"][i],
+                    "LT-ACC": float(metrics.label_transfer_accuracy(warped, target_mask)[0]),
+                    "IoU": float(metrics.mask_iou(warped, target_mask)[0]),
+                    "LOC-ERR": float(metrics.localization_error(flow, source_mask, target_mask)[0]),
+                }
+            )
     return _summarise(mode, records, CALTECH_METRICS)
 
 
@@ -322,18 +363,35 @@ def _synthetic_batches(pairs, batch_size: int):
         n = pairs["theta"].shape[0]
         for start in range(0, n, batch_size):
             end = min(n, start + batch_size)
-            yield pairs["source"][start:end], pairs["target"][start:end], pairs["theta"][start:end], \
-                list(pairs.get("name", ["synthetic"] * n))[start:end]
+            yield (
+                pairs["source"][start:end],
+                pairs["target"][start:end],
+                pairs["theta"][start:end],
+                list(pairs.get("name", ["synthetic"] * n))[start:end],
+            )
         return
-    loader = torch.utils.data.DataLoader(range(len(pairs)), batch_size=batch_size, shuffle=False,
-                                         collate_fn=lambda ks: synthetic.collate_pairs([pairs[k] for k in ks]))
+    loader = torch.utils.data.DataLoader(
+        range(len(pairs)),
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=lambda ks: synthetic.collate_pairs([pairs[k] for k in ks]),
+    )
     for batch in loader:
         yield batch["source"], batch["target"], batch["theta"], batch["name"]
 
 
-def evaluate_synthetic(model: nn.Module, pairs=None, alphas=KEYPOINT_ALPHAS, image_size=None, batch_size: int = 8,
-                       device=None, progress: bool = True, grid_size: int = 20, geometric_model: str | None = None,
-                       n_pairs: int = 100) -> dict:
+def evaluate_synthetic(
+    model: nn.Module,
+    pairs=None,
+    alphas=KEYPOINT_ALPHAS,
+    image_size=None,
+    batch_size: int = 8,
+    device=None,
+    progress: bool = True,
+    grid_size: int = 20,
+    geometric_model: str | None = None,
+    n_pairs: int = 100,
+) -> dict:
     """PCK on held-out synthetic pairs with a known transformation, next to the identity baseline.
 
     The measure of :func:`a2net.metrics.synthetic_pck`: a ``grid_size`` x ``grid_size`` grid of
@@ -369,8 +427,9 @@ def evaluate_synthetic(model: nn.Module, pairs=None, alphas=KEYPOINT_ALPHAS, ima
     run_on = model_device(model)
     size = input_size(model, image_size)
     if pairs is None:
-        pairs = synthetic.heldout_synthetic_pairs(geometric_model or default_pair_model(model), n_pairs=n_pairs,
-                                             image_size=size)
+        pairs = synthetic.heldout_synthetic_pairs(
+            geometric_model or default_pair_model(model), n_pairs=n_pairs, image_size=size
+        )
     kinds = set()
     total = pairs["theta"].shape[0] if isinstance(pairs, dict) else len(pairs)
     records, baseline = [], []
@@ -379,8 +438,11 @@ def evaluate_synthetic(model: nn.Module, pairs=None, alphas=KEYPOINT_ALPHAS, ima
             pair_size = tuple(source.shape[2:])
             resize = None if pair_size == size else size
             with torch.no_grad():
-                chain = predict_chain(model, normalize_images(source.to(run_on), size=resize),
-                                      normalize_images(target.to(run_on), size=resize))
+                chain = predict_chain(
+                    model,
+                    normalize_images(source.to(run_on), size=resize),
+                    normalize_images(target.to(run_on), size=resize),
+                )
             chain = [t.detach().to("cpu", torch.float64) for t in chain]
             theta = theta.to(torch.float64)
             kind = "affine" if theta.shape[1] == 6 else "tps"
@@ -389,14 +451,24 @@ def evaluate_synthetic(model: nn.Module, pairs=None, alphas=KEYPOINT_ALPHAS, ima
             scores = [metrics.synthetic_pck(chain, theta, pair_size, alpha=a, grid_size=grid_size) for a in alphas]
             base = [metrics.synthetic_pck(identity, theta, pair_size, alpha=a, grid_size=grid_size) for a in alphas]
             for i in range(theta.shape[0]):
-                records.append({"index": len(records), "category": str(photo[i]),
-                                **{n: float(s[i]) for n, s in zip(names, scores, strict=True)}})
+                records.append(
+                    {
+                        "index": len(records),
+                        "category": str(photo[i]),
+                        **{n: float(s[i]) for n, s in zip(names, scores, strict=True)},
+                    }
+                )
                 baseline.append({n: float(s[i]) for n, s in zip(names, base, strict=True)})
             bar.update(theta.shape[0])
     result = _summarise(mode, records, names)
-    result.update(alphas=list(alphas), reference_kind="image", reference_description=REFERENCE_DESCRIPTIONS["image"],
-                  grid_size=grid_size, pair_model="+".join(sorted(kinds)) or None,
-                  baseline={"identity": {n: _mean([r[n] for r in baseline]) for n in names}})
+    result.update(
+        alphas=list(alphas),
+        reference_kind="image",
+        reference_description=REFERENCE_DESCRIPTIONS["image"],
+        grid_size=grid_size,
+        pair_model="+".join(sorted(kinds)) or None,
+        baseline={"identity": {n: _mean([r[n] for r in baseline]) for n in names}},
+    )
     return result
 
 
@@ -427,8 +499,9 @@ def format_results(report: dict) -> str:
         lines.append(f"{mode:<{label}}{result['scored']:>7}" + cells)
     if "baseline" in first:
         for kind, values in first["baseline"].items():
-            lines.append(f"{kind + ' (baseline)':<{label}}{first['scored']:>7}"
-                         + "".join(_cell(values[n], width) for n in names))
+            lines.append(
+                f"{kind + ' (baseline)':<{label}}{first['scored']:>7}" + "".join(_cell(values[n], width) for n in names)
+            )
     if report.get("per_class") and len(first["per_class"]) > 1:
         classes = list(first["per_class"])
         name_width = max(12, *(len(c) + 2 for c in classes))

@@ -89,8 +89,10 @@ def _flatten_theta(theta, name: str = "theta", kinds: Sequence[str] = ("affine",
             f"with shape {tuple(theta.shape)}"
         )
     if theta.dim() != 2:
-        raise ValueError(f"{name}: expected a 2-D tensor (B, P) with P = {expected}, got {theta.dim()}-D "
-                         f"with shape {tuple(theta.shape)}")
+        raise ValueError(
+            f"{name}: expected a 2-D tensor (B, P) with P = {expected}, got {theta.dim()}-D "
+            f"with shape {tuple(theta.shape)}"
+        )
     for kind in kinds:
         if theta.shape[1] == THETA_SIZE[kind]:
             return kind, theta

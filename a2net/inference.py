@@ -109,8 +109,9 @@ def warp_chain(image: torch.Tensor, chain: Sequence[torch.Tensor], size=None) ->
     return F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-def transfer_points(chain: Sequence[torch.Tensor], target_points: torch.Tensor, target_size,
-                    source_size) -> torch.Tensor:
+def transfer_points(
+    chain: Sequence[torch.Tensor], target_points: torch.Tensor, target_size, source_size
+) -> torch.Tensor:
     """Map target keypoints in 1-based pixels into the source image (docs/design.md §5).
 
     Normalise with the target size, go through the chain, denormalise with the source size;
@@ -130,8 +131,9 @@ def transfer_points(chain: Sequence[torch.Tensor], target_points: torch.Tensor, 
     return geometry.normalized_to_pixels(moved, source_size, valid)
 
 
-def load_aligner(checkpoint=None, affine_checkpoint=None, tps_checkpoint=None, geometric_model=None,
-                 device=None) -> nn.Module:
+def load_aligner(
+    checkpoint=None, affine_checkpoint=None, tps_checkpoint=None, geometric_model=None, device=None
+) -> nn.Module:
     """Build the aligner a command asked for, on ``device``, in eval mode.
 
     * ``affine_checkpoint`` and ``tps_checkpoint``: a :class:`a2net.TwoStageAligner`;
@@ -142,8 +144,10 @@ def load_aligner(checkpoint=None, affine_checkpoint=None, tps_checkpoint=None, g
     aligner is of that kind.
     """
     if (affine_checkpoint is None) != (tps_checkpoint is None):
-        raise ValueError("affine_checkpoint, tps_checkpoint: expected both (affine+TPS) or neither, got "
-                         f"{affine_checkpoint!r} and {tps_checkpoint!r}")
+        raise ValueError(
+            "affine_checkpoint, tps_checkpoint: expected both (affine+TPS) or neither, got "
+            f"{affine_checkpoint!r} and {tps_checkpoint!r}"
+        )
     if affine_checkpoint is not None:
         if checkpoint is not None:
             raise ValueError("checkpoint: expected either checkpoint or affine_checkpoint + tps_checkpoint, got both")
@@ -155,8 +159,9 @@ def load_aligner(checkpoint=None, affine_checkpoint=None, tps_checkpoint=None, g
     if geometric_model is not None:
         check_choice("geometric_model", geometric_model, MODES)
         if mode_of(aligner) != geometric_model:
-            raise ValueError(f"geometric_model: expected {geometric_model!r}, the checkpoint(s) give "
-                             f"{mode_of(aligner)!r}")
+            raise ValueError(
+                f"geometric_model: expected {geometric_model!r}, the checkpoint(s) give {mode_of(aligner)!r}"
+            )
     return aligner.to(device or "cpu").eval()
 
 
@@ -181,5 +186,6 @@ def as_image(image, name: str = "image") -> torch.Tensor:
         return to_tensor(image)
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
         return to_tensor(np.asarray(image.convert("RGB")))
-    raise ValueError(f"{name}: expected a path, a PIL image, an array or a (3, H, W) tensor, "
-                     f"got {type(image).__name__}")
+    raise ValueError(
+        f"{name}: expected a path, a PIL image, an array or a (3, H, W) tensor, got {type(image).__name__}"
+    )

@@ -167,9 +167,7 @@ class OffsetAwareCorrelation(nn.Module):
             if corr.dim() == 4:
                 target_size = (int(corr.shape[2]), int(corr.shape[3]))
                 weight = fit_offset_weight(weight, (self.source_size, self.target_size), (source_size, target_size))
-        return ops.offset_aware_correlation(
-            corr, weight, self.bias, source_size, input_precision=self.input_precision
-        )
+        return ops.offset_aware_correlation(corr, weight, self.bias, source_size, input_precision=self.input_precision)
 
     def extra_repr(self) -> str:
         return (
@@ -213,9 +211,13 @@ class CorrelationOAC(OffsetAwareCorrelation):
 
     def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return ops.correlation_oac(
-            source, target, self.weight, self.bias,
-            normalize_features=self.normalize_features, input_precision=self.input_precision,
-        )  # fmt: skip
+            source,
+            target,
+            self.weight,
+            self.bias,
+            normalize_features=self.normalize_features,
+            input_precision=self.input_precision,
+        )  #
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", normalize_features={self.normalize_features}"

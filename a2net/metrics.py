@@ -418,8 +418,9 @@ def localization_error(flow: torch.Tensor, source_mask, target_mask) -> torch.Te
 # Held-out synthetic pairs
 
 
-def synthetic_pck(theta_pred: torch.Tensor, theta_true: torch.Tensor, image_size, alpha: float = 0.1,
-                  grid_size: int = 20) -> torch.Tensor:
+def synthetic_pck(
+    theta_pred: torch.Tensor, theta_true: torch.Tensor, image_size, alpha: float = 0.1, grid_size: int = 20
+) -> torch.Tensor:
     """PCK of predicted thetas on synthetic pairs, per pair.
 
     A ``grid_size`` x ``grid_size`` grid of target points on ``[-1, 1]^2`` is mapped to the source
@@ -442,8 +443,9 @@ def synthetic_pck(theta_pred: torch.Tensor, theta_true: torch.Tensor, image_size
     chain = [_flatten_theta(t, name="theta_pred")[1].detach().double().cpu() for t in chain]
     _, true = _flatten_theta(theta_true, name="theta_true")
     if any(t.shape[0] != true.shape[0] for t in chain):
-        raise ValueError(f"theta_true: expected batch size {chain[0].shape[0]} (that of theta_pred), "
-                         f"got {true.shape[0]}")
+        raise ValueError(
+            f"theta_true: expected batch size {chain[0].shape[0]} (that of theta_pred), got {true.shape[0]}"
+        )
     size = as_size("image_size", image_size)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
         raise ValueError(f"alpha: expected a number > 0, got {alpha!r}")

@@ -134,8 +134,10 @@ class FeatureExtraction(nn.Module):
         self.freeze = freeze
         if isinstance(backbone, nn.Module):
             if weights is not None:
-                raise ValueError("backbone_weights: expected None for a custom nn.Module backbone, got "
-                                 f"{weights!r} (load its weights before passing it)")
+                raise ValueError(
+                    "backbone_weights: expected None for a custom nn.Module backbone, got "
+                    f"{weights!r} (load its weights before passing it)"
+                )
             self.name = "custom"
             self.model = backbone
         else:
@@ -147,9 +149,11 @@ class FeatureExtraction(nn.Module):
                 full, enum = _torchvision_backbone(backbone)
                 self.model = _truncate(backbone, self._load(backbone, full, enum, weights))
             else:
-                raise ValueError(f"backbone_weights: expected None for the backbone {backbone!r} (pretrained weights "
-                                 f"exist for {list(TORCHVISION_BACKBONES)} only; a trained one comes with its "
-                                 f"checkpoint), got {weights!r}")
+                raise ValueError(
+                    f"backbone_weights: expected None for the backbone {backbone!r} (pretrained weights "
+                    f"exist for {list(TORCHVISION_BACKBONES)} only; a trained one comes with its "
+                    f"checkpoint), got {weights!r}"
+                )
         if freeze:
             for p in self.model.parameters():
                 p.requires_grad_(False)
@@ -238,9 +242,16 @@ class FeatureRegression(nn.Module):
     interpolation (align_corners=True) to the encoder's output size.
     """
 
-    def __init__(self, output_dim: int, feature_size=(15, 15), channels: int = 128,
-                 position_channels: int = 5, input_precision: str = "tf32", use_oac: bool = True,
-                 use_attention: bool = True):
+    def __init__(
+        self,
+        output_dim: int,
+        feature_size=(15, 15),
+        channels: int = 128,
+        position_channels: int = 5,
+        input_precision: str = "tf32",
+        use_oac: bool = True,
+        use_attention: bool = True,
+    ):
         super().__init__()
         self.feature_size = as_size("feature_size", feature_size)
         self.use_oac, self.use_attention = use_oac, use_attention
@@ -249,7 +260,8 @@ class FeatureRegression(nn.Module):
             raise ValueError(f"feature_size: expected at least 7x7 (the encoder's 7x7 conv), got {(h, w)}")
         first = (
             OffsetAwareCorrelation(self.feature_size, out_channels=channels, input_precision=input_precision)
-            if use_oac else nn.Conv2d(h * w, channels, kernel_size=1)
+            if use_oac
+            else nn.Conv2d(h * w, channels, kernel_size=1)
         )
         self.preconv = nn.Sequential(
             first,
@@ -288,13 +300,16 @@ class FeatureRegression(nn.Module):
         else:
             size = (tuple(source_size), tuple(corr.shape[2:]))
             if size != (self.feature_size, self.feature_size):
-                raise ValueError(f"corr: expected feature maps {self.feature_size} (use_oac=False fixes the size), "
-                                 f"got source {size[0]} and target {size[1]}")
+                raise ValueError(
+                    f"corr: expected feature maps {self.feature_size} (use_oac=False fixes the size), "
+                    f"got source {size[0]} and target {size[1]}"
+                )
             x = self.preconv[0](corr)
         return self.regress(x)
 
-    def forward_features(self, source: torch.Tensor, target: torch.Tensor,
-                         normalize_features: bool = True) -> torch.Tensor:
+    def forward_features(
+        self, source: torch.Tensor, target: torch.Tensor, normalize_features: bool = True
+    ) -> torch.Tensor:
         """Fused path: feature maps ``(B, C, Hs, Ws)``, ``(B, C, Ht, Wt)`` -> theta.
 
         Runs :func:`a2net.ops.correlation_oac` (correlation, ReLU, match normalisation and OAC in
@@ -303,8 +318,9 @@ class FeatureRegression(nn.Module):
         oac = self.oac
         sizes = (tuple(source.shape[2:]), tuple(target.shape[2:]))
         weight = fit_offset_weight(oac.weight, (oac.source_size, oac.target_size), sizes)
-        x = ops.correlation_oac(source, target, weight, oac.bias, normalize_features=normalize_features,
-                                input_precision=oac.input_precision)
+        x = ops.correlation_oac(
+            source, target, weight, oac.bias, normalize_features=normalize_features, input_precision=oac.input_precision
+        )
         return self.regress(x)
 
     def regress(self, oac_features: torch.Tensor) -> torch.Tensor:
@@ -317,8 +333,10 @@ class FeatureRegression(nn.Module):
         values = self.proj(self.conv(torch.cat((code.expand(b, -1, h, w), encoded), dim=1)))
         if not self.use_attention:
             if (h, w) != tuple(self.weight.shape[2:]):
-                raise ValueError(f"corr: expected feature maps {self.feature_size} (use_attention=False fixes "
-                                 f"the size), got an encoder output of {(h, w)}")
+                raise ValueError(
+                    f"corr: expected feature maps {self.feature_size} (use_attention=False fixes "
+                    f"the size), got an encoder output of {(h, w)}"
+                )
             return self.linear(values.flatten(1))
         return self.linear(self.att(encoded, values))
 
@@ -388,16 +406,23 @@ class A2Net(nn.Module):
         self.image_size = as_size("image_size", image_size)
         self.FeatureExtraction = FeatureExtraction(backbone, backbone_weights, freeze=freeze_backbone)
         self.FeatureCorrelation = FeatureCorrelation(
-            normalize_features=normalize_features, relu=normalize_matches,
-            normalize_matches=normalize_matches, input_precision=input_precision,
+            normalize_features=normalize_features,
+            relu=normalize_matches,
+            normalize_matches=normalize_matches,
+            input_precision=input_precision,
         )
         feature_size = self._feature_size(self.image_size)
         if oac_layout == "official" and feature_size[0] != feature_size[1]:
-            raise ValueError(f"oac_layout: 'official' needs square feature maps, image_size {self.image_size} "
-                             f"gives {feature_size}")
+            raise ValueError(
+                f"oac_layout: 'official' needs square feature maps, image_size {self.image_size} gives {feature_size}"
+            )
         self.FeatureRegression = FeatureRegression(
-            GEOMETRIC_MODELS[geometric_model], feature_size, channels=channels, input_precision=input_precision,
-            use_oac=use_oac, use_attention=use_attention,
+            GEOMETRIC_MODELS[geometric_model],
+            feature_size,
+            channels=channels,
+            input_precision=input_precision,
+            use_oac=use_oac,
+            use_attention=use_attention,
         )
         self.config = {
             "geometric_model": geometric_model,
@@ -426,8 +451,14 @@ class A2Net(nn.Module):
         if name == "vgg16":  # four 2x2 max-pools that round down
             return h // 16, w // 16
         param = next(self.FeatureExtraction.parameters(), None)
-        probe = torch.zeros(1, 3, h, w, device=param.device if param is not None else None,
-                            dtype=param.dtype if param is not None else None)
+        probe = torch.zeros(
+            1,
+            3,
+            h,
+            w,
+            device=param.device if param is not None else None,
+            dtype=param.dtype if param is not None else None,
+        )
         with torch.no_grad():
             out = self.FeatureExtraction(probe)
         return int(out.shape[2]), int(out.shape[3])
@@ -447,8 +478,10 @@ class A2Net(nn.Module):
             if x.shape[1] != 3:
                 raise ValueError(f"{name}: expected 3 channels (RGB), got {x.shape[1]} (shape {tuple(x.shape)})")
         if source_images.shape[0] != target_images.shape[0]:
-            raise ValueError(f"target_images: expected batch size {source_images.shape[0]} (that of "
-                             f"source_images), got {target_images.shape[0]}")
+            raise ValueError(
+                f"target_images: expected batch size {source_images.shape[0]} (that of "
+                f"source_images), got {target_images.shape[0]}"
+            )
         source = self.features(source_images)
         target = self.features(target_images)
         if self.oac_layout == "official":
@@ -492,8 +525,9 @@ class TwoStageAligner(nn.Module):
     def __init__(self, affine: A2Net, tps: A2Net):
         super().__init__()
         if affine.geometric_model != "affine" or tps.geometric_model != "tps":
-            raise ValueError(f"expected an affine and a TPS model, got {affine.geometric_model!r} and "
-                             f"{tps.geometric_model!r}")
+            raise ValueError(
+                f"expected an affine and a TPS model, got {affine.geometric_model!r} and {tps.geometric_model!r}"
+            )
         self.affine = affine
         self.tps = tps
 

@@ -101,8 +101,9 @@ def authors_correlation_align(corr: torch.Tensor, source_size=None) -> torch.Ten
     return aligned.view(b, dh * dw, ht, wt)
 
 
-def authors_offset_aware_correlation(corr: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                                     source_size=None) -> torch.Tensor:
+def authors_offset_aware_correlation(
+    corr: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, source_size=None
+) -> torch.Tensor:
     """The authors' OAC: :func:`authors_correlation_align`, then a 1x1 convolution over its
     ``(Hs+Ht-1)(Ws+Wt-1)`` channels.
 
@@ -167,9 +168,14 @@ def _safe_load(path: Path):
         text = str(err)
         found = re.search(r"GLOBAL (\S+)", text)
         # torch's own explanation, without its advice to retry with weights_only=False
-        detail = next((line.strip() for line in text.splitlines()
-                       if "GLOBAL" in line or "Unsupported" in line or "WeightsUnpickler error" in line),
-                      text.splitlines()[0] if text else "")
+        detail = next(
+            (
+                line.strip()
+                for line in text.splitlines()
+                if "GLOBAL" in line or "Unsupported" in line or "WeightsUnpickler error" in line
+            ),
+            text.splitlines()[0] if text else "",
+        )
         what = f"the global {found.group(1)!r}, which is" if found else "something"
         raise pickle.UnpicklingError(
             f"refused to load {str(path)!r}: its pickle needs {what} not on this loader's allow-list "
@@ -196,8 +202,10 @@ def read_official_checkpoint(path) -> dict:
     """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"path: expected the authors' *.pth.tar file, got the directory {str(path)!r} (this "
-                         "library's checkpoints are directories: load them with a2net.checkpoint.load_model)")
+        raise ValueError(
+            f"path: expected the authors' *.pth.tar file, got the directory {str(path)!r} (this "
+            "library's checkpoints are directories: load them with a2net.checkpoint.load_model)"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"path: no such file {str(path)!r}")
     obj = _safe_load(path)
@@ -207,8 +215,10 @@ def read_official_checkpoint(path) -> dict:
         checkpoint = {"state_dict": obj}
     else:
         keys = sorted(map(str, obj))[:8] if isinstance(obj, dict) else None
-        raise ValueError(f"path: expected a dict with a 'state_dict' (the authors' format) in {str(path)!r}, got "
-                         f"{type(obj).__name__}" + (f" with keys {keys}" if keys is not None else ""))
+        raise ValueError(
+            f"path: expected a dict with a 'state_dict' (the authors' format) in {str(path)!r}, got "
+            f"{type(obj).__name__}" + (f" with keys {keys}" if keys is not None else "")
+        )
     args = checkpoint.get("args")
     checkpoint["args"] = vars(args) if isinstance(args, argparse.Namespace) else args
     return checkpoint
@@ -232,13 +242,16 @@ def official_state_dict(state: dict) -> dict:
             raise ValueError(f"state_dict: {key!r} appears under both its old ('vgg') and its new ('model') name")
         mapped[key] = value
     if _OAC_WEIGHT not in mapped:
-        raise ValueError(f"state_dict: no {_OAC_WEIGHT!r}; is this an A2Net checkpoint? "
-                         f"(keys: {sorted(mapped)[:5]}...)")
+        raise ValueError(
+            f"state_dict: no {_OAC_WEIGHT!r}; is this an A2Net checkpoint? (keys: {sorted(mapped)[:5]}...)"
+        )
     oac = mapped[_OAC_WEIGHT]
     side = math.isqrt(int(oac.shape[1])) if oac.dim() == 4 else 0
     if oac.dim() != 4 or tuple(oac.shape[2:]) != (1, 1) or side * side != oac.shape[1] or side % 2 == 0:
-        raise ValueError(f"state_dict: expected {_OAC_WEIGHT} of the authors' 1x1 convolution over (2h-1)^2 "
-                         f"offsets, (O, (2h-1)^2, 1, 1) (128, 841, 1, 1 at 240x240), got {tuple(oac.shape)}")
+        raise ValueError(
+            f"state_dict: expected {_OAC_WEIGHT} of the authors' 1x1 convolution over (2h-1)^2 "
+            f"offsets, (O, (2h-1)^2, 1, 1) (128, 841, 1, 1 at 240x240), got {tuple(oac.shape)}"
+        )
     mapped[_OAC_WEIGHT] = oac.reshape(oac.shape[0], side, side)  # channel dy*(2w-1) + dx -> [dy, dx]
     return mapped
 
@@ -253,12 +266,16 @@ def _infer(state: dict) -> tuple[str, str, int, int]:
         raise ValueError(f"state_dict: {_LINEAR_WEIGHT} has {rows} outputs, expected 6 (affine) or 18 (TPS)")
     first = state.get(_BACKBONE_PREFIX + "0.weight")
     if first is None:
-        raise ValueError("state_dict: no backbone weights (FeatureExtraction.model.* or FeatureExtraction.vgg.*); "
-                         "the authors' checkpoints hold the backbone they were trained with")
+        raise ValueError(
+            "state_dict: no backbone weights (FeatureExtraction.model.* or FeatureExtraction.vgg.*); "
+            "the authors' checkpoints hold the backbone they were trained with"
+        )
     backbone = {(7, 7): "resnet101", (3, 3): "vgg16"}.get(tuple(first.shape[2:]))
     if backbone is None:
-        raise ValueError(f"state_dict: cannot tell the backbone from its first convolution {tuple(first.shape)} "
-                         "(7x7: ResNet-101, 3x3: VGG-16)")
+        raise ValueError(
+            f"state_dict: cannot tell the backbone from its first convolution {tuple(first.shape)} "
+            "(7x7: ResNet-101, 3x3: VGG-16)"
+        )
     oac = state[_OAC_WEIGHT]
     return by_rows[rows], backbone, int(oac.shape[0]), (int(oac.shape[1]) + 1) // 2
 
@@ -266,8 +283,10 @@ def _infer(state: dict) -> tuple[str, str, int, int]:
 def _build(checkpoint: dict, geometric_model, backbone, map_location) -> A2Net:
     state = official_state_dict(checkpoint["state_dict"])
     inferred_model, inferred_backbone, channels, side = _infer(state)
-    for name, given, inferred, choices in (("geometric_model", geometric_model, inferred_model, GEOMETRIC_MODELS),
-                                           ("backbone", backbone, inferred_backbone, TORCHVISION_BACKBONES)):
+    for name, given, inferred, choices in (
+        ("geometric_model", geometric_model, inferred_model, GEOMETRIC_MODELS),
+        ("backbone", backbone, inferred_backbone, TORCHVISION_BACKBONES),
+    ):
         if given is not None:
             check_choice(name, given, tuple(choices))
             if given != inferred:
@@ -276,16 +295,20 @@ def _build(checkpoint: dict, geometric_model, backbone, map_location) -> A2Net:
     image_size = (16 * side, 16 * side)
     # On the meta device: no random initialisation of weights the checkpoint replaces.
     with torch.device("meta"):
-        model = A2Net(inferred_model, backbone=inferred_backbone, oac_layout="official", image_size=image_size,
-                      channels=channels)
+        model = A2Net(
+            inferred_model, backbone=inferred_backbone, oac_layout="official", image_size=image_size, channels=channels
+        )
     expected = model.state_dict()
     for key, value in expected.items():
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = torch.zeros((), dtype=value.dtype)  # absent from checkpoints of that era
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-             for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
+    wrong = [
+        f"{k}: {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
     if missing or unexpected or wrong:
         raise ValueError(
             f"state_dict: does not fit A2Net({inferred_model!r}, backbone={inferred_backbone!r}, image_size="
@@ -300,8 +323,9 @@ def _build(checkpoint: dict, geometric_model, backbone, map_location) -> A2Net:
     return model.to(map_location if map_location is not None else "cpu").eval()
 
 
-def load_official_checkpoint(path, geometric_model: str | None = None, backbone: str | None = None,
-                             map_location="cpu") -> A2Net:
+def load_official_checkpoint(
+    path, geometric_model: str | None = None, backbone: str | None = None, map_location="cpu"
+) -> A2Net:
     """Load an authors' published checkpoint (``*.pth.tar``) as an :class:`a2net.A2Net`.
 
     The geometric model (6 or 18 outputs of ``linear.weight``), the backbone (its first
@@ -370,4 +394,3 @@ def convert_official(src, dst, geometric_model: str | None = None, backbone: str
         "args": {str(k): _json_value(v) for k, v in args.items()} if isinstance(args, dict) else _json_value(args),
     }
     return save_checkpoint(dst, model, step=0, extra={"converted_from": record})
-

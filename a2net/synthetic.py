@@ -75,8 +75,18 @@ __all__ = [
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 #: Bundled photos used for training.
 BUNDLED_TRAINING = (
-    "astronaut", "brick", "camera", "cell", "grass", "gravel", "hubble_deep_field", "ihc", "moon", "retina", "rocket",
-)  # fmt: skip
+    "astronaut",
+    "brick",
+    "camera",
+    "cell",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "ihc",
+    "moon",
+    "retina",
+    "rocket",
+)  #
 #: Bundled photos kept for evaluation and the demo (never trained on).
 BUNDLED_HELDOUT = ("chelsea", "coffee", "coins", "motorcycle_left", "motorcycle_right")
 #: Bundled images that are not real photographs, or unusable as such, and why.
@@ -136,8 +146,10 @@ def bundled_photos(split: str = "training") -> list[str]:
     available = set(bundled_names())
     found = [n for n in names if n in available]
     if not found:
-        raise FileNotFoundError(f"split: none of the bundled {split} photos {list(names)} is in scikit-image's data "
-                                "folder (is scikit-image installed? pip install 'a2net[data]')")
+        raise FileNotFoundError(
+            f"split: none of the bundled {split} photos {list(names)} is in scikit-image's data "
+            "folder (is scikit-image installed? pip install 'a2net[data]')"
+        )
     return found
 
 
@@ -171,11 +183,14 @@ def read_theta_csv(path, geometric_model: str) -> tuple[list[str], torch.Tensor]
             except ValueError:
                 if line == 1:
                     continue  # header
-                raise ValueError(f"thetas: {str(path)!r} line {line}: expected numbers after the image name, "
-                                 f"got {row[1:]!r}") from None
+                raise ValueError(
+                    f"thetas: {str(path)!r} line {line}: expected numbers after the image name, got {row[1:]!r}"
+                ) from None
             if len(values) != count:
-                raise ValueError(f"thetas: {str(path)!r} line {line}: expected {count} numbers ({geometric_model}), "
-                                 f"got {len(values)}")
+                raise ValueError(
+                    f"thetas: {str(path)!r} line {line}: expected {count} numbers ({geometric_model}), "
+                    f"got {len(values)}"
+                )
             names.append(row[0].strip())
             rows.append(values)
     if not rows:
@@ -224,9 +239,18 @@ class SyntheticPairDataset(Dataset):
     float32 (target -> source), ``index`` (int, ``k``) and ``name`` (str, the image).
     """
 
-    def __init__(self, images, geometric_model: str = "affine", output_size=(240, 240), resize=DEFAULT_RESIZE,
-                 seed: int = 0, thetas=None, augment: bool = False, padding_factor: float = 0.5,
-                 crop_factor: float = 9 / 16):
+    def __init__(
+        self,
+        images,
+        geometric_model: str = "affine",
+        output_size=(240, 240),
+        resize=DEFAULT_RESIZE,
+        seed: int = 0,
+        thetas=None,
+        augment: bool = False,
+        padding_factor: float = 0.5,
+        crop_factor: float = 9 / 16,
+    ):
         check_choice("geometric_model", geometric_model, tuple(geometry.THETA_SIZE))
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed: expected an int, got {seed!r}")
@@ -243,8 +267,9 @@ class SyntheticPairDataset(Dataset):
                 names, self.thetas = read_theta_csv(thetas, geometric_model)
                 missing = [n for n in names if not (Path(images) / n).is_file()]
                 if missing:
-                    raise FileNotFoundError(f"thetas: {len(missing)} image(s) of {str(thetas)!r} not in "
-                                            f"{str(images)!r}, e.g. {missing[:3]}")
+                    raise FileNotFoundError(
+                        f"thetas: {len(missing)} image(s) of {str(thetas)!r} not in {str(images)!r}, e.g. {missing[:3]}"
+                    )
                 self._sources = [Path(images) / n for n in names]
                 self.names = names
             else:
@@ -263,8 +288,10 @@ class SyntheticPairDataset(Dataset):
             paths = list_images(images)
             return paths, [str(p.relative_to(images)) for p in paths]
         if isinstance(images, torch.Tensor) or not isinstance(images, Sequence):
-            raise ValueError(f"images: expected a folder, a sequence of paths or of (3, H, W) tensors, or "
-                             f"'bundled:<split>', got {type(images).__name__}")
+            raise ValueError(
+                f"images: expected a folder, a sequence of paths or of (3, H, W) tensors, or "
+                f"'bundled:<split>', got {type(images).__name__}"
+            )
         sources, names = [], []
         for i, image in enumerate(images):
             if isinstance(image, torch.Tensor):
@@ -295,8 +322,9 @@ class SyntheticPairDataset(Dataset):
             image = bundled_image(source[1])
         else:
             image = load_image(source)
-        image = F.interpolate(image.unsqueeze(0), size=self.resize, mode="bilinear", align_corners=False,
-                              antialias=True).clamp_(0, 1)
+        image = F.interpolate(
+            image.unsqueeze(0), size=self.resize, mode="bilinear", align_corners=False, antialias=True
+        ).clamp_(0, 1)
         if not isinstance(source, Path):
             self._cache[i] = image
         return image
@@ -363,8 +391,13 @@ class StepBatchSampler(Sampler):
     """
 
     def __init__(self, batch_size: int, start_step: int, max_steps: int, rank: int = 0, world_size: int = 1):
-        for name, value, low in (("batch_size", batch_size, 1), ("start_step", start_step, 1),
-                                 ("max_steps", max_steps, 0), ("world_size", world_size, 1), ("rank", rank, 0)):
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("start_step", start_step, 1),
+            ("max_steps", max_steps, 0),
+            ("world_size", world_size, 1),
+            ("rank", rank, 0),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
         if rank >= world_size:
@@ -392,8 +425,14 @@ def matched_resize(output_size, crop_factor: float = 9 / 16) -> tuple[int, int]:
     return h, round(h * 4 / 3)
 
 
-def heldout_synthetic_pairs(geometric_model: str = "affine", n_pairs: int = 100, image_size=(240, 240),
-                            seed: int = HELDOUT_SEED, images="bundled:heldout", resize=None) -> dict:
+def heldout_synthetic_pairs(
+    geometric_model: str = "affine",
+    n_pairs: int = 100,
+    image_size=(240, 240),
+    seed: int = HELDOUT_SEED,
+    images="bundled:heldout",
+    resize=None,
+) -> dict:
     """A fixed set of synthetic pairs of the held-out bundled photos (for evaluation).
 
     Items ``0 .. n_pairs-1`` of ``SyntheticPairDataset(images, geometric_model, image_size,

@@ -103,9 +103,24 @@ DEFAULTS = {
     "output_dir": "runs/a2net",
 }
 #: Options that define the run: a resumed run takes them from the checkpoint.
-RUN_KEYS = ("geometric_model", "backbone", "backbone_weights", "image_size", "resize", "batch_size", "lr",
-            "lr_schedule", "data",
-            "thetas", "augment", "seed", "backbone_seed", "fine_tune_backbone", "use_oac", "use_attention")
+RUN_KEYS = (
+    "geometric_model",
+    "backbone",
+    "backbone_weights",
+    "image_size",
+    "resize",
+    "batch_size",
+    "lr",
+    "lr_schedule",
+    "data",
+    "thetas",
+    "augment",
+    "seed",
+    "backbone_seed",
+    "fine_tune_backbone",
+    "use_oac",
+    "use_attention",
+)
 METRICS_FILE = "metrics.jsonl"
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -149,8 +164,10 @@ def resolve_options(args, stored: dict | None) -> dict:
     if stored is not None:
         for key in RUN_KEYS:
             if key in explicit and explicit[key] != stored["options"][key]:
-                raise ValueError(f"--{key.replace('_', '-')}: the run being resumed used {stored['options'][key]!r}, "
-                                 f"got {explicit[key]!r} (a resumed run keeps its data, model and optimiser)")
+                raise ValueError(
+                    f"--{key.replace('_', '-')}: the run being resumed used {stored['options'][key]!r}, "
+                    f"got {explicit[key]!r} (a resumed run keeps its data, model and optimiser)"
+                )
             options[key] = stored["options"][key]
     options["preset"] = preset
     options["resize"] = list(options["resize"])
@@ -164,8 +181,10 @@ def _check(options: dict) -> None:
     if not options["lr"] > 0:
         raise ValueError(f"--lr: expected a number > 0, got {options['lr']!r}")
     if options["data"] is None:
-        raise ValueError("--data: expected an image folder (the paper preset trains on PASCAL VOC 2011 images: "
-                         "pass their folder) or bundled:training")
+        raise ValueError(
+            "--data: expected an image folder (the paper preset trains on PASCAL VOC 2011 images: "
+            "pass their folder) or bundled:training"
+        )
     if options["lr_schedule"] not in LR_SCHEDULES:
         raise ValueError(f"--lr-schedule: expected one of {list(LR_SCHEDULES)}, got {options['lr_schedule']!r}")
     if options["max_steps"] is None and options["epochs"] is None:
@@ -193,8 +212,17 @@ def _rewind_metrics(path: Path, step: int) -> None:
     atomic_write(path, "".join(f"{line}\n" for line in kept))
 
 
-def train(options: dict, output_dir, resume: bool = False, device=None, amp: bool = False, compile: bool = False,
-          num_workers: int = 0, progress: bool = True, log=print) -> dict:
+def train(
+    options: dict,
+    output_dir,
+    resume: bool = False,
+    device=None,
+    amp: bool = False,
+    compile: bool = False,
+    num_workers: int = 0,
+    progress: bool = True,
+    log=print,
+) -> dict:
     """Train A2Net on synthetic pairs; see the module docstring.
 
     Args:
@@ -217,8 +245,12 @@ def train(options: dict, output_dir, resume: bool = False, device=None, amp: boo
     if resume:
         state_dir = ckpt.resolve_checkpoint(output_dir / "last")
         stored = json.loads((state_dir / ckpt.STATE_FILE).read_text())
-        options = dict(stored["options"], max_steps=options["max_steps"], epochs=options["epochs"],
-                       checkpoint_every=options["checkpoint_every"])
+        options = dict(
+            stored["options"],
+            max_steps=options["max_steps"],
+            epochs=options["epochs"],
+            checkpoint_every=options["checkpoint_every"],
+        )
     _check(options)
     rank, local_rank, world = _distributed()
     if world > 1 and not torch.distributed.is_initialized():
@@ -233,9 +265,15 @@ def train(options: dict, output_dir, resume: bool = False, device=None, amp: boo
     if amp and not use_amp and rank == 0:
         log("--amp: bf16 autocast is used on CUDA only; training in fp32 on CPU")
 
-    dataset = SyntheticPairDataset(options["data"], options["geometric_model"], options["image_size"],
-                                   resize=tuple(options["resize"]), seed=options["seed"], thetas=options["thetas"],
-                                   augment=options["augment"])
+    dataset = SyntheticPairDataset(
+        options["data"],
+        options["geometric_model"],
+        options["image_size"],
+        resize=tuple(options["resize"]),
+        seed=options["seed"],
+        thetas=options["thetas"],
+        augment=options["augment"],
+    )
     max_steps = options["max_steps"]
     if max_steps is None:
         max_steps = math.ceil(options["epochs"] * len(dataset) / (options["batch_size"] * world))
@@ -279,13 +317,20 @@ def train(options: dict, output_dir, resume: bool = False, device=None, amp: boo
     extra = {"options": options, "preset": options.get("preset")}
 
     sampler = StepBatchSampler(options["batch_size"], step + 1, max_steps, rank=rank, world_size=world)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_pairs,
-                                         num_workers=num_workers, persistent_workers=False,
-                                         pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_pairs,
+        num_workers=num_workers,
+        persistent_workers=False,
+        pin_memory=device.type == "cuda",
+    )
     if rank == 0:
-        log(f"training {options['geometric_model']} A2Net ({options['backbone']}, {options['image_size']}px, batch "
+        log(
+            f"training {options['geometric_model']} A2Net ({options['backbone']}, {options['image_size']}px, batch "
             f"{options['batch_size']}x{world}, lr {options['lr']}) on {len(dataset)} images of {options['data']} "
-            f"-> {output_dir}: steps {step + 1}..{max_steps} on {device}")
+            f"-> {output_dir}: steps {step + 1}..{max_steps} on {device}"
+        )
     bar = tqdm(total=max_steps, initial=step, disable=not progress or rank != 0, dynamic_ncols=True, unit="step")
     start = time.perf_counter()
     last_time, loss_value = start, float("nan")
@@ -310,8 +355,12 @@ def train(options: dict, output_dir, resume: bool = False, device=None, amp: boo
                 logged /= world
             loss_value = float(logged)
             now = time.perf_counter()
-            record = {"step": step, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
-                      "pairs_per_s": options["batch_size"] * world / max(now - last_time, 1e-9)}
+            record = {
+                "step": step,
+                "loss": loss_value,
+                "lr": optimizer.param_groups[0]["lr"],
+                "pairs_per_s": options["batch_size"] * world / max(now - last_time, 1e-9),
+            }
             last_time = now
             if rank == 0:
                 metrics.write(json.dumps(record) + "\n")

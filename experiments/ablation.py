@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from a2net import checkpoint as ckpt  # noqa: E402
-from a2net import fileio, geometry, metrics, synthetic, train  # noqa: E402
-from a2net.model import normalize_images  # noqa: E402
+from a2net import checkpoint as ckpt
+from a2net import fileio, geometry, metrics, synthetic, train
+from a2net.model import normalize_images
 
 #: (name, use_oac, use_attention), in the paper's order.
 HEADS = (
@@ -89,8 +89,15 @@ def main(argv=None) -> int:
     options["max_steps"] = args.steps
     size = options["image_size"]
     pairs = synthetic.heldout_synthetic_pairs(options["geometric_model"], args.pairs, size)
-    rows = [{"head": "identity (no alignment)", "use_oac": None, "use_attention": None, "seconds": 0.0,
-             **evaluate(None, pairs, size)}]
+    rows = [
+        {
+            "head": "identity (no alignment)",
+            "use_oac": None,
+            "use_attention": None,
+            "seconds": 0.0,
+            **evaluate(None, pairs, size),
+        }
+    ]
     print(f"identity: {rows[0]}", flush=True)
     for name, use_oac, use_attention in HEADS:
         run_dir = out / _slug(name)
@@ -102,20 +109,26 @@ def main(argv=None) -> int:
             result = train.train(run_options, run_dir, resume=resume, progress=False)
         model = ckpt.load_model(run_dir / "last")
         params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("FeatureExtraction."))
-        row = {"head": name, "use_oac": use_oac, "use_attention": use_attention, "head_parameters": params,
-               "seconds": round(result["seconds"], 1), **evaluate(model, pairs, size)}
+        row = {
+            "head": name,
+            "use_oac": use_oac,
+            "use_attention": use_attention,
+            "head_parameters": params,
+            "seconds": round(result["seconds"], 1),
+            **evaluate(model, pairs, size),
+        }
         rows.append(row)
         print(row, flush=True)
     report = {
         "what": "held-out synthetic PCK (a2net.metrics.synthetic_pck, L = image size) of four heads trained with "
-                "the demo preset's options and the same number of steps",
+        "the demo preset's options and the same number of steps",
         "steps": args.steps,
         "demo_preset_steps": train.PRESETS["demo"]["max_steps"],
         "pairs": args.pairs,
         "held_out_images": synthetic.bundled_photos("heldout"),
         "options": options,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-                   f"{torch.__version__}",
+        f"{torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
         "rows": rows,
     }
@@ -136,8 +149,10 @@ def markdown(report: dict) -> str:
     ]
     for row in report["rows"]:
         mark = {True: "yes", False: "no", None: "-"}
-        lines.append(f"| {row['head']} | {mark[row['use_oac']]} | {mark[row['use_attention']]} | "
-                     f"{row['pck@0.05']:.3f} | {row['pck@0.1']:.3f} | {row['pck@0.15']:.3f} |")
+        lines.append(
+            f"| {row['head']} | {mark[row['use_oac']]} | {mark[row['use_attention']]} | "
+            f"{row['pck@0.05']:.3f} | {row['pck@0.1']:.3f} | {row['pck@0.15']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -50,10 +50,20 @@ def batch_split(b: int, n_programs: int, target_programs: int) -> tuple[int, int
 
 @triton.jit
 def correlation_tile(
-    p_x, p_y, m_x, m_y, C, stride_xc, stride_yc,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, DOT_FP32: tl.constexpr, ACC: tl.constexpr,
-):  # fmt: skip
+    p_x,
+    p_y,
+    m_x,
+    m_y,
+    C,
+    stride_xc,
+    stride_yc,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    ACC: tl.constexpr,
+):  #
     """``sum_c x[m, c] * y[c, n]`` -> ``[BM, BN]`` in ``ACC``; ``p_x`` ``[BM, BC]`` and ``p_y``
     ``[BC, BN]`` point at channel 0, ``m_x``/``m_y`` mask rows of x / columns of y (masked ones give 0)."""
     o_c = tl.arange(0, BLOCK_C)

@@ -167,9 +167,20 @@ def correlation_fwd_kernel(
     p_a = p_src + i_b64 * stride_sb + o_s[:, None] * stride_ss + o_c[None, :] * stride_sc  # [BS, BC]
     p_b = p_tgt + i_b64 * stride_tb + o_c[:, None] * stride_tc + o_t[None, :] * stride_tt  # [BC, BT]
     acc = correlation_tile(
-        p_a, p_b, m_s, m_t, C, stride_sc, stride_tc,
-        BLOCK_S, BLOCK_T, BLOCK_C, INPUT_PRECISION, DOT_FP32, ACC,
-    )  # fmt: skip
+        p_a,
+        p_b,
+        m_s,
+        m_t,
+        C,
+        stride_sc,
+        stride_tc,
+        BLOCK_S,
+        BLOCK_T,
+        BLOCK_C,
+        INPUT_PRECISION,
+        DOT_FP32,
+        ACC,
+    )  #
     if NORM_FEAT:
         b_as = tl.load(p_inv_src + i_b64 * S + o_s, mask=m_s, other=0.0)  # [BS]
         b_bt = tl.load(p_inv_tgt + i_b64 * T + o_t, mask=m_t, other=0.0)  # [BT]

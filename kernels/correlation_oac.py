@@ -99,20 +99,49 @@ DIAGONAL_TARGET_PROGRAMS = 264
 @autotune(FWD_CONFIGS, key=["C", "O", "Hs", "Ws", "Ht", "Wt"])
 @triton.jit
 def correlation_oac_fwd_kernel(
-    p_src, p_tgt, p_inv_src, p_inv_tgt, p_wpad, p_bias, p_out, p_inv_match,
-    C, O, Hs, Ws, Ht, Wt,  # noqa: E741 (O: output channels, as in the math)
-    stride_sb, stride_sc, stride_sy, stride_sx,
-    stride_tb, stride_tc, stride_ty, stride_tx,
-    stride_wo, stride_wy,
+    p_src,
+    p_tgt,
+    p_inv_src,
+    p_inv_tgt,
+    p_wpad,
+    p_bias,
+    p_out,
+    p_inv_match,
+    C,
+    O,
+    Hs,
+    Ws,
+    Ht,
+    Wt,
+    stride_sb,
+    stride_sc,
+    stride_sy,
+    stride_sx,
+    stride_tb,
+    stride_tc,
+    stride_ty,
+    stride_tx,
+    stride_wo,
+    stride_wy,
     stride_bias,
-    stride_ob, stride_oo, stride_oy, stride_ox,
+    stride_ob,
+    stride_oo,
+    stride_oy,
+    stride_ox,
     eps,
-    NORM_FEAT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, DOT_FP32: tl.constexpr,
-    OAC_FP32: tl.constexpr, OAC_PRECISION: tl.constexpr, FP64: tl.constexpr,
-    BLOCK_O: tl.constexpr, BLOCK_XS: tl.constexpr, BLOCK_XT: tl.constexpr, BLOCK_C: tl.constexpr,
+    NORM_FEAT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    OAC_FP32: tl.constexpr,
+    OAC_PRECISION: tl.constexpr,
+    FP64: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+    BLOCK_XS: tl.constexpr,
+    BLOCK_XT: tl.constexpr,
+    BLOCK_C: tl.constexpr,
     OAC_CHUNK: tl.constexpr,
-):  # fmt: skip
+):  #
     """``out[b, o, yt, xt-block]`` and ``inv_match[b, yt, xt-block]``; grid
     ``(Ht * cdiv(Wt, BXT), cdiv(O, BO), B)``. ``p_wpad`` is the zero-padded weight of
     :func:`padded_weight` (unit column stride)."""
@@ -149,9 +178,20 @@ def correlation_oac_fwd_kernel(
             m_xs = o_xs < Ws
             p_s = p_s_b + ys * stride_sy + o_xs[:, None] * stride_sx  # [BXS, BC]
             b_c = correlation_tile(
-                p_s, p_t, m_xs, m_xt, C, stride_sc, stride_tc,
-                BLOCK_XS, BLOCK_XT, BLOCK_C, INPUT_PRECISION, DOT_FP32, ACC,
-            )  # fmt: skip
+                p_s,
+                p_t,
+                m_xs,
+                m_xt,
+                C,
+                stride_sc,
+                stride_tc,
+                BLOCK_XS,
+                BLOCK_XT,
+                BLOCK_C,
+                INPUT_PRECISION,
+                DOT_FP32,
+                ACC,
+            )  #
             if NORM_FEAT:
                 b_as = tl.load(p_inv_src + i_b64 * (Hs * Ws) + ys * Ws + o_xs, mask=m_xs, other=0.0)  # [BXS]
                 b_c = b_c * b_as[:, None] * b_bt[None, :]
@@ -186,16 +226,42 @@ def correlation_oac_fwd_kernel(
 @autotune(BWD_WEIGHT_CONFIGS, key=["B", "C", "O", "Hs", "Ws", "Ht", "Wt", "batch_per_split"])
 @triton.jit
 def correlation_oac_bwd_weight_kernel(
-    p_src, p_tgt, p_inv_src, p_inv_tgt, p_inv_match, p_grad, p_partial,
-    B, C, O, Hs, Ws, Ht, Wt, batch_per_split,  # noqa: E741 (O: output channels, as in the math)
-    stride_sb, stride_sc, stride_sy, stride_sx,
-    stride_tb, stride_tc, stride_ty, stride_tx,
-    stride_gb, stride_go, stride_gy, stride_gx,
+    p_src,
+    p_tgt,
+    p_inv_src,
+    p_inv_tgt,
+    p_inv_match,
+    p_grad,
+    p_partial,
+    B,
+    C,
+    O,
+    Hs,
+    Ws,
+    Ht,
+    Wt,
+    batch_per_split,
+    stride_sb,
+    stride_sc,
+    stride_sy,
+    stride_sx,
+    stride_tb,
+    stride_tc,
+    stride_ty,
+    stride_tx,
+    stride_gb,
+    stride_go,
+    stride_gy,
+    stride_gx,
     stride_pn,
     NORM_FEAT: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, DOT_FP32: tl.constexpr, FP64: tl.constexpr,
-    BLOCK_O: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
+    INPUT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    FP64: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+    BLOCK_X: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):  #
     """Partial ``dW`` of one offset row ``dy`` and one diagonal ``k`` of column blocks; grid
     ``(Dh * n_diag, cdiv(O, BO), n_split)``.
 
@@ -251,9 +317,20 @@ def correlation_oac_bwd_weight_kernel(
                 p_t = p_t_b + yt * stride_ty + o_xt[:, None] * stride_tx  # [BX, BC]
                 p_s = p_s_b + ys * stride_sy + o_xs[None, :] * stride_sx  # [BC, BX]
                 b_c = correlation_tile(
-                    p_t, p_s, m_xt, m_xs, C, stride_tc, stride_sc,
-                    BLOCK_X, BLOCK_X, BLOCK_C, INPUT_PRECISION, DOT_FP32, ACC,
-                )  # fmt: skip  [BX (t), BX (s)]
+                    p_t,
+                    p_s,
+                    m_xt,
+                    m_xs,
+                    C,
+                    stride_tc,
+                    stride_sc,
+                    BLOCK_X,
+                    BLOCK_X,
+                    BLOCK_C,
+                    INPUT_PRECISION,
+                    DOT_FP32,
+                    ACC,
+                )  #  [BX (t), BX (s)]
                 if NORM_FEAT:
                     b_bt = tl.load(p_ib_b + yt * Wt + o_xt, mask=m_xt, other=0.0)  # [BX]
                     b_as = tl.load(p_ia_b + ys * Ws + o_xs, mask=m_xs, other=0.0)  # [BX]
@@ -281,10 +358,19 @@ def correlation_oac_bwd_weight_kernel(
 
 @triton.jit
 def correlation_oac_bwd_weight_reduce_kernel(
-    p_partial, p_dweight,
-    O, Dh, Dw, Wt, n_xt, n_k, n_split, stride_pn,  # noqa: E741 (O: output channels, as in the math)
-    BLOCK_X: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
+    p_partial,
+    p_dweight,
+    O,
+    Dh,
+    Dw,
+    Wt,
+    n_xt,
+    n_k,
+    n_split,
+    stride_pn,
+    BLOCK_X: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  #
     """``dW[o, dy, dx]`` (contiguous) = the two diagonals whose offset columns hold ``dx``, summed
     over the batch splits in a fixed order; grid ``(cdiv(O*Dh*Dw, BLOCK),)``."""
     BLOCK_J: tl.constexpr = 2 * BLOCK_X
@@ -313,19 +399,53 @@ def correlation_oac_bwd_weight_reduce_kernel(
 @autotune(BWD_CORR_CONFIGS, key=["C", "O", "Hs", "Ws", "Ht", "Wt"])
 @triton.jit
 def correlation_oac_bwd_corr_kernel(
-    p_src, p_tgt, p_inv_src, p_inv_tgt, p_wpad, p_bias, p_out, p_inv_match, p_grad,
-    p_dcorr, p_dot_src, p_dot_tgt,
-    C, O, Hs, Ws, Ht, Wt,  # noqa: E741 (O: output channels, as in the math)
-    stride_sb, stride_sc, stride_sy, stride_sx,
-    stride_tb, stride_tc, stride_ty, stride_tx,
-    stride_wo, stride_wy,
+    p_src,
+    p_tgt,
+    p_inv_src,
+    p_inv_tgt,
+    p_wpad,
+    p_bias,
+    p_out,
+    p_inv_match,
+    p_grad,
+    p_dcorr,
+    p_dot_src,
+    p_dot_tgt,
+    C,
+    O,
+    Hs,
+    Ws,
+    Ht,
+    Wt,
+    stride_sb,
+    stride_sc,
+    stride_sy,
+    stride_sx,
+    stride_tb,
+    stride_tc,
+    stride_ty,
+    stride_tx,
+    stride_wo,
+    stride_wy,
     stride_bias,
-    stride_ob, stride_oo, stride_oy, stride_ox,
-    stride_gb, stride_go, stride_gy, stride_gx,
-    NORM_FEAT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, DOT_FP32: tl.constexpr, FP64: tl.constexpr,
-    BLOCK_O: tl.constexpr, BLOCK_XS: tl.constexpr, BLOCK_XT: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
+    stride_ob,
+    stride_oo,
+    stride_oy,
+    stride_ox,
+    stride_gb,
+    stride_go,
+    stride_gy,
+    stride_gx,
+    NORM_FEAT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    FP64: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+    BLOCK_XS: tl.constexpr,
+    BLOCK_XT: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):  #
     """Gradient w.r.t. the pre-ReLU correlation, ``dcorr`` (B, S, T), of one (batch, target row,
     column block); grid ``(Ht * cdiv(Wt, BXT), B)``. With ``NORM_FEAT`` also the feature-norm
     dots ``sum_s dc*c`` -> ``dot_tgt`` (B, T) and per program ``sum_t dc*c`` -> ``dot_src``
@@ -378,9 +498,20 @@ def correlation_oac_bwd_corr_kernel(
             m_xs = o_xs < Ws
             p_s = p_s_b + ys * stride_sy + o_xs[:, None] * stride_sx  # [BXS, BC]
             b_c = correlation_tile(
-                p_s, p_t, m_xs, m_xt, C, stride_sc, stride_tc,
-                BLOCK_XS, BLOCK_XT, BLOCK_C, INPUT_PRECISION, DOT_FP32, ACC,
-            )  # fmt: skip
+                p_s,
+                p_t,
+                m_xs,
+                m_xt,
+                C,
+                stride_sc,
+                stride_tc,
+                BLOCK_XS,
+                BLOCK_XT,
+                BLOCK_C,
+                INPUT_PRECISION,
+                DOT_FP32,
+                ACC,
+            )  #
             if NORM_FEAT:
                 b_as = tl.load(p_inv_src + i_b64 * S + ys * Ws + o_xs, mask=m_xs, other=0.0)  # [BXS]
                 b_c = b_c * b_as[:, None] * b_bt[None, :]
@@ -461,8 +592,14 @@ def diagonal_batch_split(b: int, n_programs: int) -> tuple[int, int]:
 
 def _sizes(source: torch.Tensor, target: torch.Tensor, o: int) -> dict:
     b, c, hs, ws = source.shape
-    return {"B": b, "C": c, "O": o, "S": hs * ws, "T": target.shape[2] * target.shape[3],
-            "dtype": dtype_name(source.dtype)}  # fmt: skip
+    return {
+        "B": b,
+        "C": c,
+        "O": o,
+        "S": hs * ws,
+        "T": target.shape[2] * target.shape[3],
+        "dtype": dtype_name(source.dtype),
+    }  #
 
 
 def _inverse_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -514,19 +651,34 @@ def correlation_oac_fwd(
         name="correlation_oac_fwd",
         device=dev,
         sizes=_sizes(source, target, o),
-        p_src=source, p_tgt=target,
-        p_inv_src=inv_src if normalize_features else out, p_inv_tgt=inv_tgt if normalize_features else out,
-        p_wpad=wpad, p_bias=weight if bias is None else bias, p_out=out, p_inv_match=inv_match,
-        C=c, O=o, Hs=hs, Ws=ws, Ht=ht, Wt=wt,
-        **strides("s", source, "bcyx"), **strides("t", target, "bcyx"), **strides("w", wpad, "oy"),
+        p_src=source,
+        p_tgt=target,
+        p_inv_src=inv_src if normalize_features else out,
+        p_inv_tgt=inv_tgt if normalize_features else out,
+        p_wpad=wpad,
+        p_bias=weight if bias is None else bias,
+        p_out=out,
+        p_inv_match=inv_match,
+        C=c,
+        O=o,
+        Hs=hs,
+        Ws=ws,
+        Ht=ht,
+        Wt=wt,
+        **strides("s", source, "bcyx"),
+        **strides("t", target, "bcyx"),
+        **strides("w", wpad, "oy"),
         stride_bias=0 if bias is None else bias.stride(0),
         **strides("o", out, "boyx"),
         eps=eps,
-        NORM_FEAT=normalize_features, HAS_BIAS=bias is not None,
+        NORM_FEAT=normalize_features,
+        HAS_BIAS=bias is not None,
         **dot_options(source.dtype, input_precision),
         **_oac_dot_options(source.dtype, normalize_features, input_precision),
-        BLOCK_O=block_o, BLOCK_XS=block_xs, BLOCK_XT=block_xt,
-    )  # fmt: skip
+        BLOCK_O=block_o,
+        BLOCK_XS=block_xs,
+        BLOCK_XT=block_xt,
+    )  #
     return out, inv_src, inv_tgt, inv_match
 
 
@@ -562,22 +714,45 @@ def correlation_oac_bwd_weight(
         name="correlation_oac_bwd_weight",
         device=dev,
         sizes={**_sizes(source, target, o), "split": per_split},
-        p_src=source, p_tgt=target,
+        p_src=source,
+        p_tgt=target,
         p_inv_src=inv_source if normalize_features else partial,
         p_inv_tgt=inv_target if normalize_features else partial,
-        p_inv_match=inv_match, p_grad=grad, p_partial=partial,
-        B=b, C=c, O=o, Hs=hs, Ws=ws, Ht=ht, Wt=wt, batch_per_split=per_split,
-        **strides("s", source, "bcyx"), **strides("t", target, "bcyx"), **strides("g", grad, "boyx"),
+        p_inv_match=inv_match,
+        p_grad=grad,
+        p_partial=partial,
+        B=b,
+        C=c,
+        O=o,
+        Hs=hs,
+        Ws=ws,
+        Ht=ht,
+        Wt=wt,
+        batch_per_split=per_split,
+        **strides("s", source, "bcyx"),
+        **strides("t", target, "bcyx"),
+        **strides("g", grad, "boyx"),
         stride_pn=partial.stride(0),
         NORM_FEAT=normalize_features,
         **dot_options(source.dtype, input_precision),
-        BLOCK_O=block_o, BLOCK_X=block_x,
-    )  # fmt: skip
+        BLOCK_O=block_o,
+        BLOCK_X=block_x,
+    )  #
     correlation_oac_bwd_weight_reduce_kernel[(triton.cdiv(dweight.numel(), REDUCE_BLOCK),)](
-        p_partial=partial, p_dweight=dweight,
-        O=o, Dh=dh, Dw=dw, Wt=wt, n_xt=n_xt, n_k=n_k, n_split=n_split, stride_pn=partial.stride(0),
-        BLOCK_X=block_x, BLOCK=REDUCE_BLOCK, num_warps=REDUCE_WARPS,
-    )  # fmt: skip
+        p_partial=partial,
+        p_dweight=dweight,
+        O=o,
+        Dh=dh,
+        Dw=dw,
+        Wt=wt,
+        n_xt=n_xt,
+        n_k=n_k,
+        n_split=n_split,
+        stride_pn=partial.stride(0),
+        BLOCK_X=block_x,
+        BLOCK=REDUCE_BLOCK,
+        num_warps=REDUCE_WARPS,
+    )  #
     return dweight
 
 
@@ -614,20 +789,37 @@ def correlation_oac_bwd_corr(
         name="correlation_oac_bwd_corr",
         device=dev,
         sizes=_sizes(source, target, o),
-        p_src=source, p_tgt=target,
+        p_src=source,
+        p_tgt=target,
         p_inv_src=inv_source if normalize_features else dcorr,
         p_inv_tgt=inv_target if normalize_features else dcorr,
-        p_wpad=wpad, p_bias=weight if bias is None else bias, p_out=out, p_inv_match=inv_match,
-        p_grad=grad, p_dcorr=dcorr,
-        p_dot_src=dot_src if normalize_features else dcorr, p_dot_tgt=dot_tgt if normalize_features else dcorr,
-        C=c, O=o, Hs=hs, Ws=ws, Ht=ht, Wt=wt,
-        **strides("s", source, "bcyx"), **strides("t", target, "bcyx"), **strides("w", wpad, "oy"),
+        p_wpad=wpad,
+        p_bias=weight if bias is None else bias,
+        p_out=out,
+        p_inv_match=inv_match,
+        p_grad=grad,
+        p_dcorr=dcorr,
+        p_dot_src=dot_src if normalize_features else dcorr,
+        p_dot_tgt=dot_tgt if normalize_features else dcorr,
+        C=c,
+        O=o,
+        Hs=hs,
+        Ws=ws,
+        Ht=ht,
+        Wt=wt,
+        **strides("s", source, "bcyx"),
+        **strides("t", target, "bcyx"),
+        **strides("w", wpad, "oy"),
         stride_bias=0 if bias is None else bias.stride(0),
-        **strides("o", out, "boyx"), **strides("g", grad, "boyx"),
-        NORM_FEAT=normalize_features, HAS_BIAS=bias is not None,
+        **strides("o", out, "boyx"),
+        **strides("g", grad, "boyx"),
+        NORM_FEAT=normalize_features,
+        HAS_BIAS=bias is not None,
         **dot_options(source.dtype, input_precision),
-        BLOCK_O=output_block(o, BWD_CORR_BLOCK_O), BLOCK_XS=block_xs, BLOCK_XT=block_xt,
-    )  # fmt: skip
+        BLOCK_O=output_block(o, BWD_CORR_BLOCK_O),
+        BLOCK_XS=block_xs,
+        BLOCK_XT=block_xt,
+    )  #
     return dcorr, dot_src, dot_tgt
 
 
@@ -665,9 +857,16 @@ def correlation_oac_bwd(
     dsrc, dtgt, dweight, dbias = (source.new_empty((0,)) for _ in range(4))  # distinct: no aliasing
     if need_weight:
         dweight = correlation_oac_bwd_weight(
-            grad, source, target, inv_source, inv_target, inv_match, weight.shape[0], normalize_features,
+            grad,
+            source,
+            target,
+            inv_source,
+            inv_target,
+            inv_match,
+            weight.shape[0],
+            normalize_features,
             input_precision,
-        )  # fmt: skip
+        )  #
     if need_bias:
         dbias = offset_aware_correlation_bwd_bias(grad)
     if not (need_source or need_target):
@@ -677,9 +876,18 @@ def correlation_oac_bwd(
         dtgt = target.new_zeros(target.shape) if need_target else dtgt
         return dsrc, dtgt, dweight, dbias
     dcorr, dot_src, dot_tgt = correlation_oac_bwd_corr(
-        grad, source, target, weight, bias, out, inv_source, inv_target, inv_match, normalize_features,
+        grad,
+        source,
+        target,
+        weight,
+        bias,
+        out,
+        inv_source,
+        inv_target,
+        inv_match,
+        normalize_features,
         input_precision,
-    )  # fmt: skip
+    )  #
     src, tgt = source.reshape(b, c, s), target.reshape(b, c, t)
     if need_source:  # df_s[c, s] from x = target (k = t), e[t, s] = dc[s, t]
         dsrc = correlation_bwd_features(

@@ -109,17 +109,36 @@ def _target_tile(i_t, i_b, B, Ws, Wt, BLOCK_T: tl.constexpr, BLOCK_B: tl.constex
 @autotune(FWD_CONFIGS, key=["B", "O", "Hs", "Ws", "Ht", "Wt"])
 @triton.jit
 def offset_aware_correlation_fwd_kernel(
-    p_corr, p_weight, p_bias, p_out,
-    B, O, Hs, Ws, Ht, Wt,  # noqa: E741 (O: output channels, as in the math)
-    stride_cb, stride_cs, stride_cy, stride_cx,
-    stride_wo, stride_wy, stride_wx,
+    p_corr,
+    p_weight,
+    p_bias,
+    p_out,
+    B,
+    O,
+    Hs,
+    Ws,
+    Ht,
+    Wt,
+    stride_cb,
+    stride_cs,
+    stride_cy,
+    stride_cx,
+    stride_wo,
+    stride_wy,
+    stride_wx,
     stride_bias,
-    stride_ob, stride_oo, stride_oy, stride_ox,
+    stride_ob,
+    stride_oo,
+    stride_oy,
+    stride_ox,
     HAS_BIAS: tl.constexpr,
     UPCAST: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
-    BLOCK_O: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_B: tl.constexpr,
-):  # fmt: skip
+    BLOCK_O: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):  #
     """``out[b, o, t] = bias[o] + sum_d W[o, d] * A[b, d, t]`` for a tile of targets x batch."""
     i_t, i_o, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     yt, xt_last, n_c, xt, o_b, m_n = _target_tile(i_t, i_b, B, Ws, Wt, BLOCK_T, BLOCK_B)
@@ -158,15 +177,33 @@ def offset_aware_correlation_fwd_kernel(
 @autotune(BWD_CORR_CONFIGS, key=["B", "O", "Hs", "Ws", "Ht", "Wt"])
 @triton.jit
 def offset_aware_correlation_bwd_corr_kernel(
-    p_grad, p_weight, p_dcorr,
-    B, O, Hs, Ws, Ht, Wt,  # noqa: E741 (O: output channels, as in the math)
-    stride_gb, stride_go, stride_gy, stride_gx,
-    stride_wo, stride_wy, stride_wx,
-    stride_cb, stride_cs, stride_cy, stride_cx,
+    p_grad,
+    p_weight,
+    p_dcorr,
+    B,
+    O,
+    Hs,
+    Ws,
+    Ht,
+    Wt,
+    stride_gb,
+    stride_go,
+    stride_gy,
+    stride_gx,
+    stride_wo,
+    stride_wy,
+    stride_wx,
+    stride_cb,
+    stride_cs,
+    stride_cy,
+    stride_cx,
     UPCAST: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_B: tl.constexpr,
-):  # fmt: skip
+    BLOCK_D: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):  #
     """``dcorr[b, s, t] = dA[b, off(s, t), t]`` with ``dA[b, d, t] = sum_o W[o, d] * g[b, o, t]``,
     for a tile of targets x batch; every (s, t) of the tile is one (d, t) of its offset rectangle."""
     i_t, i_b = tl.program_id(0), tl.program_id(1)
@@ -202,15 +239,33 @@ def offset_aware_correlation_bwd_corr_kernel(
 @autotune(BWD_WEIGHT_CONFIGS, key=["B", "O", "Hs", "Ws", "Ht", "Wt", "batch_per_split"])
 @triton.jit
 def offset_aware_correlation_bwd_weight_kernel(
-    p_grad, p_corr, p_dweight,
-    B, O, Hs, Ws, Ht, Wt, batch_per_split,  # noqa: E741 (O: output channels, as in the math)
-    stride_gb, stride_go, stride_gy, stride_gx,
-    stride_cb, stride_cs, stride_cy, stride_cx,
-    stride_dn, stride_do,
+    p_grad,
+    p_corr,
+    p_dweight,
+    B,
+    O,
+    Hs,
+    Ws,
+    Ht,
+    Wt,
+    batch_per_split,
+    stride_gb,
+    stride_go,
+    stride_gy,
+    stride_gx,
+    stride_cb,
+    stride_cs,
+    stride_cy,
+    stride_cx,
+    stride_dn,
+    stride_do,
     UPCAST: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
-    BLOCK_O: tl.constexpr, BLOCK_DY: tl.constexpr, BLOCK_DX: tl.constexpr, BLOCK_T: tl.constexpr,
-):  # fmt: skip
+    BLOCK_O: tl.constexpr,
+    BLOCK_DY: tl.constexpr,
+    BLOCK_DX: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):  #
     """``dW[n, o, d] = sum_{b in split n} sum_t g[b, o, t] * corr[b, s(d, t), t]`` for one tile of
     offsets ``d`` (``BLOCK_DY x BLOCK_DX`` of the offset grid) and a block of channels.
 
@@ -278,12 +333,19 @@ def offset_aware_correlation_bwd_weight_kernel(
 @autotune(BWD_BIAS_CONFIGS, key=["O", "Ht", "Wt"])
 @triton.jit
 def offset_aware_correlation_bwd_bias_kernel(
-    p_grad, p_dbias,
-    O, Ht, Wt,  # noqa: E741 (O: output channels, as in the math)
-    stride_gb, stride_go, stride_gy, stride_gx,
+    p_grad,
+    p_dbias,
+    O,
+    Ht,
+    Wt,
+    stride_gb,
+    stride_go,
+    stride_gy,
+    stride_gx,
     stride_dn,
-    BLOCK_O: tl.constexpr, BLOCK_T: tl.constexpr,
-):  # fmt: skip
+    BLOCK_O: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):  #
     """``dbias[b, o] = sum_t g[b, o, t]`` for one batch element (partial sums over the batch)."""
     i_o, i_b = tl.program_id(0), tl.program_id(1)
     T = Ht * Wt
@@ -359,15 +421,24 @@ def offset_aware_correlation_fwd(
         name="offset_aware_correlation_fwd",
         device=corr.device,
         sizes=_sizes(corr, o),
-        p_corr=corr, p_weight=weight, p_bias=weight if bias is None else bias, p_out=out,
-        B=b, O=o, Hs=hs, Ws=ws, Ht=ht, Wt=wt,
-        **strides("c", corr, "bsyx"), **strides("w", weight, "oyx"),
+        p_corr=corr,
+        p_weight=weight,
+        p_bias=weight if bias is None else bias,
+        p_out=out,
+        B=b,
+        O=o,
+        Hs=hs,
+        Ws=ws,
+        Ht=ht,
+        Wt=wt,
+        **strides("c", corr, "bsyx"),
+        **strides("w", weight, "oyx"),
         stride_bias=0 if bias is None else bias.stride(0),
         **strides("o", out, "boyx"),
         HAS_BIAS=bias is not None,
         UPCAST=_upcast(corr.dtype),
         INPUT_PRECISION=_precision(corr.dtype, input_precision),
-    )  # fmt: skip
+    )  #
     return out
 
 
@@ -386,12 +457,21 @@ def offset_aware_correlation_bwd_corr(
         name="offset_aware_correlation_bwd_corr",
         device=grad_out.device,
         sizes=_sizes(dcorr, o),
-        p_grad=grad_out, p_weight=weight, p_dcorr=dcorr,
-        B=b, O=o, Hs=hs, Ws=ws, Ht=ht, Wt=wt,
-        **strides("g", grad_out, "boyx"), **strides("w", weight, "oyx"), **strides("c", dcorr, "bsyx"),
+        p_grad=grad_out,
+        p_weight=weight,
+        p_dcorr=dcorr,
+        B=b,
+        O=o,
+        Hs=hs,
+        Ws=ws,
+        Ht=ht,
+        Wt=wt,
+        **strides("g", grad_out, "boyx"),
+        **strides("w", weight, "oyx"),
+        **strides("c", dcorr, "bsyx"),
         UPCAST=_upcast(grad_out.dtype),
         INPUT_PRECISION=_precision(grad_out.dtype, input_precision),
-    )  # fmt: skip
+    )  #
     return dcorr
 
 
@@ -412,8 +492,12 @@ def _reduce_partials(partial: torch.Tensor, out: torch.Tensor) -> None:
         name="offset_aware_correlation_bwd_reduce",
         device=out.device,
         sizes={"N": n, "n_split": partial.shape[0], "dtype": dtype_name(out.dtype)},
-        p_partial=partial, p_out=out, N=n, n_split=partial.shape[0], stride_pn=partial.stride(0),
-    )  # fmt: skip
+        p_partial=partial,
+        p_out=out,
+        N=n,
+        n_split=partial.shape[0],
+        stride_pn=partial.stride(0),
+    )  #
 
 
 def offset_aware_correlation_bwd_weight(
@@ -442,13 +526,23 @@ def offset_aware_correlation_bwd_weight(
         name="offset_aware_correlation_bwd_weight",
         device=corr.device,
         sizes=_sizes(corr, o),
-        p_grad=grad_out, p_corr=corr, p_dweight=partial,
-        B=b, O=o, Hs=hs, Ws=ws, Ht=ht, Wt=wt, batch_per_split=per_split,
-        **strides("g", grad_out, "boyx"), **strides("c", corr, "bsyx"),
-        stride_dn=0 if n_split == 1 else partial.stride(0), stride_do=dh * dw,
+        p_grad=grad_out,
+        p_corr=corr,
+        p_dweight=partial,
+        B=b,
+        O=o,
+        Hs=hs,
+        Ws=ws,
+        Ht=ht,
+        Wt=wt,
+        batch_per_split=per_split,
+        **strides("g", grad_out, "boyx"),
+        **strides("c", corr, "bsyx"),
+        stride_dn=0 if n_split == 1 else partial.stride(0),
+        stride_do=dh * dw,
         UPCAST=_upcast(corr.dtype),
         INPUT_PRECISION=_precision(corr.dtype, input_precision),
-    )  # fmt: skip
+    )  #
     if n_split > 1:
         _reduce_partials(partial, dweight)
     return dweight
@@ -467,10 +561,13 @@ def offset_aware_correlation_bwd_bias(grad_out: torch.Tensor) -> torch.Tensor:
         name="offset_aware_correlation_bwd_bias",
         device=grad_out.device,
         sizes={"B": b, "O": o, "T": ht * wt, "dtype": dtype_name(grad_out.dtype)},
-        p_grad=grad_out, p_dbias=partial,
-        O=o, Ht=ht, Wt=wt,
+        p_grad=grad_out,
+        p_dbias=partial,
+        O=o,
+        Ht=ht,
+        Wt=wt,
         **strides("g", grad_out, "boyx"),
         stride_dn=partial.stride(0),
-    )  # fmt: skip
+    )  #
     _reduce_partials(partial, dbias)
     return dbias

@@ -41,8 +41,25 @@ DEFAULT_CSV = REPO / "perf" / "results" / "results.csv"
 #: The columns of results.csv, in order. ``pass``: fwd | bwd | fwd+bwd (ops), step | head |
 #: backbone (model), matmul | copy (machine peaks). ``timer``: do_bench | cudagraph | perf_counter.
 CSV_COLUMNS = (
-    "gpu", "torch", "triton", "commit", "date", "op", "pass", "shape", "dtype", "provider", "timer",
-    "ms_p20", "ms_p50", "ms_p80", "peak_mb", "gflop", "gbyte", "rel_err", "note",
+    "gpu",
+    "torch",
+    "triton",
+    "commit",
+    "date",
+    "op",
+    "pass",
+    "shape",
+    "dtype",
+    "provider",
+    "timer",
+    "ms_p20",
+    "ms_p50",
+    "ms_p80",
+    "peak_mb",
+    "gflop",
+    "gbyte",
+    "rel_err",
+    "note",
 )
 
 QUANTILES = (0.2, 0.5, 0.8)
@@ -111,12 +128,18 @@ def git_commit() -> str:
     if given:
         return given
     try:
-        head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=10", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
         if head.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -142,11 +165,15 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit(f"--device {name}: no CUDA device is visible (torch {torch.__version__}, "
-                             f"CUDA build {torch.version.cuda}); use --device cpu on this machine")
+            raise SystemExit(
+                f"--device {name}: no CUDA device is visible (torch {torch.__version__}, "
+                f"CUDA build {torch.version.cuda}); use --device cpu on this machine"
+            )
         if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-            raise SystemExit("--device cuda with TRITON_INTERPRET set: the Triton kernels would run in "
-                             "the CPU interpreter; unset it (export TRITON_INTERPRET=0)")
+            raise SystemExit(
+                "--device cuda with TRITON_INTERPRET set: the Triton kernels would run in "
+                "the CPU interpreter; unset it (export TRITON_INTERPRET=0)"
+            )
     elif device.type != "cpu":
         raise SystemExit(f"--device: expected cuda or cpu, got {name!r}")
     return device
@@ -321,7 +348,7 @@ class MemoryMeter:
             prof = self._stop()
         try:
             return _cpu_peak(prof) / 2**20
-        except Exception:  # noqa: BLE001 - private profiler API: a figure we cannot read is NaN
+        except Exception:  # private profiler API: a figure we cannot read is NaN
             return float("nan")
 
 
@@ -372,8 +399,9 @@ class Peaks:
         return max(gflop / rate if gflop else 0.0, gbyte / self.gbps * 1e3 if gbyte else 0.0)
 
 
-def measure_peaks(device: torch.device, labels: Iterable[str], info: RunInfo, timer: Timer,
-                  small: bool = False) -> tuple[Peaks, list]:
+def measure_peaks(
+    device: torch.device, labels: Iterable[str], info: RunInfo, timer: Timer, small: bool = False
+) -> tuple[Peaks, list]:
     """Time a large matmul per dtype label and a large device copy, once per run.
 
     Random data (never zeros: they run faster than real data). CUDA: 8192^3 products and a
@@ -388,21 +416,50 @@ def measure_peaks(device: torch.device, labels: Iterable[str], info: RunInfo, ti
     for label in labels:
         dtype, _ = DTYPES[label]
         set_matmul_mode(label)
-        q = timer.time(functools.partial(torch.matmul, torch.randn(n, n, device=device, dtype=dtype, generator=gen),
-                                         torch.randn(n, n, device=device, dtype=dtype, generator=gen)))
+        q = timer.time(
+            functools.partial(
+                torch.matmul,
+                torch.randn(n, n, device=device, dtype=dtype, generator=gen),
+                torch.randn(n, n, device=device, dtype=dtype, generator=gen),
+            )
+        )
         gflop = 2 * n**3 / 1e9
         tflops[label] = gflop / q[1]  # GFLOP / ms = TFLOP/s
-        rows.append(info.row(op="peak", **{"pass": "matmul"}, shape=f"M{n}-N{n}-K{n}", dtype=label,
-                             provider="torch", timer=timer.name, ms_p20=q[0], ms_p50=q[1], ms_p80=q[2],
-                             gflop=gflop, gbyte=3 * n * n * torch.empty((), dtype=dtype).element_size() / 1e9,
-                             note=f"{tflops[label]:.3g} TFLOP/s"))
+        rows.append(
+            info.row(
+                op="peak",
+                **{"pass": "matmul"},
+                shape=f"M{n}-N{n}-K{n}",
+                dtype=label,
+                provider="torch",
+                timer=timer.name,
+                ms_p20=q[0],
+                ms_p50=q[1],
+                ms_p80=q[2],
+                gflop=gflop,
+                gbyte=3 * n * n * torch.empty((), dtype=dtype).element_size() / 1e9,
+                note=f"{tflops[label]:.3g} TFLOP/s",
+            )
+        )
     src = torch.randn(copy_bytes // 4, device=device, generator=gen)
     q = timer.time(functools.partial(torch.Tensor.copy_, torch.empty_like(src), src))
     gbyte = 2 * copy_bytes / 1e9
     gbps = gbyte / q[1] * 1e3
-    rows.append(info.row(op="peak", **{"pass": "copy"}, shape=f"N{copy_bytes // 4}", dtype="fp32",
-                         provider="torch", timer=timer.name, ms_p20=q[0], ms_p50=q[1], ms_p80=q[2],
-                         gbyte=gbyte, note=f"{gbps:.3g} GB/s (read + write)"))
+    rows.append(
+        info.row(
+            op="peak",
+            **{"pass": "copy"},
+            shape=f"N{copy_bytes // 4}",
+            dtype="fp32",
+            provider="torch",
+            timer=timer.name,
+            ms_p20=q[0],
+            ms_p50=q[1],
+            ms_p80=q[2],
+            gbyte=gbyte,
+            note=f"{gbps:.3g} GB/s (read + write)",
+        )
+    )
     del src
     set_matmul_mode("tf32")
     return Peaks(tflops, gbps), rows

@@ -48,9 +48,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
-import a2net.kernels._tuning as tuning  # noqa: E402
+import a2net.kernels._tuning as tuning
 
 #: Relative error of a config's outputs against the default config's, per output width.
 CONFIG_TOLERANCE = {4: 1e-3, 8: 1e-9, 2: 2e-2}
@@ -81,8 +81,12 @@ def check_table(table, where="table") -> None:
     for name, archs in table.items():
         for arch, keys in (archs or {}).items():
             for key, entry in (keys or {}).items():
-                ok = (isinstance(entry, dict) and isinstance(entry.get("kwargs"), dict)
-                      and isinstance(entry.get("num_warps"), int) and isinstance(entry.get("num_stages"), int))
+                ok = (
+                    isinstance(entry, dict)
+                    and isinstance(entry.get("kwargs"), dict)
+                    and isinstance(entry.get("num_warps"), int)
+                    and isinstance(entry.get("num_stages"), int)
+                )
                 if not ok:
                     raise SystemExit(f"{where}: entry {name} / {arch} / {key} lacks kwargs, num_warps or num_stages")
 
@@ -144,8 +148,9 @@ def candidate_configs(kernel, args: dict) -> list:
 
 
 def run_config(launch: Launch, config) -> None:
-    launch.kernel.fn[launch.grid](**launch.args, **config.kwargs, num_warps=config.num_warps,
-                                  num_stages=config.num_stages)
+    launch.kernel.fn[launch.grid](
+        **launch.args, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages
+    )
 
 
 @contextlib.contextmanager
@@ -169,8 +174,11 @@ def recording(store: dict):
             store[(name, key)] = launch
         run_config(launch, candidate_configs(kernel, args)[0])
 
-    patched = [m for m in list(sys.modules.values())
-               if getattr(m, "__name__", "").startswith("a2net.kernels") and getattr(m, "launch", None) is original]
+    patched = [
+        m
+        for m in list(sys.modules.values())
+        if getattr(m, "__name__", "").startswith("a2net.kernels") and getattr(m, "launch", None) is original
+    ]
     for module in patched:
         module.launch = recorder
     try:
@@ -259,16 +267,19 @@ def tune_launch(launch: Launch, rep_ms: float, warmup_ms: float) -> None:
                 if why is not None:
                     launch.results.append((config, None, f"mismatch: {why}"))
                     continue
-                q = triton.testing.do_bench(functools.partial(run_config, launch, config), warmup=warmup_ms,
-                                            rep=rep_ms, quantiles=[0.5])
+                q = triton.testing.do_bench(
+                    functools.partial(run_config, launch, config), warmup=warmup_ms, rep=rep_ms, quantiles=[0.5]
+                )
                 ms = float(q[0] if isinstance(q, (list, tuple)) else q)
                 launch.results.append((config, ms, "ok"))
-            except Exception as exc:  # noqa: BLE001 - compile errors, out of resources
+            except Exception as exc:  # compile errors, out of resources
                 try:
                     torch.cuda.synchronize()
-                except Exception as fatal:  # noqa: BLE001
-                    raise SystemExit(f"{launch.name} {config}: the CUDA context broke ({fatal}); "
-                                     "the config list holds a config that faults") from exc
+                except Exception as fatal:
+                    raise SystemExit(
+                        f"{launch.name} {config}: the CUDA context broke ({fatal}); "
+                        "the config list holds a config that faults"
+                    ) from exc
                 launch.results.append((config, None, f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"))
     finally:
         checker.close()
@@ -305,23 +316,32 @@ def parse_args(argv=None):
     p.add_argument("--hw", nargs="+", type=int, default=[15])
     p.add_argument("--channels", nargs="+", type=int, default=[1024, 512])
     p.add_argument("--dtypes", nargs="+", default=["tf32", "bf16"], choices=["tf32", "fp32", "bf16"])
-    p.add_argument("--table", type=Path, help="table to merge into (default: $A2NET_TUNED_CONFIGS or "
-                                              "kernels/tuned_configs.json)")
+    p.add_argument(
+        "--table", type=Path, help="table to merge into (default: $A2NET_TUNED_CONFIGS or kernels/tuned_configs.json)"
+    )
     p.add_argument("--dry-run", action="store_true", help="tune and print, write nothing")
     p.add_argument("--rep-ms", type=float, default=40.0)
     p.add_argument("--warmup-ms", type=float, default=10.0)
-    p.add_argument("--budget-s", type=float, default=float("inf"),
-                   help="tune no new launch after this many seconds (what is done is written)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=float("inf"),
+        help="tune no new launch after this many seconds (what is done is written)",
+    )
     return p.parse_args(argv)
 
 
 def require_cuda() -> torch.device:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        raise SystemExit("autotune.py: TRITON_INTERPRET is set; tuning needs the compiled kernels on a GPU "
-                         "(export TRITON_INTERPRET=0)")
+        raise SystemExit(
+            "autotune.py: TRITON_INTERPRET is set; tuning needs the compiled kernels on a GPU "
+            "(export TRITON_INTERPRET=0)"
+        )
     if not torch.cuda.is_available():
-        raise SystemExit("autotune.py: needs a CUDA device (none is visible); the tuned-config table can only "
-                         "be measured on the GPU it is for. Nothing was written.")
+        raise SystemExit(
+            "autotune.py: needs a CUDA device (none is visible); the tuned-config table can only "
+            "be measured on the GPU it is for. Nothing was written."
+        )
     return torch.device("cuda")
 
 
@@ -382,10 +402,15 @@ def main(argv=None) -> int:
             entry = best_entry(launch, info)
             if entry is not None:
                 new.setdefault(kname, {}).setdefault(arch, {})[key] = entry
-            bad = [f"{c.kwargs},w{c.num_warps},s{c.num_stages}: {status}"
-                   for c, _, status in launch.results if status != "ok"]
-            print(f"  {name} {sid} {label}: {kname} [{key}] {len(launch.results)} configs"
-                  + (f", best {entry['ms']:.4f} ms vs default {entry['default_ms']} ms" if entry else ", none correct"))
+            bad = [
+                f"{c.kwargs},w{c.num_warps},s{c.num_stages}: {status}"
+                for c, _, status in launch.results
+                if status != "ok"
+            ]
+            print(
+                f"  {name} {sid} {label}: {kname} [{key}] {len(launch.results)} configs"
+                + (f", best {entry['ms']:.4f} ms vs default {entry['default_ms']} ms" if entry else ", none correct")
+            )
             for line in bad:
                 print(f"    rejected {line}")
             launch.args, launch.before = {}, {}  # drop the tensors
@@ -398,9 +423,16 @@ def main(argv=None) -> int:
             rows.append([launch.name, launch.key, "-", "-", "-", "none correct"])
             continue
         d = entry["default_ms"]
-        rows.append([launch.name, launch.key, f"{d:.4f}" if d else "-", f"{entry['ms']:.4f}",
-                     f"{d / entry['ms']:.2f}x" if d else "-",
-                     f"{entry['kwargs']} w{entry['num_warps']} s{entry['num_stages']}"])
+        rows.append(
+            [
+                launch.name,
+                launch.key,
+                f"{d:.4f}" if d else "-",
+                f"{entry['ms']:.4f}",
+                f"{d / entry['ms']:.2f}x" if d else "-",
+                f"{entry['kwargs']} w{entry['num_warps']} s{entry['num_stages']}",
+            ]
+        )
     print()
     print(H.format_table(["kernel", "key", "default ms", "best ms", "speed-up", "best config"], rows))
     mismatched = [t for t in tuned if any(s.startswith("mismatch") for _, _, s in t.results)]
@@ -410,8 +442,10 @@ def main(argv=None) -> int:
     elif new:
         merged = write_table(path, new)
         n = sum(len(k) for a in merged.values() for k in a.values())
-        print(f"wrote {sum(len(k) for a in new.values() for k in a.values())} entries for {arch} into {path} "
-              f"({n} entries in all)")
+        print(
+            f"wrote {sum(len(k) for a in new.values() for k in a.values())} entries for {arch} into {path} "
+            f"({n} entries in all)"
+        )
         verify(path, names, args, device)
     if mismatched:
         print(f"{len(mismatched)} kernels have configs whose outputs differ from the default config's (see above)")
@@ -437,8 +471,9 @@ def verify(path: Path, names, args, device) -> None:
             H.set_matmul_mode(label)
             ctx = argparse.Namespace(device=device, reference_errors={}, args=argparse.Namespace(all_grads=True))
             err_fwd, err_bwd, note = bench_ops.check_provider(ctx, spec, shape, label, "triton", H.DTYPES[label][1])
-            print(f"  verify {name} {spec.shape_id(shape)} {label}: "
-                  f"rel_err fwd {err_fwd:.2e}, bwd {err_bwd:.2e} {note}")
+            print(
+                f"  verify {name} {spec.shape_id(shape)} {label}: rel_err fwd {err_fwd:.2e}, bwd {err_bwd:.2e} {note}"
+            )
             if "MISMATCH" in note or not (math.isfinite(err_fwd) and math.isfinite(err_bwd)):
                 failures.append(name)
     if failures:

@@ -44,12 +44,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
-from a2net import geometry  # noqa: E402
-from a2net.model import A2Net  # noqa: E402
-from a2net.ops import TRITON_CALLS  # noqa: E402
-from perf import _harness as H  # noqa: E402
+from a2net import geometry
+from a2net.model import A2Net
+from a2net.ops import TRITON_CALLS
+from perf import _harness as H
 
 OP = "a2net_train_step"
 PROVIDERS = ("triton", "reference", "triton-unfused", "triton-compiled", "reference-compiled")
@@ -70,7 +70,8 @@ def head(model, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     runs it (the fused correlation+OAC op unless the model was built with ``fused=False``)."""
     if getattr(model, "fused", False):
         return model.FeatureRegression.forward_features(
-            source, target, normalize_features=model.FeatureCorrelation.normalize_features)
+            source, target, normalize_features=model.FeatureCorrelation.normalize_features
+        )
     corr = model.FeatureCorrelation(source, target)
     return model.FeatureRegression(corr, source_size=tuple(source.shape[2:]))
 
@@ -84,8 +85,9 @@ class Step:
         torch.manual_seed(0)
         gen = torch.Generator(device=device).manual_seed(0)
         options = {"fused": False} if provider.startswith("triton-unfused") else {}
-        self.model = A2Net("affine", backbone=BACKBONE, backbone_weights=None, image_size=(image, image),
-                           **options).to(device)
+        self.model = A2Net("affine", backbone=BACKBONE, backbone_weights=None, image_size=(image, image), **options).to(
+            device
+        )
         self.model.train()
         self.head = torch.compile(head) if provider.endswith("-compiled") else head
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -148,7 +150,7 @@ def run_setting(args, device, info, timer, meter, name, image, batch, csv_path, 
         except torch.cuda.OutOfMemoryError as exc:
             skipped.append(f"{name} {provider}: out of memory ({str(exc).splitlines()[0][:80]})")
             continue
-        except Exception as exc:  # noqa: BLE001 - a compile failure must not end the run
+        except Exception as exc:  # a compile failure must not end the run
             if not provider.endswith("-compiled"):
                 raise  # the eager paths failing is a bug, never a footnote
             skipped.append(f"{name} {provider}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
@@ -158,19 +160,54 @@ def run_setting(args, device, info, timer, meter, name, image, batch, csv_path, 
         note = f"pairs/s={batch * 1e3 / q_step[1]:.1f}; head share={share:.0%}"
         if device.type == "cpu":
             note += f"; load {H.load_average()}"
-        new = [info.row(op=OP, **{"pass": "step"}, shape=shape, dtype=label, provider=provider, timer=timer.name,
-                        ms_p20=q_step[0], ms_p50=q_step[1], ms_p80=q_step[2], peak_mb=peak, note=note),
-               info.row(op=OP, **{"pass": "head"}, shape=shape, dtype=label, provider=provider, timer=timer.name,
-                        ms_p20=q_head[0], ms_p50=q_head[1], ms_p80=q_head[2])]
+        new = [
+            info.row(
+                op=OP,
+                **{"pass": "step"},
+                shape=shape,
+                dtype=label,
+                provider=provider,
+                timer=timer.name,
+                ms_p20=q_step[0],
+                ms_p50=q_step[1],
+                ms_p80=q_step[2],
+                peak_mb=peak,
+                note=note,
+            ),
+            info.row(
+                op=OP,
+                **{"pass": "head"},
+                shape=shape,
+                dtype=label,
+                provider=provider,
+                timer=timer.name,
+                ms_p20=q_head[0],
+                ms_p50=q_head[1],
+                ms_p80=q_head[2],
+            ),
+        ]
         if q_backbone is not None:
-            new.append(info.row(op=OP, **{"pass": "backbone"}, shape=shape, dtype=label, provider="torch",
-                                timer=timer.name, ms_p20=q_backbone[0], ms_p50=q_backbone[1], ms_p80=q_backbone[2],
-                                note="frozen ResNet-101 features of both images, no gradient"))
+            new.append(
+                info.row(
+                    op=OP,
+                    **{"pass": "backbone"},
+                    shape=shape,
+                    dtype=label,
+                    provider="torch",
+                    timer=timer.name,
+                    ms_p20=q_backbone[0],
+                    ms_p50=q_backbone[1],
+                    ms_p80=q_backbone[2],
+                    note="frozen ResNet-101 features of both images, no gradient",
+                )
+            )
         rows.extend(new)
         if csv_path is not None:
             H.append_rows(csv_path, new)
-        print(f"  {name} {shape} {provider}: step {H.fmt_ms(q_step[1])} ms ({batch * 1e3 / q_step[1]:.1f} pairs/s), "
-              f"head {H.fmt_ms(q_head[1])} ms ({share:.0%}), peak {peak:.0f} MB")
+        print(
+            f"  {name} {shape} {provider}: step {H.fmt_ms(q_step[1])} ms ({batch * 1e3 / q_step[1]:.1f} pairs/s), "
+            f"head {H.fmt_ms(q_head[1])} ms ({share:.0%}), peak {peak:.0f} MB"
+        )
     return times
 
 
@@ -181,8 +218,12 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="smaller batches (and only 240x240 on CPU)")
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     p.add_argument("--batch", type=int, help="override the batch size of every setting")
-    p.add_argument("--image", type=int, help="override the image side of every setting (>= 128: the encoder "
-                   "leaves 2x2 of 8x8 maps, and training BatchNorm needs more than one value per channel)")
+    p.add_argument(
+        "--image",
+        type=int,
+        help="override the image side of every setting (>= 128: the encoder "
+        "leaves 2x2 of 8x8 maps, and training BatchNorm needs more than one value per channel)",
+    )
     p.add_argument("--providers", nargs="+", choices=PROVIDERS, help="CUDA default: all; CPU: reference")
     p.add_argument("--csv", type=Path, default=H.DEFAULT_CSV)
     p.add_argument("--no-csv", action="store_true")
@@ -210,8 +251,10 @@ def main(argv=None) -> int:
     timer = H.Timer(device, args.warmup_ms, args.rep_ms, min_reps=3)
     meter = H.MemoryMeter(device)
     csv_path = None if args.no_csv else args.csv
-    print(f"bench_model: {info.gpu}, torch {info.torch}, triton {info.triton}, commit {info.commit}, {info.date}"
-          + ("" if cuda else f", load average {H.load_average()}"))
+    print(
+        f"bench_model: {info.gpu}, torch {info.torch}, triton {info.triton}, commit {info.commit}, {info.date}"
+        + ("" if cuda else f", load average {H.load_average()}")
+    )
     rows, skipped, summary = [], [], []
     start = time.monotonic()
     for name in args.settings:
@@ -231,12 +274,36 @@ def main(argv=None) -> int:
             if provider not in times:
                 continue
             step, head, peak = times[provider]
-            summary.append([name, f"B{batch} {image}x{image}", provider, H.fmt_ms(step), f"{batch * 1e3 / step:.1f}",
-                            H.fmt_ms(head), f"{head / step:.0%}", f"{peak:.0f}",
-                            f"{ref[0] / step:.2f}x" if ref else "-"])
+            summary.append(
+                [
+                    name,
+                    f"B{batch} {image}x{image}",
+                    provider,
+                    H.fmt_ms(step),
+                    f"{batch * 1e3 / step:.1f}",
+                    H.fmt_ms(head),
+                    f"{head / step:.0%}",
+                    f"{peak:.0f}",
+                    f"{ref[0] / step:.2f}x" if ref else "-",
+                ]
+            )
     print("\nsummary:")
-    print(H.format_table(["setting", "shape", "provider", "step ms", "pairs/s", "head ms", "head share",
-                          "peak MB", "speed-up vs reference"], summary))
+    print(
+        H.format_table(
+            [
+                "setting",
+                "shape",
+                "provider",
+                "step ms",
+                "pairs/s",
+                "head ms",
+                "head share",
+                "peak MB",
+                "speed-up vs reference",
+            ],
+            summary,
+        )
+    )
     if skipped:
         print(f"skipped ({len(skipped)}):")
         for line in skipped:

@@ -50,11 +50,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
-from a2net import ops  # noqa: E402
-from perf import _harness as H  # noqa: E402
-from perf.op_specs import OPS, PROVIDERS, OpSpec  # noqa: E402
+from a2net import ops
+from perf import _harness as H
+from perf.op_specs import OPS, PROVIDERS, OpSpec
 
 PASSES = ("fwd", "bwd", "fwd+bwd")
 #: A result is flagged MISMATCH when its relative error against float64 exceeds
@@ -121,19 +121,24 @@ def check_provider(ctx: Context, spec: OpSpec, shape: dict, label: str, provider
     fp64_need = spec.memory(shape, 8, "reference")
     kb = b if fp64_need < 0.25 * H.free_memory(ctx.device) else min(b, 2)
     small = dict(shape, B=kb)
-    inputs = spec.make(small, dtype, ctx.device, torch.Generator(device=ctx.device).manual_seed(1234),
-                       ctx.args.all_grads)
+    inputs = spec.make(
+        small, dtype, ctx.device, torch.Generator(device=ctx.device).manual_seed(1234), ctx.args.all_grads
+    )
 
     def errors(name, xs, prec):
         gen = torch.Generator(device=ctx.device).manual_seed(7)
         out, grads = _forward_backward(spec, name, xs, prec, gen)
         if name == "reference" and xs is not inputs:  # the float64 truth itself
             return out, grads
-        return (_relative_error(out, truth[0]),
-                max((_relative_error(g, r) for g, r in zip(grads, truth[1], strict=True)), default=0.0))
+        return (
+            _relative_error(out, truth[0]),
+            max((_relative_error(g, r) for g, r in zip(grads, truth[1], strict=True)), default=0.0),
+        )
 
-    ref_inputs = {k: v.detach().double().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v
-                  for k, v in inputs.items()}
+    ref_inputs = {
+        k: v.detach().double().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v
+        for k, v in inputs.items()
+    }
     truth = errors("reference", ref_inputs, "ieee")
     key = (spec.name, spec.shape_id(small), label)
     if key not in ctx.reference_errors:
@@ -204,8 +209,9 @@ def run_case(ctx: Context, spec: OpSpec, shape: dict, label: str, providers: lis
         need = spec.memory(shape, elem, provider)
         free = H.free_memory(ctx.device)
         if need > 0.8 * free:
-            ctx.skipped.append(f"{spec.name} {sid} {label} {provider}: needs ~{need / 2**30:.1f} GiB, "
-                               f"{free / 2**30:.1f} GiB free")
+            ctx.skipped.append(
+                f"{spec.name} {sid} {label} {provider}: needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
+            )
             continue
         try:
             err_fwd, err_bwd, note = (float("nan"), float("nan"), "")
@@ -222,27 +228,45 @@ def run_case(ctx: Context, spec: OpSpec, shape: dict, label: str, providers: lis
                 # No graph for "bwd": its ops run on the stream of the forward, made outside the capture.
                 if ctx.device.type == "cuda" and q[1] < ctx.args.graph_below_ms and pass_ != "bwd":
                     try:
-                        timings.append(("cudagraph", _time_pass(ctx, spec, provider, shape, dtype, precision,
-                                                                pass_, graph=True)))
-                    except Exception as exc:  # noqa: BLE001 - report and go on
+                        timings.append(
+                            ("cudagraph", _time_pass(ctx, spec, provider, shape, dtype, precision, pass_, graph=True))
+                        )
+                    except Exception as exc:  # report and go on
                         torch.cuda.synchronize(ctx.device)  # raises if the context is broken
-                        print(f"  note: {provider} {pass_}: no CUDA-graph timing ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:120]})")
+                        print(
+                            f"  note: {provider} {pass_}: no CUDA-graph timing ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:120]})"
+                        )
                 row_note = "; ".join(n for n in (note, "all-grads" if ctx.args.all_grads else "") if n)
                 if ctx.device.type == "cpu":  # a busy shared CPU gives slow, noisy figures: say how busy
                     row_note = "; ".join(n for n in (row_note, f"load {H.load_average()}") if n)
                 for timer_name, qq in timings:
-                    row = ctx.info.row(op=spec.name, **{"pass": pass_}, shape=sid, dtype=label, provider=provider,
-                                       timer=timer_name, ms_p20=qq[0], ms_p50=qq[1], ms_p80=qq[2], peak_mb=peak,
-                                       gflop=flop / 1e9, gbyte=byte / 1e9, rel_err=rel, note=row_note)
+                    row = ctx.info.row(
+                        op=spec.name,
+                        **{"pass": pass_},
+                        shape=sid,
+                        dtype=label,
+                        provider=provider,
+                        timer=timer_name,
+                        ms_p20=qq[0],
+                        ms_p50=qq[1],
+                        ms_p80=qq[2],
+                        peak_mb=peak,
+                        gflop=flop / 1e9,
+                        gbyte=byte / 1e9,
+                        rel_err=rel,
+                        note=row_note,
+                    )
                     ctx.emit(row)
                     results.append(row)
             if provider.startswith("triton") and sum(ops.TRITON_CALLS.values()) == before:
-                raise RuntimeError(f"{spec.name}: the triton provider did not reach the Triton kernels "
-                                   f"(A2NET_BACKEND={os.environ.get('A2NET_BACKEND')!r})")
+                raise RuntimeError(
+                    f"{spec.name}: the triton provider did not reach the Triton kernels "
+                    f"(A2NET_BACKEND={os.environ.get('A2NET_BACKEND')!r})"
+                )
         except torch.cuda.OutOfMemoryError as exc:
             ctx.skipped.append(f"{spec.name} {sid} {label} {provider}: out of memory ({str(exc).splitlines()[0][:80]})")
-        except Exception as exc:  # noqa: BLE001 - a compile failure of one provider must not end the run
+        except Exception as exc:  # a compile failure of one provider must not end the run
             if provider.startswith("triton"):
                 raise  # ours failing is a bug, never a footnote
             ctx.failed_providers.setdefault(spec.name, {})[provider] = f"{type(exc).__name__}: {exc}"
@@ -268,12 +292,39 @@ def print_case(ctx: Context, spec: OpSpec, shape: dict, label: str, rows: list[d
         roof = ctx.peaks.roofline_ms(flop / 1e9, byte / 1e9, label) / ms if ctx.peaks else float("nan")
         base = subject.get((r["pass"], r["timer"]))
         ratio = f"{ms / base:.2f}x" if base and r["provider"] != ctx.subject else ""
-        table.append([r["pass"], r["provider"], r["timer"],
-                      f"{H.fmt_ms(ms)} ({H.fmt_ms(float(r['ms_p20']))}-{H.fmt_ms(float(r['ms_p80']))})",
-                      f"{tflops:.2f}", f"{gbps:.0f}", f"{100 * roof:.1f}%" if math.isfinite(roof) else "-",
-                      f"{float(r['peak_mb']):.1f}", ratio, r["rel_err"], r["note"]])
-    print(H.format_table(["pass", "provider", "timer", "ms p50 (p20-p80)", "TFLOP/s", "GB/s", "roofline",
-                          "peak MB", f"/{ctx.subject}", "rel_err", "note"], table))
+        table.append(
+            [
+                r["pass"],
+                r["provider"],
+                r["timer"],
+                f"{H.fmt_ms(ms)} ({H.fmt_ms(float(r['ms_p20']))}-{H.fmt_ms(float(r['ms_p80']))})",
+                f"{tflops:.2f}",
+                f"{gbps:.0f}",
+                f"{100 * roof:.1f}%" if math.isfinite(roof) else "-",
+                f"{float(r['peak_mb']):.1f}",
+                ratio,
+                r["rel_err"],
+                r["note"],
+            ]
+        )
+    print(
+        H.format_table(
+            [
+                "pass",
+                "provider",
+                "timer",
+                "ms p50 (p20-p80)",
+                "TFLOP/s",
+                "GB/s",
+                "roofline",
+                "peak MB",
+                f"/{ctx.subject}",
+                "rel_err",
+                "note",
+            ],
+            table,
+        )
+    )
 
 
 def summary(ctx: Context) -> str:
@@ -289,12 +340,15 @@ def summary(ctx: Context) -> str:
         for provider, ms in times.items():
             if provider != ctx.subject:
                 ratios.setdefault((op, pass_, label, timer, provider), []).append(ms / times[ctx.subject])
-    table = [[op, pass_, label, timer, provider, f"{H.geomean(v):.2f}x", f"{min(v):.2f}-{max(v):.2f}", len(v)]
-             for (op, pass_, label, timer, provider), v in sorted(ratios.items())]
+    table = [
+        [op, pass_, label, timer, provider, f"{H.geomean(v):.2f}x", f"{min(v):.2f}-{max(v):.2f}", len(v)]
+        for (op, pass_, label, timer, provider), v in sorted(ratios.items())
+    ]
     if not table:
         return f"(no baseline to compare with {ctx.subject})"
-    return H.format_table(["op", "pass", "dtype", "timer", "baseline", f"geomean baseline/{ctx.subject}",
-                           "range", "shapes"], table)
+    return H.format_table(
+        ["op", "pass", "dtype", "timer", "baseline", f"geomean baseline/{ctx.subject}", "range", "shapes"], table
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -306,29 +360,46 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="cuda | cpu | auto (cuda when visible; default)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--quick", action="store_true",
-                   help="a small subset (CPU: B=2, 15x15, C=512; CUDA: B=8, 15/30, C=1024)")
+    p.add_argument(
+        "--quick", action="store_true", help="a small subset (CPU: B=2, 15x15, C=512; CUDA: B=8, 15/30, C=1024)"
+    )
     p.add_argument("--ops", nargs="+", choices=list(OPS), default=list(OPS))
     p.add_argument("--batch", nargs="+", type=int, help="B values (CUDA default 32 8 1; CPU 8 1)")
     p.add_argument("--channels", nargs="+", type=int, help="C of the correlation (default 1024 512)")
     p.add_argument("--hw", nargs="+", type=int, help="H=W of the feature maps (CUDA default 15 30 45 60; CPU 15 30)")
     p.add_argument("--dtypes", nargs="+", choices=list(H.DTYPES), help="CUDA default tf32 bf16; CPU fp32")
     p.add_argument("--passes", nargs="+", choices=PASSES, default=list(PASSES))
-    p.add_argument("--providers", nargs="+", choices=PROVIDERS,
-                   help="CUDA default: all; CPU default: reference authors")
-    p.add_argument("--csv", type=Path, default=H.DEFAULT_CSV,
-                   help=f"results CSV to append to (default {H.DEFAULT_CSV.relative_to(REPO)})")
+    p.add_argument(
+        "--providers", nargs="+", choices=PROVIDERS, help="CUDA default: all; CPU default: reference authors"
+    )
+    p.add_argument(
+        "--csv",
+        type=Path,
+        default=H.DEFAULT_CSV,
+        help=f"results CSV to append to (default {H.DEFAULT_CSV.relative_to(REPO)})",
+    )
     p.add_argument("--no-csv", action="store_true", help="append nowhere")
-    p.add_argument("--budget-s", type=float, default=float("inf"),
-                   help="start no new case after this many seconds (the rest is listed as skipped)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=float("inf"),
+        help="start no new case after this many seconds (the rest is listed as skipped)",
+    )
     p.add_argument("--warmup-ms", type=float, default=25.0)
     p.add_argument("--rep-ms", type=float, default=100.0)
-    p.add_argument("--graph-below-ms", type=float, default=1.0,
-                   help="also time with CUDA-graph replays when the median is below this (CUDA)")
+    p.add_argument(
+        "--graph-below-ms",
+        type=float,
+        default=1.0,
+        help="also time with CUDA-graph replays when the median is below this (CUDA)",
+    )
     p.add_argument("--no-check", action="store_true", help="skip the float64 correctness check")
-    p.add_argument("--all-grads", action="store_true",
-                   help="backward through every input (default: the model's: the OAC's correlation, from "
-                        "the frozen backbone, needs none)")
+    p.add_argument(
+        "--all-grads",
+        action="store_true",
+        help="backward through every input (default: the model's: the OAC's correlation, from "
+        "the frozen backbone, needs none)",
+    )
     p.add_argument("--no-peaks", action="store_true", help="skip the matmul/copy peak measurement")
     args = p.parse_args(argv)
     return args
@@ -337,11 +408,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _defaults(args, device):
     cuda = device.type == "cuda"
     if args.quick:
-        grid = dict(batch=[8], channels=[1024], hw=[15, 30], dtypes=["tf32", "bf16"]) if cuda else \
-            dict(batch=[2], channels=[512], hw=[15], dtypes=["fp32"])
+        grid = (
+            dict(batch=[8], channels=[1024], hw=[15, 30], dtypes=["tf32", "bf16"])
+            if cuda
+            else dict(batch=[2], channels=[512], hw=[15], dtypes=["fp32"])
+        )
     else:
-        grid = dict(batch=[32, 8, 1], channels=[1024, 512], hw=[15, 30, 45, 60], dtypes=["tf32", "bf16"]) if cuda \
+        grid = (
+            dict(batch=[32, 8, 1], channels=[1024, 512], hw=[15, 30, 45, 60], dtypes=["tf32", "bf16"])
+            if cuda
             else dict(batch=[8, 1], channels=[1024, 512], hw=[15, 30], dtypes=["fp32"])
+        )
     for key, value in grid.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -349,8 +426,10 @@ def _defaults(args, device):
         args.providers = list(PROVIDERS) if cuda else ["reference", "authors"]
     if not cuda:
         if any(p.startswith("triton") for p in args.providers):
-            raise SystemExit("--providers triton: the Triton kernels need a CUDA device (on CPU they only run in "
-                             "the interpreter, which is a correctness tool, not something to time)")
+            raise SystemExit(
+                "--providers triton: the Triton kernels need a CUDA device (on CPU they only run in "
+                "the interpreter, which is a correctness tool, not something to time)"
+            )
         if "tf32" in args.dtypes:
             raise SystemExit("--dtypes tf32: tf32 is a CUDA tensor-core mode; use fp32 (or bf16) on CPU")
     if args.quick and not cuda:
@@ -390,10 +469,14 @@ def main(argv=None) -> int:
     timer = H.Timer(device, args.warmup_ms, args.rep_ms, min_reps=3 if args.quick else 5)
     csv_path = None if args.no_csv else args.csv
     subject = "triton" if device.type == "cuda" else "reference"
-    print(f"bench_ops: {info.gpu}, torch {info.torch}, triton {info.triton}, commit {info.commit}, {info.date}"
-          + (f", load average {H.load_average()}" if device.type == "cpu" else ""))
-    print(f"grid: B {args.batch}, C {args.channels} (correlation), H=W {args.hw}, dtypes {args.dtypes}, "
-          f"passes {args.passes}, providers {args.providers}; ratios are provider / {subject} (p50)")
+    print(
+        f"bench_ops: {info.gpu}, torch {info.torch}, triton {info.triton}, commit {info.commit}, {info.date}"
+        + (f", load average {H.load_average()}" if device.type == "cpu" else "")
+    )
+    print(
+        f"grid: B {args.batch}, C {args.channels} (correlation), H=W {args.hw}, dtypes {args.dtypes}, "
+        f"passes {args.passes}, providers {args.providers}; ratios are provider / {subject} (p50)"
+    )
     peaks, peak_rows = None, []
     if not args.no_peaks:
         labels = [label for label in args.dtypes]
@@ -408,8 +491,9 @@ def main(argv=None) -> int:
     for i, (spec, shape, label) in enumerate(todo):
         if time.monotonic() - start > args.budget_s:
             for spec2, shape2, label2 in todo[i:]:
-                ctx.skipped.append(f"{spec2.name} {spec2.shape_id(shape2)} {label2}: "
-                                   f"time budget ({args.budget_s:g} s) spent")
+                ctx.skipped.append(
+                    f"{spec2.name} {spec2.shape_id(shape2)} {label2}: time budget ({args.budget_s:g} s) spent"
+                )
             break
         rows = run_case(ctx, spec, shape, label, args.providers)
         print_case(ctx, spec, shape, label, rows)

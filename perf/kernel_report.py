@@ -134,8 +134,7 @@ class Row:
             return self
         if self.spills:
             self.problems.append(
-                f"spills (stack {self.stack}, local {self.local}, "
-                f"stores {self.spill_stores}, loads {self.spill_loads})"
+                f"spills (stack {self.stack}, local {self.local}, stores {self.spill_stores}, loads {self.spill_loads})"
             )
         if self.shared_limit is None:
             self.notes.append(f"no shared-memory limit known for sm_{self.arch}")
@@ -193,9 +192,7 @@ def parse_resource_usage(text: str) -> dict[str, dict[str, int]]:
 
 
 _PTXAS_ENTRY = re.compile(r"Compiling entry function '([^']+)'")
-_PTXAS_FRAME = re.compile(
-    r"(\d+)\s+bytes stack frame,\s*(\d+)\s+bytes spill stores,\s*(\d+)\s+bytes spill loads"
-)
+_PTXAS_FRAME = re.compile(r"(\d+)\s+bytes stack frame,\s*(\d+)\s+bytes spill stores,\s*(\d+)\s+bytes spill loads")
 _PTXAS_REGS = re.compile(r"Used\s+(\d+)\s+registers")
 
 
@@ -260,9 +257,7 @@ def resource_usage(cubin: bytes) -> dict[str, dict[str, int]]:
     with tempfile.TemporaryDirectory(prefix="kernel_report_") as tmp:
         path = Path(tmp) / "kernel.cubin"
         path.write_bytes(cubin)
-        proc = subprocess.run(
-            [cuobjdump_path(), "--dump-resource-usage", str(path)], capture_output=True, text=True
-        )
+        proc = subprocess.run([cuobjdump_path(), "--dump-resource-usage", str(path)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"cuobjdump failed ({proc.returncode}): {proc.stderr.strip()}")
     return parse_resource_usage(proc.stdout)
@@ -383,11 +378,11 @@ def compile_spec(spec: dict, arch: int, *, group: str = "", default: bool = True
             err = stack.enter_context(_captured_fd2())
             try:
                 compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
-            except Exception as exc:  # noqa: BLE001 - every compile failure is a row
+            except Exception as exc:  # every compile failure is a row
                 stack.close()
                 row.error = _summarise_error(exc, out.getvalue(), err["text"])
                 return row.check()
-    except Exception as exc:  # noqa: BLE001 - a malformed spec is a row too
+    except Exception as exc:  # a malformed spec is a row too
         row.error = f"{type(exc).__name__}: {exc}"
         return row.check()
     finally:
@@ -397,7 +392,7 @@ def compile_spec(spec: dict, arch: int, *, group: str = "", default: bool = True
     kernel_name = getattr(compiled.metadata, "name", fn.__name__)
     try:
         usage = resource_usage(compiled.asm["cubin"])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         row.error = f"cuobjdump: {exc}"
         return row.check()
     entry = usage.get(kernel_name)
@@ -486,7 +481,7 @@ def run_report(modules=SPEC_MODULES, archs=DEFAULT_ARCHS, all_configs=False, log
     for target in modules:
         try:
             module = load_module(target)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             failed.append((target, f"import failed: {type(exc).__name__}: {exc}"))
             continue
         if module is None:
@@ -498,7 +493,7 @@ def run_report(modules=SPEC_MODULES, archs=DEFAULT_ARCHS, all_configs=False, log
         for group, lister in module.SPECS.items():
             try:
                 specs = collect_specs(lister, all_configs)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 failed.append((group, f"listing its specs failed: {type(exc).__name__}: {exc}"))
                 continue
             for arch in archs:
@@ -508,13 +503,19 @@ def run_report(modules=SPEC_MODULES, archs=DEFAULT_ARCHS, all_configs=False, log
     for i, (group, spec, default, arch) in enumerate(work, 1):
         try:
             key = _dedup_key(spec, arch)
-        except Exception:  # noqa: BLE001 - compile_spec reports the malformed spec
+        except Exception:  # compile_spec reports the malformed spec
             key = None
         if key is not None and key in done:
             first = done[key]
             row = dataclasses.replace(
-                first, name=spec["name"], group=group, default=default, compile_s=0.0,
-                same_as=first.same_as or first.name, problems=[], notes=list(first.notes),
+                first,
+                name=spec["name"],
+                group=group,
+                default=default,
+                compile_s=0.0,
+                same_as=first.same_as or first.name,
+                problems=[],
+                notes=list(first.notes),
             ).check()
             log(f"[{i:>3}/{len(work)}] sm_{arch} {spec['name']}: same binary as {row.same_as}")
         else:
@@ -531,8 +532,22 @@ def run_report(modules=SPEC_MODULES, archs=DEFAULT_ARCHS, all_configs=False, log
 # Output
 # --------------------------------------------------------------------------------------------
 
-COLUMNS = ("kernel", "arch", "cfg", "warps", "stages", "regs", "ptxas", "stack", "local",
-           "spill_st", "spill_ld", "shared", "limit", "status")
+COLUMNS = (
+    "kernel",
+    "arch",
+    "cfg",
+    "warps",
+    "stages",
+    "regs",
+    "ptxas",
+    "stack",
+    "local",
+    "spill_st",
+    "spill_ld",
+    "shared",
+    "limit",
+    "status",
+)
 
 
 def _cell(value) -> str:
@@ -548,11 +563,24 @@ def format_table(rows: list[Row]) -> str:
             status = "ok"
         else:
             status = ("FAIL: " if r.default else "flagged: ") + "; ".join(r.problems)
-        body.append((
-            r.name, f"sm_{r.arch}", "default" if r.default else "extra", str(r.num_warps),
-            str(r.num_stages), _cell(r.regs), _cell(r.ptxas_regs), _cell(r.stack), _cell(r.local),
-            _cell(r.spill_stores), _cell(r.spill_loads), _cell(r.shared), _cell(r.shared_limit), status,
-        ))
+        body.append(
+            (
+                r.name,
+                f"sm_{r.arch}",
+                "default" if r.default else "extra",
+                str(r.num_warps),
+                str(r.num_stages),
+                _cell(r.regs),
+                _cell(r.ptxas_regs),
+                _cell(r.stack),
+                _cell(r.local),
+                _cell(r.spill_stores),
+                _cell(r.spill_loads),
+                _cell(r.shared),
+                _cell(r.shared_limit),
+                status,
+            )
+        )
     widths = [max([len(c)] + [len(b[i]) for b in body]) for i, c in enumerate(COLUMNS)]
 
     def fmt(cells):
@@ -592,14 +620,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="AOT-compile the Triton kernels' configs for GPU archs (no GPU needed) and "
         "report registers, spills and shared memory."
     )
-    parser.add_argument("--all-configs", action="store_true",
-                        help="also compile the non-default configs (listed, not gating the exit)")
-    parser.add_argument("--arch", nargs="+", default=[str(a) for a in DEFAULT_ARCHS],
-                        help="compute capabilities, e.g. 80 90 (also sm_90 / sm_90a)")
+    parser.add_argument(
+        "--all-configs", action="store_true", help="also compile the non-default configs (listed, not gating the exit)"
+    )
+    parser.add_argument(
+        "--arch",
+        nargs="+",
+        default=[str(a) for a in DEFAULT_ARCHS],
+        help="compute capabilities, e.g. 80 90 (also sm_90 / sm_90a)",
+    )
     parser.add_argument("--json", metavar="OUT", help="also write the rows as JSON to OUT")
-    parser.add_argument("--module", nargs="+", metavar="M",
-                        help="spec modules (dotted or .py path, each with SPECS) to report instead of "
-                        "perf/kernel_specs.py")
+    parser.add_argument(
+        "--module",
+        nargs="+",
+        metavar="M",
+        help="spec modules (dotted or .py path, each with SPECS) to report instead of perf/kernel_specs.py",
+    )
     args = parser.parse_args(argv)
     archs = []
     for a in args.arch:
@@ -616,8 +652,9 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if interpreting():
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        print("kernel_report: TRITON_INTERPRET is set; compiling in a subprocess without it",
-              file=sys.stderr, flush=True)
+        print(
+            "kernel_report: TRITON_INTERPRET is set; compiling in a subprocess without it", file=sys.stderr, flush=True
+        )
         return subprocess.call([sys.executable, str(Path(__file__).resolve()), *argv], env=env)
     args = parse_args(argv)
     rows, skipped, failed = run_report(args.module or SPEC_MODULES, args.arch, args.all_configs)
@@ -628,16 +665,20 @@ def main(argv=None) -> int:
         import triton
 
         with open(args.json, "w") as f:
-            json.dump({
-                "triton_version": triton.__version__,
-                "ptxas_version": ptxas_version(),
-                "archs": args.arch,
-                "all_configs": args.all_configs,
-                "rows": [r.to_dict() for r in rows],
-                "skipped": [{"source": m, "reason": why} for m, why in skipped],
-                "failed": [{"source": m, "error": why} for m, why in failed],
-                "exit_status": status,
-            }, f, indent=1)
+            json.dump(
+                {
+                    "triton_version": triton.__version__,
+                    "ptxas_version": ptxas_version(),
+                    "archs": args.arch,
+                    "all_configs": args.all_configs,
+                    "rows": [r.to_dict() for r in rows],
+                    "skipped": [{"source": m, "reason": why} for m, why in skipped],
+                    "failed": [{"source": m, "error": why} for m, why in failed],
+                    "exit_status": status,
+                },
+                f,
+                indent=1,
+            )
     return status
 
 

@@ -73,42 +73,114 @@ def correlation_specs(all_configs: bool = False) -> list[dict]:
             tag = f"{TRITON_DTYPE[dtype]},H{size}"
             fused = k.fused_block_s(size * size)
             split, block_s = fused is None, fused or k.SPLIT_BLOCK_S
-            specs.append(_spec(
-                f"correlation_inverse_norm[{tag}]", k.correlation_inverse_norm_kernel,
-                {"p_x": ty, "p_inv": acc, "N": "i32", "C": "i32", **_strides("x", "bcn"), "eps": "fp32"},
-                {"BLOCK_N": k.NORM_BLOCK_N, "BLOCK_C": k.NORM_BLOCK_C, "FP64": False}, k.NORM_WARPS,
-            ))  # fmt: skip
-            fwd_types = {"p_src": ty, "p_tgt": ty, "p_inv_src": acc, "p_inv_tgt": acc, "p_out": ty, "p_sumsq": acc,
-                         "p_inv_match": acc, "S": "i32", "T": "i32", "C": "i32", **_strides("s", "bcs"),
-                         **_strides("t", "bct"), "eps": "fp32"}  # fmt: skip
+            specs.append(
+                _spec(
+                    f"correlation_inverse_norm[{tag}]",
+                    k.correlation_inverse_norm_kernel,
+                    {"p_x": ty, "p_inv": acc, "N": "i32", "C": "i32", **_strides("x", "bcn"), "eps": "fp32"},
+                    {"BLOCK_N": k.NORM_BLOCK_N, "BLOCK_C": k.NORM_BLOCK_C, "FP64": False},
+                    k.NORM_WARPS,
+                )
+            )  #
+            fwd_types = {
+                "p_src": ty,
+                "p_tgt": ty,
+                "p_inv_src": acc,
+                "p_inv_tgt": acc,
+                "p_out": ty,
+                "p_sumsq": acc,
+                "p_inv_match": acc,
+                "S": "i32",
+                "T": "i32",
+                "C": "i32",
+                **_strides("s", "bcs"),
+                **_strides("t", "bct"),
+                "eps": "fp32",
+            }  #
             flags = {"NORM_FEAT": True, "RELU": True, "NORM_MATCH": True, "SPLIT": split, "BLOCK_S": block_s}
             for i, cfg in enumerate(_configs(k.correlation_fwd_kernel, all_configs)):
-                specs.append(_spec(f"correlation_fwd[{tag},cfg{i}]", k.correlation_fwd_kernel.fn, fwd_types,
-                                   {**flags, **cfg.kwargs, **dot}, cfg.num_warps, cfg.num_stages))  # fmt: skip
+                specs.append(
+                    _spec(
+                        f"correlation_fwd[{tag},cfg{i}]",
+                        k.correlation_fwd_kernel.fn,
+                        fwd_types,
+                        {**flags, **cfg.kwargs, **dot},
+                        cfg.num_warps,
+                        cfg.num_stages,
+                    )
+                )  #
             if split:
-                specs.append(_spec(
-                    f"correlation_normalize_matches[{tag}]", k.correlation_normalize_matches_kernel,
-                    {"p_out": ty, "p_sumsq": acc, "p_inv_match": acc, "S": "i32", "T": "i32", "n_sblocks": "i32",
-                     "eps": "fp32"},
-                    {"BLOCK_S": block_s, "BLOCK_T": k.RESCALE_BLOCK_T, "FP64": False}, k.RESCALE_WARPS,
-                ))  # fmt: skip
-            specs.append(_spec(
-                f"correlation_bwd_prep[{tag}]", k.correlation_bwd_prep_kernel,
-                {"p_grad": ty, "p_out": ty, "p_inv_match": acc, "p_dcorr": ty, "p_dot_src": acc, "p_dot_tgt": acc,
-                 "S": "i32", "T": "i32", **_strides("g", "bst")},
-                {"RELU": True, "NORM_MATCH": True, "NORM_FEAT": True, "BLOCK_S": k.PREP_BLOCK_S,
-                 "BLOCK_T": k.PREP_BLOCK_T, "FP64": False},
-                k.PREP_WARPS,
-            ))  # fmt: skip
+                specs.append(
+                    _spec(
+                        f"correlation_normalize_matches[{tag}]",
+                        k.correlation_normalize_matches_kernel,
+                        {
+                            "p_out": ty,
+                            "p_sumsq": acc,
+                            "p_inv_match": acc,
+                            "S": "i32",
+                            "T": "i32",
+                            "n_sblocks": "i32",
+                            "eps": "fp32",
+                        },
+                        {"BLOCK_S": block_s, "BLOCK_T": k.RESCALE_BLOCK_T, "FP64": False},
+                        k.RESCALE_WARPS,
+                    )
+                )  #
+            specs.append(
+                _spec(
+                    f"correlation_bwd_prep[{tag}]",
+                    k.correlation_bwd_prep_kernel,
+                    {
+                        "p_grad": ty,
+                        "p_out": ty,
+                        "p_inv_match": acc,
+                        "p_dcorr": ty,
+                        "p_dot_src": acc,
+                        "p_dot_tgt": acc,
+                        "S": "i32",
+                        "T": "i32",
+                        **_strides("g", "bst"),
+                    },
+                    {
+                        "RELU": True,
+                        "NORM_MATCH": True,
+                        "NORM_FEAT": True,
+                        "BLOCK_S": k.PREP_BLOCK_S,
+                        "BLOCK_T": k.PREP_BLOCK_T,
+                        "FP64": False,
+                    },
+                    k.PREP_WARPS,
+                )
+            )  #
             for side, unit in (("src", "k"), ("tgt", "n")):
-                bwd_types = {"p_x": ty, "p_y": ty, "p_e": ty, "p_x_scale": acc, "p_y_scale": acc, "p_dot": acc,
-                             "p_grad": ty, "N": "i32", "K": "i32", "C": "i32", "n_dot": "i32",
-                             **_strides("x", "bck"), **_strides("y", "bcn"), **_strides("e", "bkn", unit)}  # fmt: skip
+                bwd_types = {
+                    "p_x": ty,
+                    "p_y": ty,
+                    "p_e": ty,
+                    "p_x_scale": acc,
+                    "p_y_scale": acc,
+                    "p_dot": acc,
+                    "p_grad": ty,
+                    "N": "i32",
+                    "K": "i32",
+                    "C": "i32",
+                    "n_dot": "i32",
+                    **_strides("x", "bck"),
+                    **_strides("y", "bcn"),
+                    **_strides("e", "bkn", unit),
+                }  #
                 for i, cfg in enumerate(_configs(k.correlation_bwd_features_kernel, all_configs)):
-                    specs.append(_spec(f"correlation_bwd_features[{tag},{side},cfg{i}]",
-                                       k.correlation_bwd_features_kernel.fn, bwd_types,
-                                       {"NORM_FEAT": True, **cfg.kwargs, **dot}, cfg.num_warps,
-                                       cfg.num_stages))  # fmt: skip
+                    specs.append(
+                        _spec(
+                            f"correlation_bwd_features[{tag},{side},cfg{i}]",
+                            k.correlation_bwd_features_kernel.fn,
+                            bwd_types,
+                            {"NORM_FEAT": True, **cfg.kwargs, **dot},
+                            cfg.num_warps,
+                            cfg.num_stages,
+                        )
+                    )  #
     return specs
 
 
@@ -125,30 +197,84 @@ def offset_aware_correlation_specs(all_configs: bool = False) -> list[dict]:
             dweight = partial if n_split > 1 else ty
             dots = {"UPCAST": False, "INPUT_PRECISION": "tf32"}
             kernels = [
-                ("offset_aware_correlation_fwd", k.offset_aware_correlation_fwd_kernel,
-                 {"p_corr": ty, "p_weight": ty, "p_bias": ty, "p_out": ty, **dims, **_strides("c", "bsyx", ""),
-                  **_strides("w", "oyx", ""), "stride_bias": "i32", **_strides("o", "boyx", "")},
-                 {"HAS_BIAS": True, **dots}),
-                ("offset_aware_correlation_bwd_corr", k.offset_aware_correlation_bwd_corr_kernel,
-                 {"p_grad": ty, "p_weight": ty, "p_dcorr": ty, **dims, **_strides("g", "boyx", ""),
-                  **_strides("w", "oyx", ""), **_strides("c", "bsyx", "")},
-                 dots),
-                ("offset_aware_correlation_bwd_weight", k.offset_aware_correlation_bwd_weight_kernel,
-                 {"p_grad": ty, "p_corr": ty, "p_dweight": dweight, **dims, "batch_per_split": "i32",
-                  **_strides("g", "boyx", ""), **_strides("c", "bsyx", ""), **_strides("d", "no", "")},
-                 dots),
-                ("offset_aware_correlation_bwd_bias", k.offset_aware_correlation_bwd_bias_kernel,
-                 {"p_grad": ty, "p_dbias": partial, "O": "i32", "Ht": "i32", "Wt": "i32",
-                  **_strides("g", "boyx", ""), "stride_dn": "i32"},
-                 {}),
-                ("offset_aware_correlation_bwd_reduce", k.offset_aware_correlation_bwd_reduce_kernel,
-                 {"p_partial": partial, "p_out": ty, "N": "i32", "n_split": "i32", "stride_pn": "i32"},
-                 {}),
-            ]  # fmt: skip
+                (
+                    "offset_aware_correlation_fwd",
+                    k.offset_aware_correlation_fwd_kernel,
+                    {
+                        "p_corr": ty,
+                        "p_weight": ty,
+                        "p_bias": ty,
+                        "p_out": ty,
+                        **dims,
+                        **_strides("c", "bsyx", ""),
+                        **_strides("w", "oyx", ""),
+                        "stride_bias": "i32",
+                        **_strides("o", "boyx", ""),
+                    },
+                    {"HAS_BIAS": True, **dots},
+                ),
+                (
+                    "offset_aware_correlation_bwd_corr",
+                    k.offset_aware_correlation_bwd_corr_kernel,
+                    {
+                        "p_grad": ty,
+                        "p_weight": ty,
+                        "p_dcorr": ty,
+                        **dims,
+                        **_strides("g", "boyx", ""),
+                        **_strides("w", "oyx", ""),
+                        **_strides("c", "bsyx", ""),
+                    },
+                    dots,
+                ),
+                (
+                    "offset_aware_correlation_bwd_weight",
+                    k.offset_aware_correlation_bwd_weight_kernel,
+                    {
+                        "p_grad": ty,
+                        "p_corr": ty,
+                        "p_dweight": dweight,
+                        **dims,
+                        "batch_per_split": "i32",
+                        **_strides("g", "boyx", ""),
+                        **_strides("c", "bsyx", ""),
+                        **_strides("d", "no", ""),
+                    },
+                    dots,
+                ),
+                (
+                    "offset_aware_correlation_bwd_bias",
+                    k.offset_aware_correlation_bwd_bias_kernel,
+                    {
+                        "p_grad": ty,
+                        "p_dbias": partial,
+                        "O": "i32",
+                        "Ht": "i32",
+                        "Wt": "i32",
+                        **_strides("g", "boyx", ""),
+                        "stride_dn": "i32",
+                    },
+                    {},
+                ),
+                (
+                    "offset_aware_correlation_bwd_reduce",
+                    k.offset_aware_correlation_bwd_reduce_kernel,
+                    {"p_partial": partial, "p_out": ty, "N": "i32", "n_split": "i32", "stride_pn": "i32"},
+                    {},
+                ),
+            ]  #
             for name, kernel, types, constexprs in kernels:
                 for i, cfg in enumerate(_configs(kernel, all_configs)):
-                    specs.append(_spec(f"{name}[{TRITON_DTYPE[dtype]},H{size},cfg{i}]", kernel.fn, types,
-                                       {**constexprs, **cfg.kwargs}, cfg.num_warps, cfg.num_stages))  # fmt: skip
+                    specs.append(
+                        _spec(
+                            f"{name}[{TRITON_DTYPE[dtype]},H{size},cfg{i}]",
+                            kernel.fn,
+                            types,
+                            {**constexprs, **cfg.kwargs},
+                            cfg.num_warps,
+                            cfg.num_stages,
+                        )
+                    )  #
     return specs
 
 
@@ -161,9 +287,21 @@ def attention_pool_specs(all_configs: bool = False) -> list[dict]:
         ty, acc = _pointers(dtype)
         strides = {**_strides("l", "bt", ""), **_strides("v", "bct", ""), **_strides("o", "bc", "")}
         fwd_types = {"p_logits": ty, "p_values": ty, "p_out": acc, "p_lse": acc, "C": "i32", "T": "i32", **strides}
-        bwd_types = {"p_grad": acc, "p_logits": ty, "p_values": ty, "p_out": acc, "p_lse": acc, "p_dlogits": ty,
-                     "p_dvalues": ty, "C": "i32", "T": "i32", **_strides("g", "bc", ""), **strides,
-                     **_strides("dl", "bt", ""), **_strides("dv", "bct", "")}  # fmt: skip
+        bwd_types = {
+            "p_grad": acc,
+            "p_logits": ty,
+            "p_values": ty,
+            "p_out": acc,
+            "p_lse": acc,
+            "p_dlogits": ty,
+            "p_dvalues": ty,
+            "C": "i32",
+            "T": "i32",
+            **_strides("g", "bc", ""),
+            **strides,
+            **_strides("dl", "bt", ""),
+            **_strides("dv", "bct", ""),
+        }  #
         kernels = [
             ("attention_pool_fwd", k.attention_pool_fwd_kernel, fwd_types, {}),
             ("attention_pool_bwd", k.attention_pool_bwd_kernel, bwd_types, {"NEED_LOGITS": True, "NEED_VALUES": True}),
@@ -171,8 +309,16 @@ def attention_pool_specs(all_configs: bool = False) -> list[dict]:
         for shape in ("C128-H9", "C1024-H60"):
             for name, kernel, types, flags in kernels:
                 for i, cfg in enumerate(_configs(kernel, all_configs)):
-                    specs.append(_spec(f"{name}[{TRITON_DTYPE[dtype]},{shape},cfg{i}]", kernel.fn, types,
-                                       {**flags, **cfg.kwargs}, cfg.num_warps, cfg.num_stages))  # fmt: skip
+                    specs.append(
+                        _spec(
+                            f"{name}[{TRITON_DTYPE[dtype]},{shape},cfg{i}]",
+                            kernel.fn,
+                            types,
+                            {**flags, **cfg.kwargs},
+                            cfg.num_warps,
+                            cfg.num_stages,
+                        )
+                    )  #
     return specs
 
 
@@ -190,37 +336,109 @@ def correlation_oac_specs(all_configs: bool = False) -> list[dict]:
             tag = f"{TRITON_DTYPE[dtype]},H{size}"
             block_x, block_o = k.column_block(size), k.output_block(OAC_CHANNELS)
             maps = {**_strides("s", "bcyx"), **_strides("t", "bcyx")}
-            fwd_types = {"p_src": ty, "p_tgt": ty, "p_inv_src": acc, "p_inv_tgt": acc, "p_wpad": ty, "p_bias": ty,
-                         "p_out": ty, "p_inv_match": acc, **dims, **maps, "stride_wo": "i32", "stride_wy": "i32",
-                         "stride_bias": 1, **_strides("o", "boyx"), "eps": "fp32"}  # fmt: skip
-            flags = {"NORM_FEAT": True, "HAS_BIAS": True, "BLOCK_O": block_o, "BLOCK_XS": block_x,
-                     "BLOCK_XT": block_x}  # fmt: skip
+            fwd_types = {
+                "p_src": ty,
+                "p_tgt": ty,
+                "p_inv_src": acc,
+                "p_inv_tgt": acc,
+                "p_wpad": ty,
+                "p_bias": ty,
+                "p_out": ty,
+                "p_inv_match": acc,
+                **dims,
+                **maps,
+                "stride_wo": "i32",
+                "stride_wy": "i32",
+                "stride_bias": 1,
+                **_strides("o", "boyx"),
+                "eps": "fp32",
+            }  #
+            flags = {
+                "NORM_FEAT": True,
+                "HAS_BIAS": True,
+                "BLOCK_O": block_o,
+                "BLOCK_XS": block_x,
+                "BLOCK_XT": block_x,
+            }  #
             for i, cfg in enumerate(_configs(k.correlation_oac_fwd_kernel, all_configs)):
-                specs.append(_spec(f"correlation_oac_fwd[{tag},cfg{i}]", k.correlation_oac_fwd_kernel.fn, fwd_types,
-                                   {**flags, **dot, **oac_dot, **cfg.kwargs}, cfg.num_warps,
-                                   cfg.num_stages))  # fmt: skip
-            weight_types = {"p_src": ty, "p_tgt": ty, "p_inv_src": acc, "p_inv_tgt": acc, "p_inv_match": acc,
-                            "p_grad": ty, "p_partial": acc, "B": "i32", **dims, "batch_per_split": "i32", **maps,
-                            **_strides("g", "boyx"), "stride_pn": "i32"}  # fmt: skip
+                specs.append(
+                    _spec(
+                        f"correlation_oac_fwd[{tag},cfg{i}]",
+                        k.correlation_oac_fwd_kernel.fn,
+                        fwd_types,
+                        {**flags, **dot, **oac_dot, **cfg.kwargs},
+                        cfg.num_warps,
+                        cfg.num_stages,
+                    )
+                )  #
+            weight_types = {
+                "p_src": ty,
+                "p_tgt": ty,
+                "p_inv_src": acc,
+                "p_inv_tgt": acc,
+                "p_inv_match": acc,
+                "p_grad": ty,
+                "p_partial": acc,
+                "B": "i32",
+                **dims,
+                "batch_per_split": "i32",
+                **maps,
+                **_strides("g", "boyx"),
+                "stride_pn": "i32",
+            }  #
             weight_flags = {"NORM_FEAT": True, "BLOCK_O": block_o, "BLOCK_X": block_x}
             for i, cfg in enumerate(_configs(k.correlation_oac_bwd_weight_kernel, all_configs)):
-                specs.append(_spec(f"correlation_oac_bwd_weight[{tag},cfg{i}]",
-                                   k.correlation_oac_bwd_weight_kernel.fn, weight_types,
-                                   {**weight_flags, **dot, **cfg.kwargs}, cfg.num_warps, cfg.num_stages))  # fmt: skip
-            specs.append(_spec(
-                f"correlation_oac_bwd_weight_reduce[{tag}]", k.correlation_oac_bwd_weight_reduce_kernel,
-                {"p_partial": acc, "p_dweight": ty, "O": "i32", "Dh": "i32", "Dw": "i32", "Wt": "i32", "n_xt": "i32",
-                 "n_k": "i32", "n_split": "i32", "stride_pn": "i32"},
-                {"BLOCK_X": block_x, "BLOCK": k.REDUCE_BLOCK}, k.REDUCE_WARPS,
-            ))  # fmt: skip
-            corr_types = {**fwd_types, "p_grad": ty, "p_dcorr": ty, "p_dot_src": acc, "p_dot_tgt": acc,
-                          **_strides("g", "boyx")}  # fmt: skip
+                specs.append(
+                    _spec(
+                        f"correlation_oac_bwd_weight[{tag},cfg{i}]",
+                        k.correlation_oac_bwd_weight_kernel.fn,
+                        weight_types,
+                        {**weight_flags, **dot, **cfg.kwargs},
+                        cfg.num_warps,
+                        cfg.num_stages,
+                    )
+                )  #
+            specs.append(
+                _spec(
+                    f"correlation_oac_bwd_weight_reduce[{tag}]",
+                    k.correlation_oac_bwd_weight_reduce_kernel,
+                    {
+                        "p_partial": acc,
+                        "p_dweight": ty,
+                        "O": "i32",
+                        "Dh": "i32",
+                        "Dw": "i32",
+                        "Wt": "i32",
+                        "n_xt": "i32",
+                        "n_k": "i32",
+                        "n_split": "i32",
+                        "stride_pn": "i32",
+                    },
+                    {"BLOCK_X": block_x, "BLOCK": k.REDUCE_BLOCK},
+                    k.REDUCE_WARPS,
+                )
+            )  #
+            corr_types = {
+                **fwd_types,
+                "p_grad": ty,
+                "p_dcorr": ty,
+                "p_dot_src": acc,
+                "p_dot_tgt": acc,
+                **_strides("g", "boyx"),
+            }  #
             del corr_types["eps"]
             corr_flags = {**flags, "BLOCK_O": k.output_block(OAC_CHANNELS, k.BWD_CORR_BLOCK_O)}
             for i, cfg in enumerate(_configs(k.correlation_oac_bwd_corr_kernel, all_configs)):
-                specs.append(_spec(f"correlation_oac_bwd_corr[{tag},cfg{i}]", k.correlation_oac_bwd_corr_kernel.fn,
-                                   corr_types, {**corr_flags, **dot, **cfg.kwargs}, cfg.num_warps,
-                                   cfg.num_stages))  # fmt: skip
+                specs.append(
+                    _spec(
+                        f"correlation_oac_bwd_corr[{tag},cfg{i}]",
+                        k.correlation_oac_bwd_corr_kernel.fn,
+                        corr_types,
+                        {**corr_flags, **dot, **cfg.kwargs},
+                        cfg.num_warps,
+                        cfg.num_stages,
+                    )
+                )  #
     return specs
 
 

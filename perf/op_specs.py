@@ -67,8 +67,12 @@ def compiled(fn):
     """One ``torch.compile`` of a reference function per process (dynamic shapes after the first
     recompile; the recompile limit is raised so that a grid of shapes never falls back to eager)."""
     if fn not in _COMPILED:
-        for knob in ("recompile_limit", "cache_size_limit",
-                     "accumulated_recompile_limit", "accumulated_cache_size_limit"):  # fmt: skip
+        for knob in (
+            "recompile_limit",
+            "cache_size_limit",
+            "accumulated_recompile_limit",
+            "accumulated_cache_size_limit",
+        ):  #
             if hasattr(torch._dynamo.config, knob):
                 setattr(torch._dynamo.config, knob, max(256, getattr(torch._dynamo.config, knob)))
         _COMPILED[fn] = torch.compile(fn)
@@ -129,12 +133,15 @@ OAC = OpSpec(
     shape=lambda b, c, hw: {"B": b, "O": OAC_CHANNELS, "H": hw, "W": hw},
     make=_oac_make,
     providers={
-        "triton": lambda x, p: ops.offset_aware_correlation(x["corr"], x["weight"], x["bias"],
-                                                            tuple(x["corr"].shape[2:]), input_precision=p),
-        "reference": lambda x, p: reference.offset_aware_correlation(x["corr"], x["weight"], x["bias"],
-                                                                     tuple(x["corr"].shape[2:])),
+        "triton": lambda x, p: ops.offset_aware_correlation(
+            x["corr"], x["weight"], x["bias"], tuple(x["corr"].shape[2:]), input_precision=p
+        ),
+        "reference": lambda x, p: reference.offset_aware_correlation(
+            x["corr"], x["weight"], x["bias"], tuple(x["corr"].shape[2:])
+        ),
         "reference-compiled": lambda x, p: compiled(reference.offset_aware_correlation)(
-            x["corr"], x["weight"], x["bias"], tuple(x["corr"].shape[2:])),
+            x["corr"], x["weight"], x["bias"], tuple(x["corr"].shape[2:])
+        ),
         "authors": lambda x, p: authors_offset_aware_correlation(x["corr"], x["weight"], x["bias"]),
     },
     cost=costs.offset_aware_correlation_cost,
@@ -191,18 +198,23 @@ CORRELATION_OAC = OpSpec(
     shape=lambda b, c, hw: {"B": b, "C": c, "O": OAC_CHANNELS, "H": hw, "W": hw},
     make=_correlation_oac_make,
     providers={
-        "triton": lambda x, p: ops.correlation_oac(x["source"], x["target"], x["weight"], x["bias"],
-                                                   input_precision=p),
+        "triton": lambda x, p: ops.correlation_oac(x["source"], x["target"], x["weight"], x["bias"], input_precision=p),
         # our two ops one after the other: what the fusion saves
         "triton-unfused": lambda x, p: ops.offset_aware_correlation(
-            ops.correlation(x["source"], x["target"], input_precision=p), x["weight"], x["bias"],
-            tuple(x["source"].shape[2:]), input_precision=p),
+            ops.correlation(x["source"], x["target"], input_precision=p),
+            x["weight"],
+            x["bias"],
+            tuple(x["source"].shape[2:]),
+            input_precision=p,
+        ),
         "reference": lambda x, p: _reference_correlation_oac(x["source"], x["target"], x["weight"], x["bias"]),
-        "reference-compiled": lambda x, p: compiled(_reference_correlation_oac)(x["source"], x["target"],
-                                                                               x["weight"], x["bias"]),
+        "reference-compiled": lambda x, p: compiled(_reference_correlation_oac)(
+            x["source"], x["target"], x["weight"], x["bias"]
+        ),
         # the correlation is the same batched GEMM in any code; the OAC is built the authors' way
-        "authors": lambda x, p: authors_offset_aware_correlation(reference.correlation(x["source"], x["target"]),
-                                                                 x["weight"], x["bias"]),
+        "authors": lambda x, p: authors_offset_aware_correlation(
+            reference.correlation(x["source"], x["target"]), x["weight"], x["bias"]
+        ),
     },
     cost=costs.correlation_oac_cost,
     memory=costs.correlation_oac_memory,

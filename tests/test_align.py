@@ -79,15 +79,18 @@ def test_keypoints_transfer_into_the_source():
     source, target = torch.rand(3, 17, 33), torch.rand(3, 17, 33)
     target_points = torch.tensor([[1.0, 10.0, 20.0, -1.0], [3.0, 8.0, 17.0, -1.0]])
     source_points = torch.tensor([[3.0, 12.0, 25.0, -1.0], [1.0, 6.0, 15.0, -1.0]])  # last real one 3 px off
-    result = align(source, target, model=tiny(theta=shift(0.125, -0.25)), source_points=source_points,
-                   target_points=target_points)
+    result = align(
+        source, target, model=tiny(theta=shift(0.125, -0.25)), source_points=source_points, target_points=target_points
+    )
     expected = torch.tensor([[3.0, 12.0, 22.0, -1.0], [1.0, 6.0, 15.0, -1.0]], dtype=torch.float64)
     assert torch.equal(result.transferred_points, expected)
     errors = result.transfer_errors()
     assert errors[:3].tolist() == [0.0, 0.0, 3.0] and torch.isnan(errors[3])
     assert torch.equal(result.transform_points(target_points), expected)
     with pytest.raises(ValueError, match=r"target_points: expected shape \(2, 4\) \(that of source_points"):
-        align(source, target, model=tiny(theta=IDENTITY), source_points=source_points, target_points=target_points[:, :2])
+        align(
+            source, target, model=tiny(theta=IDENTITY), source_points=source_points, target_points=target_points[:, :2]
+        )
     with pytest.raises(ValueError, match=r"source_points: expected \(2, N\) 1-based pixel coordinates"):
         align(source, target, model=tiny(theta=IDENTITY), source_points=torch.zeros(4, 2))
 
@@ -110,8 +113,13 @@ def test_two_stage_alignment():
 
 def test_figure_is_a_png_of_the_documented_size(tmp_path):
     source, target = torch.rand(3, 17, 33), torch.rand(3, 40, 20)  # tallest aspect 2 -> clamped to 2
-    result = align(source, target, model=tiny(theta=THETA), target_points=torch.tensor([[2.0, 10.0], [3.0, 30.0]]),
-                   source_points=torch.tensor([[4.0, 12.0], [3.0, 10.0]]))
+    result = align(
+        source,
+        target,
+        model=tiny(theta=THETA),
+        target_points=torch.tensor([[2.0, 10.0], [3.0, 30.0]]),
+        source_points=torch.tensor([[4.0, 12.0], [3.0, 10.0]]),
+    )
     path = save_alignment_figure(result, tmp_path / "figs" / "pair.png", dpi=50, panel_size=2.0)
     assert path == tmp_path / "figs" / "pair.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -165,9 +173,24 @@ def test_align_command(tmp_path, capsys, monkeypatch):
     affine = save_tiny_checkpoint(tmp_path / "affine", "affine")
     tps = save_tiny_checkpoint(tmp_path / "tps", "tps")
     out = tmp_path / "out" / "figure.png"
-    args = parse([str(tmp_path / "s.png"), str(tmp_path / "t.png"), "--checkpoint", str(affine), "--out", str(out),
-                  "--target-points", "3,4;20,30", "--source-points", "5,6;30,20", "--warped-out",
-                  str(tmp_path / "warped.png"), "--device", "cpu"])
+    args = parse(
+        [
+            str(tmp_path / "s.png"),
+            str(tmp_path / "t.png"),
+            "--checkpoint",
+            str(affine),
+            "--out",
+            str(out),
+            "--target-points",
+            "3,4;20,30",
+            "--source-points",
+            "5,6;30,20",
+            "--warped-out",
+            str(tmp_path / "warped.png"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert cli._run_align(args) == 0
     printed = capsys.readouterr().out
     assert "theta affine (6): [" in printed and "keypoint transfer error: mean" in printed and f"wrote {out}" in printed
@@ -181,8 +204,20 @@ def test_align_command(tmp_path, capsys, monkeypatch):
     # a checkpoint path as model, and two stages
     by_path = align(tmp_path / "s.png", tmp_path / "t.png", model=str(affine), device="cpu")
     assert torch.equal(by_path.warped, expected.warped)
-    args = parse([str(tmp_path / "s.png"), str(tmp_path / "t.png"), "--affine-checkpoint", str(affine),
-                  "--tps-checkpoint", str(tps), "--out", str(tmp_path / "two.png"), "--geometric-model", "affine+tps"])
+    args = parse(
+        [
+            str(tmp_path / "s.png"),
+            str(tmp_path / "t.png"),
+            "--affine-checkpoint",
+            str(affine),
+            "--tps-checkpoint",
+            str(tps),
+            "--out",
+            str(tmp_path / "two.png"),
+            "--geometric-model",
+            "affine+tps",
+        ]
+    )
     assert cli._run_align(args) == 0
     printed = capsys.readouterr().out
     assert "theta affine (6)" in printed and "theta tps (18)" in printed

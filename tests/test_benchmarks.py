@@ -133,17 +133,33 @@ def make_pascal(root, split="test", flip=False):
     """Two pairs: a cat pair with annotations (3 keypoints, one missing in the target) and a dog
     pair without (variable-length lists)."""
     base = root / "PF-dataset-PASCAL"
-    images = {name: write_image(base / "JPEGImages" / f"{name}.png", h, w, seed=s)
-              for name, h, w, s in (("c1", 10, 14, 1), ("c2", 12, 9, 2), ("d1", 8, 8, 3), ("d2", 9, 11, 4))}
+    images = {
+        name: write_image(base / "JPEGImages" / f"{name}.png", h, w, seed=s)
+        for name, h, w, s in (("c1", 10, 14, 1), ("c2", 12, 9, 2), ("d1", 8, 8, 3), ("d2", 9, 11, 4))
+    }
     savemat = pytest.importorskip("scipy.io").savemat
     (base / "Annotations" / "cat").mkdir(parents=True)
     savemat(str(base / "Annotations" / "cat" / "c1.mat"), {"bbox": np.array([[2, 3, 12, 7]]), "kps": np.zeros((3, 2))})
     savemat(str(base / "Annotations" / "cat" / "c2.mat"), {"bbox": np.array([[1, 1, 8, 11]]), "kps": np.zeros((3, 2))})
     header = ["source_image", "target_image", "class", "XA", "YA", "XB", "YB"]
-    cat = ["PF-dataset-PASCAL/JPEGImages/c1.png", "PF-dataset-PASCAL/JPEGImages/c2.png", 8,
-           join([3, 5.5, 11]), join([4, 6, 7]), join([2, 4, -1]), join([3, 9, -1])]
-    dog = ["PF-dataset-PASCAL/JPEGImages/d1.png", "PF-dataset-PASCAL/JPEGImages/d2.png", 12,
-           join([1, 8]), join([2, 3]), join([5, 6, 7]), join([1, 2, 9])]
+    cat = [
+        "PF-dataset-PASCAL/JPEGImages/c1.png",
+        "PF-dataset-PASCAL/JPEGImages/c2.png",
+        8,
+        join([3, 5.5, 11]),
+        join([4, 6, 7]),
+        join([2, 4, -1]),
+        join([3, 9, -1]),
+    ]
+    dog = [
+        "PF-dataset-PASCAL/JPEGImages/d1.png",
+        "PF-dataset-PASCAL/JPEGImages/d2.png",
+        12,
+        join([1, 8]),
+        join([2, 3]),
+        join([5, 6, 7]),
+        join([1, 2, 9]),
+    ]
     if flip:
         header.insert(3, "flip")
         cat.insert(3, 1)
@@ -223,8 +239,9 @@ def make_tss(root):
     benchmarks.write_flo(other / "flow2.flo", torch.zeros(2, 4, 5))
     (other / "flip_gt.txt").write_text("1\n")
     (root / "PASCAL").mkdir()
-    return dict(image1=image1, image2=image2, mask1=mask1, mask2=mask2, flow1=flow1, flow2=flow2,
-                jods2=jods2, half=half)
+    return dict(
+        image1=image1, image2=image2, mask1=mask1, mask2=mask2, flow1=flow1, flow2=flow2, jods2=jods2, half=half
+    )
 
 
 def test_tss_items_both_directions_and_flip(tmp_path):
@@ -283,10 +300,19 @@ def test_caltech_items_and_masks(tmp_path):
     write_image(tmp_path / "101_ObjectCategories" / "Faces" / "image_0002.png", 9, 8, seed=2)
     xa, ya = [1.5, 9.5, 9.5, 1.5], [2.5, 2.5, 7.5, 7.5]
     xb, yb = [0.5, 6.5, 3.2], [0.5, 1.5, 7.8]
-    rows = [["source_image", "target_image", "class", "XA", "YA", "XB", "YB"],
-            # the published file separates the vertices with commas inside quoted cells
-            ["101_ObjectCategories/Faces/image_0001.png", "101_ObjectCategories/Faces/image_0002.png", 1,
-             ",".join(map(str, xa)), ",".join(map(str, ya)), join(xb), join(yb)]]
+    rows = [
+        ["source_image", "target_image", "class", "XA", "YA", "XB", "YB"],
+        # the published file separates the vertices with commas inside quoted cells
+        [
+            "101_ObjectCategories/Faces/image_0001.png",
+            "101_ObjectCategories/Faces/image_0002.png",
+            1,
+            ",".join(map(str, xa)),
+            ",".join(map(str, ya)),
+            join(xb),
+            join(yb),
+        ],
+    ]
     write_csv(tmp_path / "test_pairs_caltech_with_category.csv", rows)
     dataset = benchmarks.CaltechDataset(tmp_path)
     assert len(dataset) == 1

@@ -51,6 +51,7 @@ def tps_shift(tx=0.0):
 # --------------------------------------------------------------------------------------------
 # Fixtures in the benchmark formats
 
+
 def make_willow_pairs(root):
     """Pair 0: source 9x17 and target 9x9 images, target keypoints at x_t, source keypoints at
     2 x_t - 1 (the same normalised positions: identity is exact only if the target size normalises
@@ -62,9 +63,11 @@ def make_willow_pairs(root):
     yt = [1, 2, 3, 4, 5, 6, 7, 8, 9, 2]
     xs = [2 * x - 1 for x in xt]
     d = ([1, 3, 5, 7, 9, 2, 4, 6, 8, 10], [2, 2, 2, 5, 5, 5, 9, 9, 9, 12])
-    rows = [["imageA", "imageB"] + [f"k{i}" for i in range(40)],
-            ["PF-dataset/car(G)/wide.png", "PF-dataset/car(G)/square.png", *xs, *yt, *xt, *yt],
-            ["PF-dataset/duck(S)/d.png", "PF-dataset/duck(S)/d.png", *d[0], *d[1], *d[0], *d[1]]]
+    rows = [
+        ["imageA", "imageB"] + [f"k{i}" for i in range(40)],
+        ["PF-dataset/car(G)/wide.png", "PF-dataset/car(G)/square.png", *xs, *yt, *xt, *yt],
+        ["PF-dataset/duck(S)/d.png", "PF-dataset/duck(S)/d.png", *d[0], *d[1], *d[0], *d[1]],
+    ]
     write_csv(root / "test_pairs_pf.csv", rows)
 
 
@@ -84,12 +87,28 @@ def make_pascal_pairs(root):
         write_image(base / "JPEGImages" / f"{name}.png", 25, 33, seed=seed)
     (base / "Annotations" / "cat").mkdir(parents=True)
     savemat(str(base / "Annotations" / "cat" / "c1.mat"), {"bbox": [[2, 3, 32, 20]]})  # longest side 30
-    rows = [["source_image", "target_image", "class", "XA", "YA", "XB", "YB"],
-            ["PF-dataset-PASCAL/JPEGImages/c1.png", "PF-dataset-PASCAL/JPEGImages/c2.png", 8,
-             join(PASCAL_SOURCE[0]), join(PASCAL_SOURCE[1]), join(PASCAL_TARGET[0]), join(PASCAL_TARGET[1])],
-            # bird: no annotation, L from the keypoints (box 16 x 8 -> 16): thresholds 0.8 / 1.6 / 2.4 px
-            ["PF-dataset-PASCAL/JPEGImages/b1.png", "PF-dataset-PASCAL/JPEGImages/b1.png", 3,
-             join([3, 19, 10]), join([4, 12, 6]), join([3, 19, 10]), join([4, 12, 6])]]
+    rows = [
+        ["source_image", "target_image", "class", "XA", "YA", "XB", "YB"],
+        [
+            "PF-dataset-PASCAL/JPEGImages/c1.png",
+            "PF-dataset-PASCAL/JPEGImages/c2.png",
+            8,
+            join(PASCAL_SOURCE[0]),
+            join(PASCAL_SOURCE[1]),
+            join(PASCAL_TARGET[0]),
+            join(PASCAL_TARGET[1]),
+        ],
+        # bird: no annotation, L from the keypoints (box 16 x 8 -> 16): thresholds 0.8 / 1.6 / 2.4 px
+        [
+            "PF-dataset-PASCAL/JPEGImages/b1.png",
+            "PF-dataset-PASCAL/JPEGImages/b1.png",
+            3,
+            join([3, 19, 10]),
+            join([4, 12, 6]),
+            join([3, 19, 10]),
+            join([4, 12, 6]),
+        ],
+    ]
     write_csv(root / "test_pairs_pf_pascal.csv", rows)
 
 
@@ -113,8 +132,9 @@ def test_pf_willow_shift_fails_on_small_boxes(tmp_path):
     """tx = 0.5 moves every transfer by 0.5 * (W_s - 1) / 2 px: 4 px in pair 0's 17 px wide source
     (L = 16: 4 > 0.15 * 16) and 2.25 px in pair 1's 10 px wide image (L = 10: 2.25 > 1.5)."""
     make_willow_pairs(tmp_path)
-    result = evaluate.evaluate_keypoints(tiny(theta=shift(0.5)), benchmarks.PFWillowDataset(tmp_path), progress=False,
-                                         batch_size=1)
+    result = evaluate.evaluate_keypoints(
+        tiny(theta=shift(0.5)), benchmarks.PFWillowDataset(tmp_path), progress=False, batch_size=1
+    )
     assert result["metrics"] == {"PCK@0.05": 0.0, "PCK@0.1": 0.0, "PCK@0.15": 0.0}
 
 
@@ -132,8 +152,9 @@ def test_pf_pascal_shift_gives_the_hand_computed_pck(tmp_path):
     assert result["per_class"]["cat"]["metrics"] == SHIFT_PCK
     assert result["metrics"]["PCK@0.1"] == (0.5 + 0.0) / 2
     assert result["class_average"]["PCK@0.15"] == (0.75 + 1.0) / 2
-    by_image = evaluate.evaluate_keypoints(tiny(theta=shift(0.125)),
-                                           benchmarks.PFPascalDataset(tmp_path, reference="image"), progress=False)
+    by_image = evaluate.evaluate_keypoints(
+        tiny(theta=shift(0.125)), benchmarks.PFPascalDataset(tmp_path, reference="image"), progress=False
+    )
     assert by_image["reference_kind"] == "image" and by_image["per_pair"][0]["reference_length"] == 33.0
 
 
@@ -162,8 +183,11 @@ def test_tiny_network_end_to_end(tmp_path):
     with torch.no_grad():
         theta = model(normalize_images(item["source_image"]), normalize_images(item["target_image"])).double()
     points = geometry.pixels_to_normalized(item["target_keypoints"], item["target_size"])
-    moved = geometry.normalized_to_pixels(geometry.transform_points(theta, points), item["source_size"],
-                                          geometry.valid_keypoints(item["target_keypoints"]))
+    moved = geometry.normalized_to_pixels(
+        geometry.transform_points(theta, points),
+        item["source_size"],
+        geometry.valid_keypoints(item["target_keypoints"]),
+    )
     expected = metrics.pck(moved, item["source_keypoints"], item["reference_length"], alpha=0.1)
     assert result["per_pair"][0]["PCK@0.1"] == pytest.approx(expected.item(), abs=1e-6)
     two = evaluate.evaluate_keypoints(TwoStageAligner(model, tiny("tps")), dataset, progress=False)
@@ -188,23 +212,34 @@ def test_tss_flow_pck(tmp_path):
     assert identity["per_class"]["JODS"]["metrics"] == {"PCK@0.05": 1.0}  # zero ground-truth flow
     item = dataset[0]
     flow = metrics.theta_to_flow(geometry.identity_theta("affine", dtype=torch.float64), (6, 8), source_size=(5, 7))
-    expected = metrics.flow_pck(flow, item["flow"][None].double(), item["target_mask"][None], 0.05,
-                                item["reference_length"][None])
+    expected = metrics.flow_pck(
+        flow, item["flow"][None].double(), item["target_mask"][None], 0.05, item["reference_length"][None]
+    )
     assert identity["per_pair"][0]["PCK@0.05"] == pytest.approx(expected.item())
     assert identity["per_pair"][0]["pair"] == "FG3DCar/pair01/flow1"
     assert result["reference_kind"] == "image" and result["pairs"] == 4
     assert result["class_average"]["PCK@0.05"] == pytest.approx(
-        (result["per_class"]["FG3DCar"]["metrics"]["PCK@0.05"] + result["per_class"]["JODS"]["metrics"]["PCK@0.05"]) / 2)
+        (result["per_class"]["FG3DCar"]["metrics"]["PCK@0.05"] + result["per_class"]["JODS"]["metrics"]["PCK@0.05"]) / 2
+    )
 
 
 def make_caltech(root):
     for name, seed in (("image_0001", 1), ("image_0002", 2)):
         write_image(root / "101_ObjectCategories" / "Faces" / f"{name}.png", 10, 17, seed=seed)
     square = (join([5.5, 9.5, 9.5, 5.5]), join([2.5, 2.5, 6.5, 6.5]))  # columns 6..9, rows 3..6
-    write_csv(root / "test_pairs_caltech_with_category.csv", [
-        ["source_image", "target_image", "class", "XA", "YA", "XB", "YB"],
-        ["101_ObjectCategories/Faces/image_0001.png", "101_ObjectCategories/Faces/image_0002.png", 1, *square, *square],
-    ])
+    write_csv(
+        root / "test_pairs_caltech_with_category.csv",
+        [
+            ["source_image", "target_image", "class", "XA", "YA", "XB", "YB"],
+            [
+                "101_ObjectCategories/Faces/image_0001.png",
+                "101_ObjectCategories/Faces/image_0002.png",
+                1,
+                *square,
+                *square,
+            ],
+        ],
+    )
 
 
 def test_caltech_mask_metrics(tmp_path):
@@ -220,8 +255,9 @@ def test_caltech_mask_metrics(tmp_path):
     assert moved["metrics"]["LT-ACC"] == pytest.approx(154 / 170)
     assert moved["metrics"]["LOC-ERR"] == pytest.approx(0.5)
     assert moved["per_pair"][0]["category"] == "Faces"
-    two = evaluate.evaluate_caltech(TwoStageAligner(tiny("affine", shift(0.125)), tiny("tps", tps_shift(0.125))),
-                                    dataset, progress=False)
+    two = evaluate.evaluate_caltech(
+        TwoStageAligner(tiny("affine", shift(0.125)), tiny("tps", tps_shift(0.125))), dataset, progress=False
+    )
     assert two["metrics"]["IoU"] == pytest.approx(8 / 24, abs=1e-6)
 
 
@@ -233,14 +269,22 @@ def test_synthetic_true_theta_and_identity_baseline():
     """Pairs given as a batch dict; 33x33 images, every pair shifted by 2 px (tx = 0.125): the
     right theta scores 1; identity is 2 px off, within 0.1 * 33 but not 0.05 * 33."""
     n = 3
-    pairs = {"source": torch.rand(n, 3, 33, 33), "target": torch.rand(n, 3, 33, 33),
-             "theta": torch.tensor([shift(0.125)] * n), "name": ["a", "b", "a"]}
+    pairs = {
+        "source": torch.rand(n, 3, 33, 33),
+        "target": torch.rand(n, 3, 33, 33),
+        "theta": torch.tensor([shift(0.125)] * n),
+        "name": ["a", "b", "a"],
+    }
     result = evaluate.evaluate_synthetic(tiny(theta=shift(0.125)), pairs, batch_size=2, progress=False, grid_size=5)
     assert result["metrics"] == {"PCK@0.05": 1.0, "PCK@0.1": 1.0, "PCK@0.15": 1.0}
     assert result["baseline"] == {"identity": {"PCK@0.05": 0.0, "PCK@0.1": 1.0, "PCK@0.15": 1.0}}
     assert result["pairs"] == 3 and result["per_class"]["a"]["pairs"] == 2 and result["reference_kind"] == "image"
-    two = evaluate.evaluate_synthetic(TwoStageAligner(tiny("affine", shift(0.0625)), tiny("tps", tps_shift(0.0625))),
-                                      pairs, progress=False, grid_size=5)
+    two = evaluate.evaluate_synthetic(
+        TwoStageAligner(tiny("affine", shift(0.0625)), tiny("tps", tps_shift(0.0625))),
+        pairs,
+        progress=False,
+        grid_size=5,
+    )
     assert two["metrics"] == {"PCK@0.05": 1.0, "PCK@0.1": 1.0, "PCK@0.15": 1.0}
     tps_on_affine_pairs = evaluate.evaluate_synthetic(tiny("tps", tps_shift(0.125)), pairs, progress=False, grid_size=5)
     assert tps_on_affine_pairs["metrics"] == {"PCK@0.05": 1.0, "PCK@0.1": 1.0, "PCK@0.15": 1.0}
@@ -260,11 +304,13 @@ def test_synthetic_heldout_pairs_of_the_bundled_photos():
     identity = evaluate.evaluate_synthetic(tiny(theta=IDENTITY), pairs, progress=False)
     assert identity["metrics"] == identity["baseline"]["identity"]
     # the composed path (two stages) measures what metrics.synthetic_pck measures
-    two = evaluate.evaluate_synthetic(TwoStageAligner(tiny("affine", IDENTITY), tiny("tps", tps_shift(0.0))), pairs,
-                                      progress=False)
+    two = evaluate.evaluate_synthetic(
+        TwoStageAligner(tiny("affine", IDENTITY), tiny("tps", tps_shift(0.0))), pairs, progress=False
+    )
     assert two["metrics"] == pytest.approx(identity["metrics"])
     assert identity["baseline"]["identity"]["PCK@0.1"] == pytest.approx(
-        metrics.synthetic_pck(geometry.identity_theta("affine", 3), pairs["theta"], SIZE).mean().item())
+        metrics.synthetic_pck(geometry.identity_theta("affine", 3), pairs["theta"], SIZE).mean().item()
+    )
     default = evaluate.evaluate_synthetic(tiny("tps"), n_pairs=2, progress=False)  # pairs drawn for the model
     assert default["pair_model"] == "tps" and default["pairs"] == 2
     assert set(default["per_class"]) <= set(synthetic.BUNDLED_HELDOUT)
@@ -296,25 +342,46 @@ def fixed_models(monkeypatch):
 def test_eval_command_writes_the_report(tmp_path, capsys, fixed_models):
     make_pascal_pairs(tmp_path)
     out = tmp_path / "results" / "pascal.json"
-    args = parse(["--benchmark", "pf-pascal", "--data", str(tmp_path), "--output", str(out), "--affine-checkpoint",
-                  "a", "--tps-checkpoint", "t", "--no-progress", "--device", "cpu"])
+    args = parse(
+        [
+            "--benchmark",
+            "pf-pascal",
+            "--data",
+            str(tmp_path),
+            "--output",
+            str(out),
+            "--affine-checkpoint",
+            "a",
+            "--tps-checkpoint",
+            "t",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert cli._run_eval(args) == 0
     report = json.loads(out.read_text())
     assert list(report["modes"]) == ["affine", "tps", "affine+tps"]
     assert report["benchmark"] == "pf-pascal" and report["split"] == "test"
     assert report["reference_kind"] == "mixed" and report["modes"]["affine+tps"]["reference_kinds"] == {
-        "bbox": 1, "keypoints": 1}
+        "bbox": 1,
+        "keypoints": 1,
+    }
     assert report["alphas"] == [0.05, 0.1, 0.15]
     assert report["modes"]["affine"]["per_class"]["cat"]["metrics"]["PCK@0.1"] == 0.5  # 1 px: errors 1, 1, 4.1, 4.5
     assert report["modes"]["affine+tps"]["per_pair"][0]["PCK@0.1"] == pytest.approx(0.5)
-    assert report["checkpoint"] == {"affine": {"path": str(Path("a").resolve()), "embedded": False, "step": None},
-                                    "tps": {"path": str(Path("t").resolve()), "embedded": False, "step": None}}
+    assert report["checkpoint"] == {
+        "affine": {"path": str(Path("a").resolve()), "embedded": False, "step": None},
+        "tps": {"path": str(Path("t").resolve()), "embedded": False, "step": None},
+    }
     assert report["a2net_version"] == __import__("a2net").__version__
     assert datetime.datetime.fromisoformat(report["date"]).tzinfo is not None
     assert report["image_size"] == list(SIZE)
     printed = capsys.readouterr().out
-    assert "PCK reference length L (mixed): longest side of the source object's bounding box (bbox) for 1 pairs; " \
+    assert (
+        "PCK reference length L (mixed): longest side of the source object's bounding box (bbox) for 1 pairs; "
         "longest side of the bounding box of the source keypoints (keypoints) for 1 pairs" in printed
+    )
     assert "affine+tps" in printed
     assert "per class (PCK@0.05 / PCK@0.1 / PCK@0.15)" in printed and "cat" in printed and "bird" in printed
     assert f"wrote {out}" in printed
@@ -324,8 +391,21 @@ def test_eval_json_is_written_atomically_with_null_for_nan(tmp_path, monkeypatch
     make_willow_pairs(tmp_path)
     out = tmp_path / "willow.json"
     out.write_text("previous results\n")
-    args = parse(["--benchmark", "pf-willow", "--data", str(tmp_path), "--output", str(out), "--checkpoint", "m",
-                  "--no-progress", "--alphas", "0.1"])
+    args = parse(
+        [
+            "--benchmark",
+            "pf-willow",
+            "--data",
+            str(tmp_path),
+            "--output",
+            str(out),
+            "--checkpoint",
+            "m",
+            "--no-progress",
+            "--alphas",
+            "0.1",
+        ]
+    )
 
     def crash(src, dst):
         raise OSError("disk gone")
@@ -344,8 +424,9 @@ def test_eval_json_is_written_atomically_with_null_for_nan(tmp_path, monkeypatch
 def test_eval_command_synthetic(tmp_path, capsys, fixed_models):
     pytest.importorskip("skimage")
     out = tmp_path / "synthetic.json"
-    args = parse(["--benchmark", "synthetic", "--output", str(out), "--checkpoint", "m", "--pairs", "2",
-                  "--no-progress"])
+    args = parse(
+        ["--benchmark", "synthetic", "--output", str(out), "--checkpoint", "m", "--pairs", "2", "--no-progress"]
+    )
     assert cli._run_eval(args) == 0
     report = json.loads(out.read_text())
     assert report["pair_model"] == "affine" and report["reference_kind"] == "image"
@@ -373,23 +454,64 @@ def test_eval_command_with_real_checkpoints(tmp_path, monkeypatch):
     dataset = benchmarks.PFWillowDataset(tmp_path)
     expected = evaluate.evaluate_keypoints(checkpoint.load_model(affine), dataset, progress=False)
     out = tmp_path / "one.json"
-    assert cli._run_eval(parse(["--benchmark", "pf-willow", "--data", str(tmp_path), "--output", str(out),
-                               "--checkpoint", str(affine), "--no-progress", "--device", "cpu"])) == 0
+    assert (
+        cli._run_eval(
+            parse(
+                [
+                    "--benchmark",
+                    "pf-willow",
+                    "--data",
+                    str(tmp_path),
+                    "--output",
+                    str(out),
+                    "--checkpoint",
+                    str(affine),
+                    "--no-progress",
+                    "--device",
+                    "cpu",
+                ]
+            )
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["checkpoint"] == {"affine": {"path": str(affine.resolve()), "embedded": False, "step": 3}}
     assert report["modes"]["affine"]["metrics"] == expected["metrics"]
     assert report["modes"]["affine"]["per_pair"] == json.loads(json.dumps(expected["per_pair"]))
     out = tmp_path / "two.json"
-    assert cli._run_eval(parse(["--benchmark", "pf-willow", "--data", str(tmp_path), "--output", str(out),
-                               "--affine-checkpoint", str(affine / "model.safetensors"), "--tps-checkpoint", str(tps),
-                               "--no-progress", "--batch-size", "1"])) == 0
+    assert (
+        cli._run_eval(
+            parse(
+                [
+                    "--benchmark",
+                    "pf-willow",
+                    "--data",
+                    str(tmp_path),
+                    "--output",
+                    str(out),
+                    "--affine-checkpoint",
+                    str(affine / "model.safetensors"),
+                    "--tps-checkpoint",
+                    str(tps),
+                    "--no-progress",
+                    "--batch-size",
+                    "1",
+                ]
+            )
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert list(report["modes"]) == ["affine", "tps", "affine+tps"]
     assert report["modes"]["affine"]["metrics"] == expected["metrics"]
     monkeypatch.setattr(checkpoint, "DEFAULT_CHECKPOINT", affine / "model.safetensors")
     out = tmp_path / "default.json"
-    assert cli._run_eval(parse(["--benchmark", "pf-willow", "--data", str(tmp_path), "--output", str(out),
-                               "--no-progress"])) == 0
+    assert (
+        cli._run_eval(
+            parse(["--benchmark", "pf-willow", "--data", str(tmp_path), "--output", str(out), "--no-progress"])
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["checkpoint"] == {"affine": {"path": str(affine / "model.safetensors"), "embedded": True, "step": 3}}
     assert report["modes"]["affine"]["metrics"] == expected["metrics"]

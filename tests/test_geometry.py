@@ -154,8 +154,10 @@ def test_tps_gradients_are_finite_and_correct():
     points = identity_theta("tps", dtype=torch.float64).view(1, 2, 9)
     compose_points([theta_aff, theta_tps], points).sum().backward()
     assert torch.isfinite(theta_aff.grad).all() and torch.isfinite(theta_tps.grad).all()
-    torch.autograd.gradcheck(lambda t, p: transform_points(t, p), (theta_tps.detach().requires_grad_(),
-                                                                   _points(1, 5, torch.float64).requires_grad_()))
+    torch.autograd.gradcheck(
+        lambda t, p: transform_points(t, p),
+        (theta_tps.detach().requires_grad_(), _points(1, 5, torch.float64).requires_grad_()),
+    )
 
 
 def test_tps_cache_filled_under_inference_mode_works_with_autograd():
@@ -234,9 +236,7 @@ def test_grid_loss_module_refuses_other_model():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_pixel_conversions(dtype):
     size = torch.tensor([[7, 11], [20, 5]])  # (H, W) per batch element
-    points = torch.tensor(
-        [[[1.0, 11.0, 6.0], [1.0, 7.0, 4.0]], [[1.0, 5.0, 3.0], [1.0, 20.0, 10.5]]], dtype=dtype
-    )
+    points = torch.tensor([[[1.0, 11.0, 6.0], [1.0, 7.0, 4.0]], [[1.0, 5.0, 3.0], [1.0, 20.0, 10.5]]], dtype=dtype)
     norm = pixels_to_normalized(points, size)
     expected = torch.tensor([[[-1.0, 1.0, 0.0], [-1.0, 1.0, 0.0]], [[-1.0, 1.0, 0.0], [-1.0, 1.0, 0.0]]], dtype=dtype)
     torch.testing.assert_close(norm, expected, rtol=0, atol=ATOL[dtype])
@@ -245,8 +245,9 @@ def test_pixel_conversions(dtype):
     one = pixels_to_normalized(points[:1], (7, 11))
     torch.testing.assert_close(one, norm[:1], rtol=0, atol=0)
     random = _points(2, 13, dtype)
-    torch.testing.assert_close(pixels_to_normalized(normalized_to_pixels(random, size), size), random,
-                               rtol=0, atol=10 * ATOL[dtype])
+    torch.testing.assert_close(
+        pixels_to_normalized(normalized_to_pixels(random, size), size), random, rtol=0, atol=10 * ATOL[dtype]
+    )
 
 
 def test_padded_keypoints_stay_recognisable():
@@ -330,8 +331,7 @@ def test_random_tps_ranges_and_reproducible():
     assert abs(noise.mean().item()) < 0.01
     assert torch.equal(theta, random_tps_theta(2000, torch.Generator().manual_seed(15), dtype=torch.float64))
     small = random_tps_theta(10, torch.Generator().manual_seed(15), noise=0.1, dtype=torch.float64)
-    torch.testing.assert_close(small - identity_theta("tps", dtype=torch.float64), noise[:10] / 4,
-                               rtol=0, atol=1e-15)
+    torch.testing.assert_close(small - identity_theta("tps", dtype=torch.float64), noise[:10] / 4, rtol=0, atol=1e-15)
 
 
 # ------------------------------------------------------------------------------------------

@@ -68,9 +68,7 @@ def unfused_reference(source, target, weight, bias, normalize_features=True):
     """float64 ``reference.correlation`` then ``reference.offset_aware_correlation``."""
     hs, ws = source.shape[2:]
     corr = reference.correlation(source.double(), target.double(), normalize_features, True, True)
-    return reference.offset_aware_correlation(
-        corr, weight.double(), None if bias is None else bias.double(), (hs, ws)
-    )
+    return reference.offset_aware_correlation(corr, weight.double(), None if bias is None else bias.double(), (hs, ws))
 
 
 def reference_grads(inputs, grad, normalize_features):
@@ -115,9 +113,10 @@ def narrow_blocks(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "dtype,norm,bias", [(torch.float32, True, True), (torch.float16, True, False), (torch.float32, False, True)],
+    "dtype,norm,bias",
+    [(torch.float32, True, True), (torch.float16, True, False), (torch.float32, False, True)],
     ids=["fp32", "fp16-nobias", "fp32-nonorm"],
-)  # fmt: skip
+)  #
 def test_several_column_blocks(triton_backend, narrow_blocks, dtype, norm, bias):
     check_case(2, (2, 20, 3, 35), 17, 16, dtype, norm, seed=1, bias=bias)
 
@@ -289,11 +288,27 @@ def test_compile_fullgraph(triton_backend):
         ({"input_precision": "fp16"}, "input_precision"),
         ({"normalize_features": 1}, "normalize_features"),
     ],
-    ids=["source-3d", "dtype", "channels", "int", "weight-grid", "weight-2d", "weight-dtype", "bias-length",
-         "bias-dtype", "precision", "normalize-int"],
-)  # fmt: skip
+    ids=[
+        "source-3d",
+        "dtype",
+        "channels",
+        "int",
+        "weight-grid",
+        "weight-2d",
+        "weight-dtype",
+        "bias-length",
+        "bias-dtype",
+        "precision",
+        "normalize-int",
+    ],
+)  #
 def test_bad_inputs(triton_backend, kwargs, match):
-    args = {"source": torch.randn(2, 3, 4, 4), "target": torch.randn(2, 3, 4, 4), "weight": torch.randn(8, 7, 7),
-            "bias": torch.randn(8), **kwargs}  # fmt: skip
+    args = {
+        "source": torch.randn(2, 3, 4, 4),
+        "target": torch.randn(2, 3, 4, 4),
+        "weight": torch.randn(8, 7, 7),
+        "bias": torch.randn(8),
+        **kwargs,
+    }  #
     with pytest.raises(ValueError, match=match):
         correlation_oac(**args)

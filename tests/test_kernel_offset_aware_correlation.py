@@ -209,9 +209,18 @@ def test_compiles_without_graph_breaks(triton_backend):
         (lambda c, w, b: (c, w, b, (3, 0)), "source_size"),
         (lambda c, w, b: (c, w, b, "3x4"), "source_size"),
     ],
-    ids=["corr-3d", "source-mismatch", "weight-grid", "weight-dtype", "bias-length", "bias-dtype", "corr-int",
-         "size-zero", "size-str"],
-)  # fmt: skip
+    ids=[
+        "corr-3d",
+        "source-mismatch",
+        "weight-grid",
+        "weight-dtype",
+        "bias-length",
+        "bias-dtype",
+        "corr-int",
+        "size-zero",
+        "size-str",
+    ],
+)  #
 def test_bad_inputs_raise(triton_backend, change, match):
     corr, weight, bias = _inputs(2, (3, 4, 5, 2), 16, torch.float32)
     with pytest.raises(ValueError, match=match):

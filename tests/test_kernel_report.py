@@ -65,23 +65,27 @@ def toy_specs(all_configs: bool = False) -> list[dict]:
     The dot's two fp16 operand blocks, 128x512 and 512x128, need 256 KiB of shared memory: more
     than sm_90's 227 KiB per block, which the compiler accepts and the report must flag.
     """
-    specs = [{
-        "name": "toy_add[fp32,BLOCK1024]",
-        "fn": toy_add_kernel,
-        "signature": {"p_x": "*fp32", "p_y": "*fp32", "p_out": "*fp32", "n": "i32"},
-        "constexprs": {"BLOCK": 1024},
-        "num_warps": 4,
-        "num_stages": 1,
-    }]
-    if all_configs:
-        specs.append({
-            "name": "toy_dot[fp16,oversized]",
-            "fn": toy_dot_kernel,
-            "signature": {"p_a": "*fp16", "p_b": "*fp16", "p_c": "*fp32"},
-            "constexprs": {"BM": 128, "BN": 128, "BK": 512},
-            "num_warps": 8,
+    specs = [
+        {
+            "name": "toy_add[fp32,BLOCK1024]",
+            "fn": toy_add_kernel,
+            "signature": {"p_x": "*fp32", "p_y": "*fp32", "p_out": "*fp32", "n": "i32"},
+            "constexprs": {"BLOCK": 1024},
+            "num_warps": 4,
             "num_stages": 1,
-        })
+        }
+    ]
+    if all_configs:
+        specs.append(
+            {
+                "name": "toy_dot[fp16,oversized]",
+                "fn": toy_dot_kernel,
+                "signature": {"p_a": "*fp16", "p_b": "*fp16", "p_c": "*fp32"},
+                "constexprs": {"BM": 128, "BN": 128, "BK": 512},
+                "num_warps": 8,
+                "num_stages": 1,
+            }
+        )
     return specs
 
 
@@ -92,7 +96,10 @@ def _run_report(tmp_path, *args, timeout=300):
     out = tmp_path / "report.json"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), *args, "--json", str(out)],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
     )
     report = json.loads(out.read_text()) if out.exists() else None
     return proc, report
@@ -107,8 +114,11 @@ EXPECTED_SPECS = {
     "correlation": ["correlation_fwd[fp32,H15,cfg0]", "correlation_normalize_matches[bf16,H60]"],
     "offset_aware_correlation": [],
     "attention_pool": ["attention_pool_fwd[bf16", "attention_pool_bwd[fp32"],
-    "correlation_oac": [f"correlation_oac_{kernel}[{tag},cfg0]" for kernel in ("fwd", "bwd_weight", "bwd_corr")
-                        for tag in ("fp32,H15", "bf16,H30", "bf16,H60")],
+    "correlation_oac": [
+        f"correlation_oac_{kernel}[{tag},cfg0]"
+        for kernel in ("fwd", "bwd_weight", "bwd_corr")
+        for tag in ("fp32,H15", "bf16,H30", "bf16,H60")
+    ],
 }
 
 
@@ -155,9 +165,7 @@ def test_report_compiles_default_configs_of_kernel_specs(tmp_path):
 
 
 def test_toy_kernels_parsed_and_oversized_shared_memory_flagged(tmp_path):
-    proc, report = _run_report(
-        tmp_path, "--module", str(Path(__file__).resolve()), "--arch", "sm_90", "--all-configs"
-    )
+    proc, report = _run_report(tmp_path, "--module", str(Path(__file__).resolve()), "--arch", "sm_90", "--all-configs")
     output = proc.stdout + proc.stderr
     # The oversized config is an extra one: listed and flagged, not failing the exit status.
     assert proc.returncode == 0, output
@@ -219,15 +227,24 @@ def test_parse_resource_usage():
     assert set(usage) == {"spilling_kernel", "add_kernel"}
     assert usage["add_kernel"]["REG"] == 30 and usage["add_kernel"]["LOCAL"] == 0
     assert usage["spilling_kernel"] == {
-        "REG": 255, "STACK": 48, "SHARED": 0, "LOCAL": 40, "CONSTANT[0]": 592,
-        "TEXTURE": 0, "SURFACE": 0, "SAMPLER": 0,
+        "REG": 255,
+        "STACK": 48,
+        "SHARED": 0,
+        "LOCAL": 40,
+        "CONSTANT[0]": 592,
+        "TEXTURE": 0,
+        "SURFACE": 0,
+        "SAMPLER": 0,
     }
     assert kernel_report.parse_resource_usage("") == {}
 
 
 def test_parse_ptxas_log_picks_the_entry_function():
     assert kernel_report.parse_ptxas_log(PTXAS_LOG, "add_kernel") == {
-        "regs": 30, "stack_frame": 0, "spill_stores": 0, "spill_loads": 0,
+        "regs": 30,
+        "stack_frame": 0,
+        "spill_stores": 0,
+        "spill_loads": 0,
     }
     assert kernel_report.parse_ptxas_log(PTXAS_LOG, "other")["spill_stores"] == 8
     assert kernel_report.parse_ptxas_log("", "add_kernel") == {}
@@ -245,8 +262,15 @@ def test_parse_ptxas_log_picks_the_entry_function():
     ids=["ok", "spills", "shared-over-sm80", "regs-per-block", "compile-error"],
 )
 def test_row_check(figures, problem):
-    row = kernel_report.Row(name="k", group="g", arch=80, num_warps=figures.pop("num_warps", 4),
-                            num_stages=2, shared_limit=kernel_report.MAX_SHARED[80], **figures)
+    row = kernel_report.Row(
+        name="k",
+        group="g",
+        arch=80,
+        num_warps=figures.pop("num_warps", 4),
+        num_stages=2,
+        shared_limit=kernel_report.MAX_SHARED[80],
+        **figures,
+    )
     row.check()
     if problem is None:
         assert row.ok and kernel_report.exit_status([row]) == 0

@@ -69,12 +69,15 @@ def test_oac_layer_rejects_a_mismatched_map():
         OffsetAwareCorrelation(5)(torch.randn(1, 25, 4, 5))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"source_size": (0, 3)}, r"source_size: expected sizes >= 1"),
-    ({"source_size": "15"}, r"source_size: expected an int or a pair"),
-    ({"source_size": 5, "out_channels": 0}, r"out_channels: expected an int >= 1, got 0"),
-    ({"source_size": 5, "input_precision": "fp64"}, r"input_precision: expected one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"source_size": (0, 3)}, r"source_size: expected sizes >= 1"),
+        ({"source_size": "15"}, r"source_size: expected an int or a pair"),
+        ({"source_size": 5, "out_channels": 0}, r"out_channels: expected an int >= 1, got 0"),
+        ({"source_size": 5, "input_precision": "fp64"}, r"input_precision: expected one of"),
+    ],
+)
 def test_oac_layer_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         OffsetAwareCorrelation(**kwargs)

@@ -292,6 +292,8 @@ def test_synthetic_pck_values():
     # Any kind of prediction, and chains (affine+TPS): the identity TPS after theta is theta.
     identity_tps = geometry.identity_theta("tps", 2)
     assert metrics.synthetic_pck([identity_tps, theta], theta, 10).tolist() == [1.0, 1.0]
-    torch.testing.assert_close(metrics.synthetic_pck(identity_tps, theta, 10), metrics.synthetic_pck(
-        geometry.identity_theta("affine", 2), theta, 10))
+    torch.testing.assert_close(
+        metrics.synthetic_pck(identity_tps, theta, 10),
+        metrics.synthetic_pck(geometry.identity_theta("affine", 2), theta, 10),
+    )
     assert metrics.synthetic_pck(theta, theta, (20, 30), grid_size=1).tolist() == [1.0, 1.0]

@@ -78,7 +78,9 @@ def test_model_matches_stage_by_stage_computation(backbone, geometric_model, pho
     assert not torch.allclose(theta[0], theta[1])  # depends on the inputs
 
 
-@pytest.mark.parametrize("backbone, size, feature", [("resnet101", (200, 280), (13, 18)), ("vgg16", (176, 250), (11, 15))])
+@pytest.mark.parametrize(
+    "backbone, size, feature", [("resnet101", (200, 280), (13, 18)), ("vgg16", (176, 250), (11, 15))]
+)
 def test_non_square_images(backbone, size, feature, photos):
     torch.manual_seed(1)
     model = A2Net("tps", backbone=backbone).eval()
@@ -150,7 +152,9 @@ def test_backbone_weights_from_a_file(tmp_path):
 
     full = vgg16(weights=None)
     path = tmp_path / "vgg16_features.pth"
-    torch.save({f"model.{k}": v for k, v in nn.Sequential(*list(full.features.children())[:24]).state_dict().items()}, path)
+    torch.save(
+        {f"model.{k}": v for k, v in nn.Sequential(*list(full.features.children())[:24]).state_dict().items()}, path
+    )
     model = A2Net("affine", backbone="vgg16", backbone_weights=path)
     torch.testing.assert_close(model.FeatureExtraction.model[0].weight, full.features[0].weight)
     torch.save({"unrelated.weight": torch.zeros(1)}, tmp_path / "bad.pth")
@@ -171,13 +175,19 @@ def test_imagenet_weights_offline_says_what_to_do(monkeypatch):
         A2Net("affine", backbone="vgg16", backbone_weights="imagenet")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"geometric_model": "homography"}, r"geometric_model: expected one of \['affine', 'tps'\], got 'homography'"),
-    ({"backbone": "resnet50"}, r"backbone: expected one of"),
-    ({"oac_layout": "transposed"}, r"oac_layout: expected one of"),
-    ({"backbone": "vgg16", "image_size": (96, 96)}, r"feature_size: expected at least 7x7"),
-    ({"backbone": "vgg16", "oac_layout": "official", "image_size": (240, 320)}, r"oac_layout: 'official' needs square"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"geometric_model": "homography"}, r"geometric_model: expected one of \['affine', 'tps'\], got 'homography'"),
+        ({"backbone": "resnet50"}, r"backbone: expected one of"),
+        ({"oac_layout": "transposed"}, r"oac_layout: expected one of"),
+        ({"backbone": "vgg16", "image_size": (96, 96)}, r"feature_size: expected at least 7x7"),
+        (
+            {"backbone": "vgg16", "oac_layout": "official", "image_size": (240, 320)},
+            r"oac_layout: 'official' needs square",
+        ),
+    ],
+)
 def test_bad_model_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         A2Net(**kwargs)
@@ -207,9 +217,7 @@ def test_two_stage_aligner_composes_affine_then_tps():
         torch.testing.assert_close(theta_t, tps(geometry.warp_image(src, theta_a), tgt))
     points = torch.rand(2, 2, 5) * 2 - 1
     composed = TwoStageAligner.transform_points(theta_a, theta_t, points)
-    torch.testing.assert_close(
-        composed, geometry.transform_points(theta_a, geometry.transform_points(theta_t, points))
-    )
+    torch.testing.assert_close(composed, geometry.transform_points(theta_a, geometry.transform_points(theta_t, points)))
     with pytest.raises(ValueError, match="expected an affine and a TPS model"):
         TwoStageAligner(tps, affine)
 
@@ -220,16 +228,22 @@ def test_normalize_images():
     expected = (0.5 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
     torch.testing.assert_close(out[0, :, 0, 0], expected)
     u8 = torch.full((1, 3, 4, 6), 255, dtype=torch.uint8)
-    torch.testing.assert_close(normalize_images(u8, size=(2, 3))[0, :, 0, 0],
-                               (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+    torch.testing.assert_close(
+        normalize_images(u8, size=(2, 3))[0, :, 0, 0],
+        (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]),
+    )
 
 
-@pytest.mark.parametrize("use_oac, use_attention", [(False, False), (True, False), (False, True)],
-                         ids=["cnngeo", "oac-only", "attention-only"])
+@pytest.mark.parametrize(
+    "use_oac, use_attention",
+    [(False, False), (True, False), (False, True)],
+    ids=["cnngeo", "oac-only", "attention-only"],
+)
 def test_ablation_heads(use_oac, use_attention):
     torch.manual_seed(5)
-    model = A2Net("affine", backbone=TinyBackbone(), image_size=(160, 176), use_oac=use_oac,
-                  use_attention=use_attention).eval()
+    model = A2Net(
+        "affine", backbone=TinyBackbone(), image_size=(160, 176), use_oac=use_oac, use_attention=use_attention
+    ).eval()
     head = model.FeatureRegression
     src, tgt = torch.randn(2, 3, 160, 176), torch.randn(2, 3, 160, 176)
     with torch.no_grad():
@@ -253,8 +267,9 @@ def test_fused_and_unfused_paths_agree_on_the_triton_kernels(triton_backend):
     """A2Net's default fused correlation+OAC op and the two unfused ops give the same theta and grads."""
     torch.manual_seed(6)
     fused = A2Net("affine", backbone=TinyBackbone(), image_size=(128, 144), input_precision="ieee").eval()
-    unfused = A2Net("affine", backbone=TinyBackbone(), image_size=(128, 144), input_precision="ieee",
-                    fused=False).eval()
+    unfused = A2Net(
+        "affine", backbone=TinyBackbone(), image_size=(128, 144), input_precision="ieee", fused=False
+    ).eval()
     unfused.load_state_dict(fused.state_dict())
     assert fused.fused and not unfused.fused
     src, tgt = torch.randn(2, 3, 128, 144), torch.randn(2, 3, 128, 144)

@@ -48,6 +48,7 @@ def authors_theta(state, feature_a, feature_b, calibrate=False):
     ``calibrate``: first set every BatchNorm's running statistics to this batch's (in place), as a
     trained network's would be, so that theta depends visibly on the images.
     """
+
     def p(name):
         return state["FeatureRegression." + name]
 
@@ -58,8 +59,16 @@ def authors_theta(state, feature_a, feature_b, calibrate=False):
         if calibrate:
             p(name + ".running_mean").copy_(x.mean((0, 2, 3)))
             p(name + ".running_var").copy_(x.var((0, 2, 3)))
-        x = F.batch_norm(x, p(name + ".running_mean"), p(name + ".running_var"), p(name + ".weight"),
-                         p(name + ".bias"), False, 0.0, 1e-5)
+        x = F.batch_norm(
+            x,
+            p(name + ".running_mean"),
+            p(name + ".running_var"),
+            p(name + ".weight"),
+            p(name + ".bias"),
+            False,
+            0.0,
+            1e-5,
+        )
         return F.relu(x) if relu else x
 
     corr = l2norm(F.relu(official.authors_correlation(l2norm(feature_a), l2norm(feature_b))))
@@ -154,10 +163,19 @@ def authors_head_state(output_dim, seed):
 
 def save_authors_checkpoint(path, state_dict, args=None, zip_format=False, **entries):
     """``torch.save`` as the authors' training script did (on GPU, PyTorch 0.3/0.4 era)."""
-    checkpoint = {"epoch": 50, "args": args, "state_dict": state_dict, "best_test_loss": np.float32(0.0123),
-                  "optimizer": {"state": {}, "param_groups": [{"lr": 2e-4, "betas": (0.9, 0.999), "eps": 1e-8,
-                                                               "weight_decay": 0, "params": [140210000000000]}]},
-                  **entries}
+    checkpoint = {
+        "epoch": 50,
+        "args": args,
+        "state_dict": state_dict,
+        "best_test_loss": np.float32(0.0123),
+        "optimizer": {
+            "state": {},
+            "param_groups": [
+                {"lr": 2e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0, "params": [140210000000000]}
+            ],
+        },
+        **entries,
+    }
     # Their storages say cuda:0: loading must map them to the CPU.
     with mock.patch.object(torch.serialization, "location_tag", lambda storage: "cuda:0"):
         torch.save(checkpoint, path, _use_new_zipfile_serialization=zip_format)
@@ -165,14 +183,27 @@ def save_authors_checkpoint(path, state_dict, args=None, zip_format=False, **ent
 
 
 def training_args(geometric_model, backbone):
-    return argparse.Namespace(geometric_model=geometric_model, feature_extraction_cnn=backbone.replace("16", ""),
-                              lr=0.0002, num_epochs=50, batch_size=16, weight_decay=0, use_mse_loss=False,
-                              training_dataset="pascal", random_sample=True, trained_models_dir="trained_models")
+    return argparse.Namespace(
+        geometric_model=geometric_model,
+        feature_extraction_cnn=backbone.replace("16", ""),
+        lr=0.0002,
+        num_epochs=50,
+        batch_size=16,
+        weight_decay=0,
+        use_mse_loss=False,
+        training_dataset="pascal",
+        random_sample=True,
+        trained_models_dir="trained_models",
+    )
 
 
 #: (backbone, geometric model, backbone key: 'model' or old 'vgg', zip serialisation)
-CASES = [("resnet101", "affine", "model", False), ("resnet101", "tps", "model", True),
-         ("vgg16", "affine", "vgg", False), ("vgg16", "tps", "model", False)]
+CASES = [
+    ("resnet101", "affine", "model", False),
+    ("resnet101", "tps", "model", True),
+    ("vgg16", "affine", "vgg", False),
+    ("vgg16", "tps", "model", False),
+]
 
 
 def case_id(case):
@@ -210,9 +241,11 @@ def authors_files(tmp_path_factory, images):
                 authors_theta(head, source, target, calibrate=True)
                 theta = authors_theta(head, source, target)
             state_dict = collections.OrderedDict(
-                [(f"FeatureExtraction.{key}.{k}", v) for k, v in state.items()] + list(head.items()))
-            path = save_authors_checkpoint(root / f"{case_id(case)}.pth.tar", state_dict,
-                                           training_args(geometric_model, backbone), zip_format)
+                [(f"FeatureExtraction.{key}.{k}", v) for k, v in state.items()] + list(head.items())
+            )
+            path = save_authors_checkpoint(
+                root / f"{case_id(case)}.pth.tar", state_dict, training_args(geometric_model, backbone), zip_format
+            )
             files[case] = path, theta
         return files[case]
 
@@ -231,7 +264,10 @@ def test_official_checkpoint_reproduces_authors_theta(case, authors_files, image
         assert (f.read(2) == b"PK") == zip_format  # zip archive vs legacy pickle stream
     model = official.load_official_checkpoint(path)
     assert (model.geometric_model, model.FeatureExtraction.name, model.oac_layout) == (
-        geometric_model, backbone, "official")
+        geometric_model,
+        backbone,
+        "official",
+    )
     assert not model.training
     assert model.FeatureRegression.oac.weight.shape == (128, 29, 29)
     assert all(b.item() == 0 for n, b in model.named_buffers() if n.endswith("num_batches_tracked"))
@@ -276,8 +312,10 @@ def test_reads_the_authors_entries(tmp_path):
     assert checkpoint["state_dict"]["FeatureRegression.weight"].device.type == "cpu"
     mapped = official.official_state_dict({"module." + k: v for k, v in checkpoint["state_dict"].items()})
     assert mapped["FeatureRegression.preconv.0.weight"].shape == (128, 29, 29)
-    torch.testing.assert_close(mapped["FeatureRegression.preconv.0.weight"][:, 3, 5],
-                               checkpoint["state_dict"]["FeatureRegression.preconv.0.weight"][:, 3 * 29 + 5, 0, 0])
+    torch.testing.assert_close(
+        mapped["FeatureRegression.preconv.0.weight"][:, 3, 5],
+        checkpoint["state_dict"]["FeatureRegression.preconv.0.weight"][:, 3 * 29 + 5, 0, 0],
+    )
 
 
 def test_wrong_arguments_and_files(tmp_path):
@@ -301,8 +339,9 @@ def test_wrong_arguments_and_files(tmp_path):
     with pytest.raises(ValueError, match="no 'FeatureRegression.preconv.0.weight'"):
         official.load_official_checkpoint(tmp_path / "b.pth.tar")
     with pytest.raises(SystemExit, match="convert-official: .*geometric_model"):
-        cli._run_convert_official(argparse.Namespace(src=str(path), dst=str(tmp_path / "out"),
-                                                     geometric_model="tps", backbone=None))
+        cli._run_convert_official(
+            argparse.Namespace(src=str(path), dst=str(tmp_path / "out"), geometric_model="tps", backbone=None)
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -330,18 +369,21 @@ class CustomPayload:
         return create_marker, (str(self.marker),)
 
 
-@pytest.mark.parametrize("payload, refused", [(ShellPayload, "system"), (CustomPayload, "create_marker")],
-                         ids=["os.system", "custom-global"])
+@pytest.mark.parametrize(
+    "payload, refused", [(ShellPayload, "system"), (CustomPayload, "create_marker")], ids=["os.system", "custom-global"]
+)
 @pytest.mark.parametrize("zip_format", [False, True], ids=["legacy", "zip"])
 def test_disallowed_global_is_refused_and_never_runs(payload, refused, zip_format, tmp_path):
     marker = tmp_path / "marker"
-    path = save_authors_checkpoint(tmp_path / "evil.pth.tar", tiny_state(), training_args("affine", "vgg16"),
-                                   zip_format, extra=payload(marker))
+    path = save_authors_checkpoint(
+        tmp_path / "evil.pth.tar", tiny_state(), training_args("affine", "vgg16"), zip_format, extra=payload(marker)
+    )
     with pytest.raises(pickle.UnpicklingError, match=f"refused to load .*{refused}.*allow-list"):
         official.load_official_checkpoint(path)
     with pytest.raises(SystemExit, match="refused"):
-        cli._run_convert_official(argparse.Namespace(src=str(path), dst=str(tmp_path / "out"),
-                                                     geometric_model=None, backbone=None))
+        cli._run_convert_official(
+            argparse.Namespace(src=str(path), dst=str(tmp_path / "out"), geometric_model=None, backbone=None)
+        )
     assert not marker.exists()
     assert not (tmp_path / "out").exists()
     # The payload is live: the unrestricted load that the loader never does creates the marker.

@@ -52,9 +52,22 @@ def _env(**extra) -> dict:
 def quick_run(tmp_path_factory):
     csv_path = tmp_path_factory.mktemp("bench") / "results.csv"
     proc = subprocess.run(
-        [sys.executable, str(PERF / "bench_ops.py"), "--device", "cpu", "--quick", "--threads", "1",
-         "--csv", str(csv_path)],
-        capture_output=True, text=True, timeout=300, cwd=REPO, env=_env(),
+        [
+            sys.executable,
+            str(PERF / "bench_ops.py"),
+            "--device",
+            "cpu",
+            "--quick",
+            "--threads",
+            "1",
+            "--csv",
+            str(csv_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=_env(),
     )
     return proc, csv_path
 
@@ -64,8 +77,12 @@ def test_bench_ops_cpu_quick_prints_figures(quick_run):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "cpu (" in proc.stdout and "threads)" in proc.stdout
-    for header in ("correlation B2-C512-H15-W15 fp32", "offset_aware_correlation B2-O128-H15-W15 fp32",
-                   "correlation_oac B2-C512-O128-H15-W15 fp32", "attention_pool B2-C128-H9-W9 fp32"):
+    for header in (
+        "correlation B2-C512-H15-W15 fp32",
+        "offset_aware_correlation B2-O128-H15-W15 fp32",
+        "correlation_oac B2-C512-O128-H15-W15 fp32",
+        "attention_pool B2-C128-H9-W9 fp32",
+    ):
         assert header in proc.stdout, out
     assert "summary (geometric mean over shapes):" in proc.stdout
     assert "authors" in proc.stdout.split("summary (geometric mean over shapes):")[1]  # the OAC's baseline
@@ -121,14 +138,41 @@ def test_plot_results_gpu_rows(tmp_path):
     pytest.importorskip("matplotlib")
     plot_results = _load("plot_results")
     info = H.RunInfo("NVIDIA Test GPU", "2.11.0", "3.6.0", "abc123", "2026-01-01T00:00:00Z")
-    rows = [info.row(op="peak", **{"pass": "matmul"}, shape="M8192-N8192-K8192", dtype=d, provider="torch",
-                     timer="do_bench", ms_p20=1, ms_p50=1, ms_p80=1, gflop=g)
-            for d, g in (("tf32", 400), ("bf16", 800))]
-    rows.append(info.row(op="peak", **{"pass": "copy"}, shape="N1", dtype="fp32", provider="torch", timer="do_bench",
-                         ms_p20=1, ms_p50=1, ms_p80=1, gbyte=3))
+    rows = [
+        info.row(
+            op="peak",
+            **{"pass": "matmul"},
+            shape="M8192-N8192-K8192",
+            dtype=d,
+            provider="torch",
+            timer="do_bench",
+            ms_p20=1,
+            ms_p50=1,
+            ms_p80=1,
+            gflop=g,
+        )
+        for d, g in (("tf32", 400), ("bf16", 800))
+    ]
+    rows.append(
+        info.row(
+            op="peak",
+            **{"pass": "copy"},
+            shape="N1",
+            dtype="fp32",
+            provider="torch",
+            timer="do_bench",
+            ms_p20=1,
+            ms_p50=1,
+            ms_p80=1,
+            gbyte=3,
+        )
+    )
     speed = {"triton": 1.0, "reference": 3.0, "reference-compiled": 2.0, "authors": 9.0}
-    for op, shape in (("correlation", "B32-C1024-H{h}-W{h}"), ("offset_aware_correlation", "B32-O128-H{h}-W{h}"),
-                      ("attention_pool", "B32-C128-H{h}-W{h}")):
+    for op, shape in (
+        ("correlation", "B32-C1024-H{h}-W{h}"),
+        ("offset_aware_correlation", "B32-O128-H{h}-W{h}"),
+        ("attention_pool", "B32-C128-H{h}-W{h}"),
+    ):
         for h in (15, 30):
             for pass_ in ("fwd", "bwd", "fwd+bwd"):
                 for provider, k in speed.items():
@@ -136,15 +180,52 @@ def test_plot_results_gpu_rows(tmp_path):
                         continue
                     for timer in ("do_bench", "cudagraph"):
                         ms = k * h / 15 * (0.5 if timer == "cudagraph" else 1.0)
-                        rows.append(info.row(op=op, **{"pass": pass_}, shape=shape.format(h=h), dtype="bf16",
-                                             provider=provider, timer=timer, ms_p20=ms, ms_p50=ms, ms_p80=ms,
-                                             peak_mb=10 * k, gflop=1.0, gbyte=0.1, rel_err=1e-3))
+                        rows.append(
+                            info.row(
+                                op=op,
+                                **{"pass": pass_},
+                                shape=shape.format(h=h),
+                                dtype="bf16",
+                                provider=provider,
+                                timer=timer,
+                                ms_p20=ms,
+                                ms_p50=ms,
+                                ms_p80=ms,
+                                peak_mb=10 * k,
+                                gflop=1.0,
+                                gbyte=0.1,
+                                rel_err=1e-3,
+                            )
+                        )
     for provider, step in (("triton", 100.0), ("reference", 150.0)):
         for pass_, ms in (("step", step), ("head", step - 80)):
-            rows.append(info.row(op="a2net_train_step", **{"pass": pass_}, shape="resnet101-B32-240x240", dtype="tf32",
-                                 provider=provider, timer="do_bench", ms_p20=ms, ms_p50=ms, ms_p80=ms, peak_mb=900))
-    rows.append(info.row(op="a2net_train_step", **{"pass": "backbone"}, shape="resnet101-B32-240x240", dtype="tf32",
-                         provider="torch", timer="do_bench", ms_p20=80, ms_p50=80, ms_p80=80))
+            rows.append(
+                info.row(
+                    op="a2net_train_step",
+                    **{"pass": pass_},
+                    shape="resnet101-B32-240x240",
+                    dtype="tf32",
+                    provider=provider,
+                    timer="do_bench",
+                    ms_p20=ms,
+                    ms_p50=ms,
+                    ms_p80=ms,
+                    peak_mb=900,
+                )
+            )
+    rows.append(
+        info.row(
+            op="a2net_train_step",
+            **{"pass": "backbone"},
+            shape="resnet101-B32-240x240",
+            dtype="tf32",
+            provider="torch",
+            timer="do_bench",
+            ms_p20=80,
+            ms_p50=80,
+            ms_p80=80,
+        )
+    )
     csv_path = tmp_path / "results.csv"
     H.append_rows(csv_path, rows)
     written = plot_results.generate(csv_path, tmp_path)
@@ -189,8 +270,27 @@ def test_bench_model_cpu_rows(tmp_path, monkeypatch):
     csv_path = tmp_path / "model.csv"
     threads = torch.get_num_threads()
     try:
-        code = bench_model.main(["--device", "cpu", "--quick", "--image", "128", "--batch", "2", "--settings", "paper",
-                                 "--threads", "1", "--warmup-ms", "0", "--rep-ms", "1", "--csv", str(csv_path)])
+        code = bench_model.main(
+            [
+                "--device",
+                "cpu",
+                "--quick",
+                "--image",
+                "128",
+                "--batch",
+                "2",
+                "--settings",
+                "paper",
+                "--threads",
+                "1",
+                "--warmup-ms",
+                "0",
+                "--rep-ms",
+                "1",
+                "--csv",
+                str(csv_path),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     assert code == 0
@@ -218,8 +318,12 @@ def test_tuned_table_round_trip(tmp_path, monkeypatch):
     sizes = {"B": 32, "O": 128, "S": 225, "T": 225, "dtype": "float32"}
     key = tuning.table_key(sizes)
     assert key == "B=32,O=128,S=256,T=256,dtype=float32"
-    entry = {"kwargs": {"BLOCK_O": 128, "BLOCK_D": 32, "BLOCK_T": 16, "BLOCK_B": 8}, "num_warps": 8, "num_stages": 3,
-             "ms": 0.01}
+    entry = {
+        "kwargs": {"BLOCK_O": 128, "BLOCK_D": 32, "BLOCK_T": 16, "BLOCK_B": 8},
+        "num_warps": 8,
+        "num_stages": 3,
+        "ms": 0.01,
+    }
     merged = autotune.write_table(path, {name: {"sm_fake": {key: entry}}})
     assert set(merged[name]) == {"sm_80", "sm_fake"}  # the other arch is kept
     assert json.loads(path.read_text()) == merged
@@ -257,8 +361,14 @@ def test_autotune_refuses_without_cuda(tmp_path):
     table = tmp_path / "t.json"
     env = _env()
     env.pop("TRITON_INTERPRET", None)
-    proc = subprocess.run([sys.executable, str(PERF / "autotune.py"), "--table", str(table)],
-                          capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(PERF / "autotune.py"), "--table", str(table)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=env,
+    )
     assert proc.returncode != 0
     assert "needs a CUDA device" in proc.stderr
     assert not table.exists()
@@ -272,10 +382,12 @@ def test_autotune_checks_every_config_of_every_kernel(triton_backend):
         pytest.skip("runs in the Triton interpreter")
     autotune = _load("autotune")
     store: dict = {}
-    shapes = {"correlation": {"B": 2, "C": 8, "H": 4, "W": 5},
-              "offset_aware_correlation": {"B": 3, "O": 16, "H": 5, "W": 6},
-              "correlation_oac": {"B": 2, "C": 8, "O": 16, "H": 4, "W": 5},
-              "attention_pool": {"B": 2, "C": 40, "H": 3, "W": 5}}
+    shapes = {
+        "correlation": {"B": 2, "C": 8, "H": 4, "W": 5},
+        "offset_aware_correlation": {"B": 3, "O": 16, "H": 5, "W": 6},
+        "correlation_oac": {"B": 2, "C": 8, "O": 16, "H": 4, "W": 5},
+        "attention_pool": {"B": 2, "C": 40, "H": 3, "W": 5},
+    }
     for name, shape in shapes.items():
         spec = op_specs.OPS[name]
         inputs = spec.make(shape, torch.float32, DEVICE, torch.Generator(device=DEVICE).manual_seed(0), all_grads=True)
@@ -283,10 +395,19 @@ def test_autotune_checks_every_config_of_every_kernel(triton_backend):
             out = spec.providers["triton"](inputs, "ieee")
             torch.autograd.grad(out, [v for v in inputs.values() if v.requires_grad], torch.randn_like(out))
     names = {name for name, _ in store}
-    assert {"correlation_fwd", "correlation_bwd_features", "offset_aware_correlation_fwd",
-            "offset_aware_correlation_bwd_corr", "offset_aware_correlation_bwd_weight",
-            "offset_aware_correlation_bwd_bias", "correlation_oac_fwd", "correlation_oac_bwd_weight",
-            "correlation_oac_bwd_corr", "attention_pool_fwd", "attention_pool_bwd"} <= names, names
+    assert {
+        "correlation_fwd",
+        "correlation_bwd_features",
+        "offset_aware_correlation_fwd",
+        "offset_aware_correlation_bwd_corr",
+        "offset_aware_correlation_bwd_weight",
+        "offset_aware_correlation_bwd_bias",
+        "correlation_oac_fwd",
+        "correlation_oac_bwd_weight",
+        "correlation_oac_bwd_corr",
+        "attention_pool_fwd",
+        "attention_pool_bwd",
+    } <= names, names
     for (name, key), launch in store.items():
         configs = autotune.candidate_configs(launch.kernel, launch.args)
         checker = autotune.Checker(launch, configs[0])
@@ -311,15 +432,24 @@ def test_autotune_checker_rejects_a_wrong_config():
         m = (o < n - 1) if SKIP_LAST else (o < n)
         tl.store(p_out + o, tl.load(p_x + o, mask=m) * 2.0, mask=m)
 
-    configs = [triton.Config({"BLOCK": 16, "SKIP_LAST": False}, num_warps=1),
-               triton.Config({"BLOCK": 32, "SKIP_LAST": False}, num_warps=1),
-               triton.Config({"BLOCK": 16, "SKIP_LAST": True}, num_warps=1)]
+    configs = [
+        triton.Config({"BLOCK": 16, "SKIP_LAST": False}, num_warps=1),
+        triton.Config({"BLOCK": 32, "SKIP_LAST": False}, num_warps=1),
+        triton.Config({"BLOCK": 16, "SKIP_LAST": True}, num_warps=1),
+    ]
     kernel = tuning.autotune(configs, key=["n"])(scale_kernel)
     x = torch.randn(40, device=DEVICE)
     out = torch.empty_like(x)
     args = {"p_x": x, "p_out": out, "n": 40}
-    launch = autotune.Launch("scale", kernel, lambda meta: (triton.cdiv(40, meta["BLOCK"]),), {"n": 40}, args, "n=64",
-                             before={"p_x": x.clone(), "p_out": out.clone()})
+    launch = autotune.Launch(
+        "scale",
+        kernel,
+        lambda meta: (triton.cdiv(40, meta["BLOCK"]),),
+        {"n": 40},
+        args,
+        "n=64",
+        before={"p_x": x.clone(), "p_out": out.clone()},
+    )
     checker = autotune.Checker(launch, configs[0])
     assert list(checker.expected) == ["p_out"] and checker.poison
     assert checker.check(configs[1]) is None
@@ -333,20 +463,37 @@ def test_autotune_checker_rejects_a_wrong_config():
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_check_dry_run(tmp_path):
-    proc = subprocess.run(["bash", str(PERF / "gpu_check.sh"), "--dry-run"], capture_output=True, text=True,
-                          timeout=120, cwd=REPO, env=_env(PYTHON=sys.executable, OUT_DIR=str(tmp_path)))
+    proc = subprocess.run(
+        ["bash", str(PERF / "gpu_check.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=_env(PYTHON=sys.executable, OUT_DIR=str(tmp_path)),
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = proc.stdout.split("=== gpu_check summary")[1]
     for stage in ("tests (cuda)", "autotune", "bench_ops", "bench_model", "kernel_report"):
         assert stage in summary
-    for command in ("A2NET_TEST_DEVICE=cuda", "perf/autotune.py", "perf/bench_ops.py --device cuda",
-                    "perf/bench_model.py --device cuda", "perf/kernel_report.py"):
+    for command in (
+        "A2NET_TEST_DEVICE=cuda",
+        "perf/autotune.py",
+        "perf/bench_ops.py --device cuda",
+        "perf/bench_model.py --device cuda",
+        "perf/kernel_report.py",
+    ):
         assert command in proc.stdout
     assert (tmp_path / "gpu_check_summary.txt").exists() and (tmp_path / "gpu_check.tar.gz").exists()
 
 
 @pytest.mark.skipif(shutil.which("bash") is None or torch.cuda.is_available(), reason="needs bash and no GPU")
 def test_gpu_check_refuses_without_cuda():
-    proc = subprocess.run(["bash", str(PERF / "gpu_check.sh")], capture_output=True, text=True, timeout=120,
-                          cwd=REPO, env=_env(PYTHON=sys.executable))
+    proc = subprocess.run(
+        ["bash", str(PERF / "gpu_check.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=_env(PYTHON=sys.executable),
+    )
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr

@@ -71,7 +71,8 @@ def test_feature_l2norm_matches_loop():
 
 
 @pytest.mark.parametrize(
-    "flags", [(True, True, True), (False, False, False), (True, False, True), (False, True, False)],
+    "flags",
+    [(True, True, True), (False, False, False), (True, False, True), (False, True, False)],
     ids=lambda f: "nf{}-relu{}-nm{}".format(*map(int, f)),
 )
 @pytest.mark.parametrize("size", SIZES, ids=size_id)
@@ -116,8 +117,9 @@ def test_official_layout_is_a_source_axis_swap():
     tgt = torch.randn(2, 6, h, h, dtype=torch.float64, generator=g)
     weight = torch.randn(3, 2 * h - 1, 2 * h - 1, dtype=torch.float64, generator=g)
     bias = torch.randn(3, dtype=torch.float64, generator=g)
-    theirs_corr = reference.feature_l2norm(torch.relu(authors_correlation(
-        reference.feature_l2norm(src), reference.feature_l2norm(tgt))))
+    theirs_corr = reference.feature_l2norm(
+        torch.relu(authors_correlation(reference.feature_l2norm(src), reference.feature_l2norm(tgt)))
+    )
     theirs = authors_offset_aware_correlation(theirs_corr, weight, bias)
     ours_corr = reference.correlation(src.transpose(2, 3), tgt)
     torch.testing.assert_close(ours_corr, theirs_corr)
@@ -168,24 +170,49 @@ def f32(*shape):
         (lambda: reference.correlation(f32(2, 3, 4), f32(2, 3, 4, 4)), r"source: expected a 4-D tensor, got 3-D"),
         (lambda: reference.correlation(f32(2, 3, 4, 4), f32(1, 3, 4, 4)), r"target: expected batch size .* = 2, got 1"),
         (lambda: reference.correlation(f32(2, 3, 4, 4), f32(2, 5, 4, 4)), r"target: expected channels .* = 3, got 5"),
-        (lambda: reference.correlation(f32(2, 3, 4, 4), f32(2, 3, 4, 4).double()),
-         r"target: expected dtype torch.float32"),
+        (
+            lambda: reference.correlation(f32(2, 3, 4, 4), f32(2, 3, 4, 4).double()),
+            r"target: expected dtype torch.float32",
+        ),
         (lambda: reference.correlation(f32(2, 3, 4, 4), f32(2, 3, 4, 4).to("meta")), r"target: expected device cpu"),
-        (lambda: reference.offset_aware_correlation(f32(1, 12, 3, 4), f32(2, 6, 7), None, (3, 4)),
-         r"weight: expected offset grid .* = \(5, 7\) .* got \(6, 7\)"),
-        (lambda: reference.offset_aware_correlation(f32(1, 11, 3, 4), f32(2, 5, 7), None, (3, 4)),
-         r"corr: expected source positions Hs\*Ws .* = 12, got 11"),
-        (lambda: reference.offset_aware_correlation(f32(1, 12, 3, 4), f32(2, 5, 7), f32(3), (3, 4)),
-         r"bias: expected output channels O of weight .* = 2, got 3"),
-        (lambda: reference.attention_pool(f32(2, 2, 3, 3), f32(2, 4, 3, 3)),
-         r"logits: expected channels .* = 1, got 2"),
-        (lambda: reference.attention_pool(f32(2, 1, 3, 3), f32(2, 4, 3, 2)),
-         r"values: expected batch and spatial size"),
-        (lambda: reference.attention_pool(f32(2, 1, 3, 3), torch.zeros(2, 4, 3, 3, dtype=torch.long)),
-         r"values: expected a floating-point tensor"),
+        (
+            lambda: reference.offset_aware_correlation(f32(1, 12, 3, 4), f32(2, 6, 7), None, (3, 4)),
+            r"weight: expected offset grid .* = \(5, 7\) .* got \(6, 7\)",
+        ),
+        (
+            lambda: reference.offset_aware_correlation(f32(1, 11, 3, 4), f32(2, 5, 7), None, (3, 4)),
+            r"corr: expected source positions Hs\*Ws .* = 12, got 11",
+        ),
+        (
+            lambda: reference.offset_aware_correlation(f32(1, 12, 3, 4), f32(2, 5, 7), f32(3), (3, 4)),
+            r"bias: expected output channels O of weight .* = 2, got 3",
+        ),
+        (
+            lambda: reference.attention_pool(f32(2, 2, 3, 3), f32(2, 4, 3, 3)),
+            r"logits: expected channels .* = 1, got 2",
+        ),
+        (
+            lambda: reference.attention_pool(f32(2, 1, 3, 3), f32(2, 4, 3, 2)),
+            r"values: expected batch and spatial size",
+        ),
+        (
+            lambda: reference.attention_pool(f32(2, 1, 3, 3), torch.zeros(2, 4, 3, 3, dtype=torch.long)),
+            r"values: expected a floating-point tensor",
+        ),
     ],
-    ids=["rank", "batch", "channels", "dtype", "device", "oac-weight", "oac-corr",
-         "oac-bias", "att-logits", "att-values", "att-dtype"],
+    ids=[
+        "rank",
+        "batch",
+        "channels",
+        "dtype",
+        "device",
+        "oac-weight",
+        "oac-corr",
+        "oac-bias",
+        "att-logits",
+        "att-values",
+        "att-dtype",
+    ],
 )
 def test_bad_input_names_the_argument(call, match):
     with pytest.raises(ValueError, match=match):

@@ -20,8 +20,24 @@ from a2net.model import build_model, normalize_images
 
 ROOT = Path(__file__).resolve().parents[1]
 # A tiny run: 112 px (7x7 feature maps), 2 pairs per step, sharp small resize.
-TINY = ["--backbone", "small_cnn", "--image-size", "112", "--resize", "96", "128", "--batch-size", "2",
-        "--lr", "1e-3", "--data", "bundled:training", "--threads", "1", "--no-progress"]
+TINY = [
+    "--backbone",
+    "small_cnn",
+    "--image-size",
+    "112",
+    "--resize",
+    "96",
+    "128",
+    "--batch-size",
+    "2",
+    "--lr",
+    "1e-3",
+    "--data",
+    "bundled:training",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 
 
 def _options(**overrides):
@@ -41,12 +57,19 @@ def test_presets_and_explicit_options():
     demo = train.resolve_options(parser.parse_args(["--preset", "demo"]), None)
     assert demo["backbone"] == "small_cnn" and demo["fine_tune_backbone"] and demo["max_steps"] > 0
     assert tuple(demo["resize"]) == synthetic.matched_resize(demo["image_size"])
-    override = train.resolve_options(parser.parse_args(["--preset", "demo", "--lr", "0.5", "--no-fine-tune-backbone"]),
-                                     None)
+    override = train.resolve_options(
+        parser.parse_args(["--preset", "demo", "--lr", "0.5", "--no-fine-tune-backbone"]), None
+    )
     assert override["lr"] == 0.5 and not override["fine_tune_backbone"] and override["image_size"] == 176
     paper = train.resolve_options(parser.parse_args(["--preset", "paper"]), None)
-    assert (paper["backbone"], paper["backbone_weights"], paper["image_size"], paper["batch_size"], paper["lr"],
-            paper["epochs"]) == ("resnet101", "imagenet", 240, 32, 2e-4, 50)
+    assert (
+        paper["backbone"],
+        paper["backbone_weights"],
+        paper["image_size"],
+        paper["batch_size"],
+        paper["lr"],
+        paper["epochs"],
+    ) == ("resnet101", "imagenet", 240, 32, 2e-4, 50)
     with pytest.raises(ValueError, match="--data"):
         train._check(paper)  # PASCAL VOC must be given
     stored = {"options": dict(demo), "preset": "demo"}
@@ -60,8 +83,12 @@ def test_presets_and_explicit_options():
 
 def test_a_few_steps_lower_the_loss_and_fill_the_output_dir(tmp_path):
     options = _options(max_steps=24, checkpoint_every=10, seed=3, image_size=128, batch_size=4)
-    heldout = synthetic.collate_pairs([synthetic.SyntheticPairDataset("bundled:training", "affine", 128,
-                                                                      resize=(96, 128), seed=99)[k] for k in range(16)])
+    heldout = synthetic.collate_pairs(
+        [
+            synthetic.SyntheticPairDataset("bundled:training", "affine", 128, resize=(96, 128), seed=99)[k]
+            for k in range(16)
+        ]
+    )
 
     def loss_of(model):
         # batch statistics: after 24 steps the BN running averages still lag the moving weights
@@ -70,8 +97,9 @@ def test_a_few_steps_lower_the_loss_and_fill_the_output_dir(tmp_path):
             theta = model(normalize_images(heldout["source"]), normalize_images(heldout["target"]))
         return geometry.transformed_grid_loss(theta, heldout["theta"]).item()
 
-    initial = build_model({"geometric_model": "affine", "backbone": "small_cnn", "image_size": [128, 128]},
-                          backbone_seed=0)
+    initial = build_model(
+        {"geometric_model": "affine", "backbone": "small_cnn", "image_size": [128, 128]}, backbone_seed=0
+    )
     result = train.train(options, tmp_path, progress=False, log=lambda *_: None)
     assert result["step"] == 24
     trained = ckpt.load_model(tmp_path / "last")
@@ -86,8 +114,18 @@ def test_a_few_steps_lower_the_loss_and_fill_the_output_dir(tmp_path):
 
 
 def _command(output_dir, *extra):
-    return [sys.executable, "-m", "a2net", "train", *TINY, "--checkpoint-every", "2", "--output-dir", str(output_dir),
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "a2net",
+        "train",
+        *TINY,
+        "--checkpoint-every",
+        "2",
+        "--output-dir",
+        str(output_dir),
+        *extra,
+    ]
 
 
 def _run(command):
@@ -104,8 +142,9 @@ def _checkpoint_step(directory):
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_command(killed, "--max-steps", "10000"), cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        _command(killed, "--max-steps", "10000"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 240
     while _checkpoint_step(killed) < 4:
         assert process.poll() is None, process.stderr.read().decode()
@@ -143,12 +182,23 @@ def test_resume_refuses_to_change_the_run(tmp_path):
     train.train(_options(max_steps=2, checkpoint_every=2), tmp_path, progress=False, log=lambda *_: None)
     parser = argparse.ArgumentParser()
     cli._add_train_arguments(parser)
-    args = parser.parse_args(TINY + ["--output-dir", str(tmp_path), "--resume", "--max-steps", "3",
-                                     "--image-size", "128"])
+    args = parser.parse_args(
+        TINY + ["--output-dir", str(tmp_path), "--resume", "--max-steps", "3", "--image-size", "128"]
+    )
     with pytest.raises(ValueError, match="--image-size"):
         cli._run_train(args)
-    args = parser.parse_args(["--output-dir", str(tmp_path), "--resume", "--max-steps", "3", "--no-progress",
-                              "--threads", str(torch.get_num_threads())])
+    args = parser.parse_args(
+        [
+            "--output-dir",
+            str(tmp_path),
+            "--resume",
+            "--max-steps",
+            "3",
+            "--no-progress",
+            "--threads",
+            str(torch.get_num_threads()),
+        ]
+    )
     assert cli._run_train(args) == 0
     assert [r["step"] for r in _metrics(tmp_path)] == [1, 2, 3]
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
@@ -157,7 +207,8 @@ def test_resume_refuses_to_change_the_run(tmp_path):
 
 def test_epochs_set_the_steps(tmp_path):
     n = len(synthetic.bundled_photos("training"))
-    result = train.train(_options(epochs=f"{4 / n}", checkpoint_every=100), tmp_path, progress=False,
-                         log=lambda *_: None)
+    result = train.train(
+        _options(epochs=f"{4 / n}", checkpoint_every=100), tmp_path, progress=False, log=lambda *_: None
+    )
     assert result["step"] == 2  # 4 images / batch 2
     assert os.path.isfile(tmp_path / "last" / "model.safetensors")

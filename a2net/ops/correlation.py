@@ -37,9 +37,7 @@ def _correlation_op(
     from a2net.kernels.correlation import correlation_fwd
 
     TRITON_CALLS["correlation"] += 1
-    return correlation_fwd(
-        source, target, normalize_features, relu, normalize_matches, input_precision, reference.EPS
-    )
+    return correlation_fwd(source, target, normalize_features, relu, normalize_matches, input_precision, reference.EPS)
 
 
 @_correlation_op.register_fake

@@ -82,16 +82,42 @@ def _correlation_oac_backward_op(
 
     TRITON_CALLS["correlation_oac_backward"] += 1
     return correlation_oac_bwd(
-        grad, source, target, weight, bias, out, inv_source, inv_target, inv_match,
-        normalize_features, input_precision, need_source, need_target, need_weight, need_bias,
-    )  # fmt: skip
+        grad,
+        source,
+        target,
+        weight,
+        bias,
+        out,
+        inv_source,
+        inv_target,
+        inv_match,
+        normalize_features,
+        input_precision,
+        need_source,
+        need_target,
+        need_weight,
+        need_bias,
+    )  #
 
 
 @_correlation_oac_backward_op.register_fake
 def _correlation_oac_backward_fake(
-    grad, source, target, weight, bias, out, inv_source, inv_target, inv_match,
-    normalize_features, input_precision, need_source, need_target, need_weight, need_bias,
-):  # fmt: skip
+    grad,
+    source,
+    target,
+    weight,
+    bias,
+    out,
+    inv_source,
+    inv_target,
+    inv_match,
+    normalize_features,
+    input_precision,
+    need_source,
+    need_target,
+    need_weight,
+    need_bias,
+):  #
     return (
         source.new_empty(source.shape if need_source else (0,)),
         target.new_empty(target.shape if need_target else (0,)),
