@@ -21,10 +21,18 @@ fsynced), then swaps it in with two renames (``last`` -> ``.last.old``, new -> `
 removes the old one; a crash between the renames leaves ``.last.old``, which the loaders use when
 ``last`` is missing. A kill at any instant leaves a loadable checkpoint (the new or the previous).
 The fsynced writes are those of :mod:`a2net.fileio`.
+
+**Integrity.** The safetensors metadata holds the SHA-256 of the weights; loading recomputes it,
+so a flipped bit anywhere in the file is reported as corruption (files saved before the
+checksum existed, such as the embedded demo, are checked without it). Loading also refuses
+non-finite weights, tensors whose shapes differ from those the stored config builds, and a
+``state.json`` that is not the JSON this module writes, each time naming the file
+(:class:`a2net.errors.InputError`; a missing checkpoint is :class:`a2net.errors.InputNotFoundError`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -33,6 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from a2net.errors import InputError, InputNotFoundError
 from a2net.fileio import fsync_dir, write_synced
 from a2net.model import BACKBONES, backbone_sha256, build_model
 
@@ -53,6 +62,7 @@ FORMAT = "a2net-checkpoint-1"
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "demo_affine.safetensors"
 MODEL_FILE, STATE_FILE, OPTIMIZER_FILE = "model.safetensors", "state.json", "optimizer.pt"
 _METADATA_KEY = "a2net_state"
+_CHECKSUM_KEY = "a2net_sha256"
 #: A frozen random backbone smaller than this is stored anyway (robust to PyTorch's initialisation).
 SEEDED_BACKBONE_MIN_BYTES = 8 * 2**20
 _RESERVED = ("format", "step", "config", "backbone", "torch_version")
@@ -68,6 +78,16 @@ def _head_state(model: nn.Module, skip_backbone: bool) -> dict[str, torch.Tensor
         state = {k: v for k, v in state.items() if not k.startswith("FeatureExtraction.")}
     # safetensors refuses shared or non-contiguous storage: every tensor its own contiguous copy
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def _weights_sha256(weights: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        t = weights[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 def _backbone_record(model: nn.Module, store_backbone: bool | None) -> dict:
@@ -148,7 +168,7 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     weights = _head_state(model, skip_backbone=not backbone["stored"])
-    blob = safetensors_save(weights, metadata={_METADATA_KEY: text})
+    blob = safetensors_save(weights, metadata={_METADATA_KEY: text, _CHECKSUM_KEY: _weights_sha256(weights)})
     write_synced(tmp / MODEL_FILE, lambda f: f.write(blob))
     if optimizer is not None:
         write_synced(tmp / OPTIMIZER_FILE, lambda f: torch.save(optimizer.state_dict(), f))
@@ -184,7 +204,7 @@ def resolve_checkpoint(path) -> Path:
     path = Path(path)
     if path.suffix == ".safetensors" and path.name != MODEL_FILE:
         if not path.is_file():
-            raise FileNotFoundError(f"path: no such checkpoint file {str(path)!r}")
+            raise InputNotFoundError(f"path: no such checkpoint file {str(path)!r}")
         return path
     directory = path.parent if path.name == MODEL_FILE else path
     if (directory / MODEL_FILE).is_file() and (directory / STATE_FILE).is_file():
@@ -192,40 +212,101 @@ def resolve_checkpoint(path) -> Path:
     old = directory.with_name(f".{directory.name}.old")
     if not directory.exists() and (old / MODEL_FILE).is_file() and (old / STATE_FILE).is_file():
         return old  # a crash between the two renames of save_checkpoint
-    raise FileNotFoundError(
+    if not directory.exists():
+        found = "it does not exist"
+    elif not directory.is_dir():
+        found = "it is not a directory"
+    else:
+        names = sorted(p.name for p in directory.iterdir())
+        found = f"it holds {names[:5]}" if names else "it is empty"
+    raise InputNotFoundError(
         f"path: no checkpoint at {str(path)!r} (expected a directory with {MODEL_FILE} and "
-        f"{STATE_FILE}, or a .safetensors file)"
+        f"{STATE_FILE}, or a .safetensors file; {found})"
     )
+
+
+def _check_state(state, where: str) -> dict:
+    """``state`` is what :func:`save_checkpoint` writes, or an :class:`InputError` naming ``where``."""
+    if not isinstance(state, dict):
+        raise InputError(f"checkpoint: {where} is corrupted: expected a JSON object, got {type(state).__name__}")
+    if state.get("format") != FORMAT:
+        raise InputError(
+            f"checkpoint: expected an {FORMAT!r} checkpoint, got format {state.get('format')!r} in {where}"
+        )
+    backbone = state.get("backbone")
+    problems = []
+    if isinstance(state.get("step"), bool) or not isinstance(state.get("step"), int) or state["step"] < 0:
+        problems.append(f"step {state.get('step')!r} (expected an int >= 0)")
+    if not isinstance(state.get("config"), dict):
+        problems.append(f"config {state.get('config')!r} (expected an object)")
+    if (
+        not isinstance(backbone, dict)
+        or not isinstance(backbone.get("stored"), bool)
+        or not isinstance(backbone.get("sha256"), str)
+        or not (backbone.get("seed") is None or isinstance(backbone.get("seed"), int))
+    ):
+        problems.append(f"backbone {backbone!r} (expected {{'stored': bool, 'seed': int or null, 'sha256': str}})")
+    if problems:
+        raise InputError(f"checkpoint: {where} is corrupted: " + "; ".join(problems))
+    return state
+
+
+def _parse_state(text, where: str) -> dict:
+    try:
+        return _check_state(json.loads(text), where)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"checkpoint: {where} is corrupted (not JSON: {err})") from None
 
 
 def _read(path) -> tuple[Path, dict, Path]:
     """``(resolved, state, model file)``."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     resolved = resolve_checkpoint(path)
     if resolved.is_dir():
         model_file = resolved / MODEL_FILE
-        state = json.loads((resolved / STATE_FILE).read_text())
+        state_file = resolved / STATE_FILE
+        state = _parse_state(state_file.read_bytes(), repr(str(state_file)))
     else:
         model_file = resolved
-        with safe_open(str(resolved), framework="pt") as f:
-            metadata = f.metadata() or {}
+        try:
+            with safe_open(str(resolved), framework="pt") as f:
+                metadata = f.metadata() or {}
+        except (SafetensorError, OSError) as err:
+            raise InputError(f"checkpoint: {str(resolved)!r} is corrupted or truncated ({err})") from None
         if _METADATA_KEY not in metadata:
-            raise ValueError(
+            raise InputError(
                 f"path: {str(resolved)!r} is a safetensors file without a2net's state in its metadata; "
                 "pass the checkpoint directory instead"
             )
-        state = json.loads(metadata[_METADATA_KEY])
-    if state.get("format") != FORMAT:
-        raise ValueError(
-            f"path: expected an {FORMAT!r} checkpoint, got format {state.get('format')!r} in {str(resolved)!r}"
-        )
+        state = _parse_state(metadata[_METADATA_KEY], f"the metadata of {str(resolved)!r}")
     return resolved, state, model_file
 
 
-def _restore_weights(model: nn.Module, state: dict, model_file: Path, map_location) -> None:
-    from safetensors.torch import load_file
+def _read_weights(model_file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a model file, checked: readable, its checksum (when stored), all finite."""
+    from safetensors import SafetensorError, safe_open
 
+    where = repr(str(model_file))
+    try:
+        with safe_open(str(model_file), framework="pt") as f:
+            metadata = f.metadata() or {}
+            weights = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"checkpoint: {where} is corrupted or truncated ({err})") from None
+    expected = metadata.get(_CHECKSUM_KEY)
+    if expected is not None and _weights_sha256(weights) != expected:
+        raise InputError(
+            f"checkpoint: {where} is corrupted: its tensors do not match the SHA-256 stored when it was saved"
+        )
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            bad = int(tensor.numel() - tensor.isfinite().sum())
+            raise InputError(f"checkpoint: {where} is corrupted: tensor {name!r} has {bad} NaN/inf values")
+    return weights
+
+
+def _restore_weights(model: nn.Module, state: dict, model_file: Path) -> None:
     backbone = state["backbone"]
     if not backbone["stored"]:
         sha = backbone_sha256(model)
@@ -237,12 +318,22 @@ def _restore_weights(model: nn.Module, state: dict, model_file: Path, map_locati
                 "the trained head would see other features. Retrain (a2net train) with this version, or install "
                 f"torch {state.get('torch_version')}."
             )
-    weights = load_file(str(model_file), device=str(map_location) if map_location is not None else "cpu")
+    weights = _read_weights(model_file)
+    own = model.state_dict()
+    wrong = [
+        (k, tuple(v.shape), tuple(own[k].shape)) for k, v in weights.items() if k in own and v.shape != own[k].shape
+    ]
+    if wrong:
+        name, got, expected = wrong[0]
+        raise InputError(
+            f"checkpoint: {str(model_file)!r} does not fit the model its config describes: tensor {name!r} has "
+            f"shape {got}, the config gives {expected} ({len(wrong)} tensor(s) differ)"
+        )
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if not backbone["stored"]:
         missing = [k for k in missing if not k.startswith("FeatureExtraction.")]
     if missing or unexpected:
-        raise ValueError(
+        raise InputError(
             f"checkpoint: {str(model_file)!r} does not fit the model its config describes: missing "
             f"{missing[:5]}, unexpected {unexpected[:5]}"
         )
@@ -259,10 +350,13 @@ def load_model(path, map_location="cpu") -> nn.Module:
         the model in eval mode; ``model.checkpoint_state`` holds the checkpoint's state dict
         (step, config, training arguments).
     """
-    _, state, model_file = _read(path)
+    resolved, state, model_file = _read(path)
     seed = state["backbone"]["seed"]
-    model = build_model(state["config"], backbone_seed=seed if seed is not None else 0)
-    _restore_weights(model, state, model_file, "cpu")
+    try:
+        model = build_model(state["config"], backbone_seed=seed if seed is not None else 0)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"checkpoint: {str(resolved)!r}: its config does not describe a model ({err})") from None
+    _restore_weights(model, state, model_file)
     model.checkpoint_state = state
     return model.to(map_location).eval()
 
@@ -289,12 +383,17 @@ def load_checkpoint(
         if dict(target.config) != state["config"]:
             raise ValueError(f"model: its config {target.config} differs from the checkpoint's {state['config']}")
         device = next(target.parameters()).device
-        _restore_weights(target, state, model_file, "cpu")
+        _restore_weights(target, state, model_file)
         target.to(device)
     if optimizer is not None:
         if not resolved.is_dir() or not (resolved / OPTIMIZER_FILE).is_file():
-            raise FileNotFoundError(f"optimizer: no {OPTIMIZER_FILE} in {str(resolved)!r}")
-        optimizer.load_state_dict(torch.load(resolved / OPTIMIZER_FILE, map_location=map_location, weights_only=True))
+            raise InputNotFoundError(f"optimizer: no {OPTIMIZER_FILE} in {str(resolved)!r}")
+        where = str(resolved / OPTIMIZER_FILE)
+        try:
+            saved = torch.load(resolved / OPTIMIZER_FILE, map_location=map_location, weights_only=True)
+            optimizer.load_state_dict(saved)
+        except Exception as err:  # torch.load reports damage as RuntimeError, UnpicklingError, EOFError, ...
+            raise InputError(f"optimizer: {where!r} is corrupted or does not fit the model ({err})") from None
     return {**state, "model": model, "directory": resolved}
 
 
@@ -305,7 +404,7 @@ def load_default_model(map_location="cpu") -> nn.Module:
         FileNotFoundError: the checkpoint is not in this installation.
     """
     if not DEFAULT_CHECKPOINT.is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"the embedded demo checkpoint {str(DEFAULT_CHECKPOINT)!r} is missing from this installation. Train one "
             "with `a2net train --preset demo --output-dir runs/demo` and pass `--checkpoint runs/demo/last` "
             "(or a2net.checkpoint.load_model('runs/demo/last'))."
