@@ -124,6 +124,9 @@ def offset_aware_correlation(
 def attention_pool(logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Softmax attention pooling: ``out[b, c] = sum_t softmax_t(logits[b, 0]) * values[b, c, t]``.
 
+    A row whose logits are all ``-inf`` has no softmax; its output is defined as zeros, with
+    zero gradients for its logits and values (docs/design.md §3.4), never NaN.
+
     Args:
         logits: ``(B, 1, H, W)`` attention logits.
         values: ``(B, C, H, W)``.
@@ -131,5 +134,8 @@ def attention_pool(logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         ``(B, C)``.
     """
     check_attention_pool_inputs(logits, values)
-    p = torch.softmax(logits.flatten(1), dim=1)
+    flat = logits.flatten(1)
+    # a row of -inf only: softmax over zeros instead (finite, no NaN in either pass), then weight 0
+    dead = torch.isneginf(flat).all(dim=1, keepdim=True)
+    p = torch.softmax(torch.where(dead, torch.zeros_like(flat), flat), dim=1) * (~dead).to(flat.dtype)
     return torch.einsum("bt,bct->bc", p, values.flatten(2))

@@ -9,7 +9,9 @@
   program of the first channel block also stores the row's softmax statistics ``lse[b] = (m,
   log sum_t exp(logit_t - m))``: the logsumexp kept as two fp32 numbers, because a single fp32
   ``m + log(sum)`` loses about ``ulp(m)`` (5e-4 at logits of 1e4), which would become a relative
-  error of the whole gradient.
+  error of the whole gradient. A row of ``-inf`` logits only (no softmax) gets ``m = 0`` and a
+  sum of 0: its output is 0 and its statistics ``(0, 0)``, so that the backward's
+  ``p_t = exp(-inf) = 0`` gives zero gradients, never NaN.
 * Backward: one program per (batch, block of positions), looping over all channel blocks, so the
   reduction ``<g, v_t>`` over the channels stays inside a program (deterministic, no atomics):
   ``p_t = exp(logit_t - m - log_sum)``, ``dlogit_t = p_t * <g, v_t - out>`` (=
@@ -91,6 +93,7 @@ def attention_pool_fwd_kernel(
         b_l = tl.load(p_logits_row + (t0 + o_t) * stride_lt, mask=m_t, other=float("-inf"))
         b_max = tl.maximum(b_max, b_l.to(acc_dtype))
     b_m = tl.max(b_max, axis=0)
+    b_m = tl.where(b_m == float("-inf"), 0.0, b_m)  # all -inf: exp(-inf - 0) = 0 below, not exp(NaN)
 
     # pass 2: unnormalised weights exp(logit - m), their sum and the weighted sum of values
     b_sum = tl.zeros([BLOCK_T], dtype=acc_dtype)  # [BT]
@@ -106,6 +109,7 @@ def attention_pool_fwd_kernel(
         b_acc += tl.sum(b_v.to(acc_dtype) * b_p[None, :], axis=1)
     b_s = tl.sum(b_sum, axis=0)
 
+    b_s = tl.where(b_s > 0, b_s, 1.0)  # all -inf: b_acc is 0, so the output is 0 and log-sum 0
     b_out = b_acc / b_s
     tl.store(p_out + i_b * stride_ob + o_c * stride_oc, b_out.to(p_out.dtype.element_ty), mask=m_c)
     if i_c == 0:

@@ -197,3 +197,32 @@ def test_bad_inputs(triton_backend, logits_shape, values_shape, dtypes, match):
     values = torch.zeros(values_shape, dtype=dtypes[1])
     with pytest.raises(ValueError, match=match):
         attention_pool(logits, values)
+
+
+@pytest.mark.parametrize("path", ["triton", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=["fp32", "fp16", "fp64"])
+def test_all_minus_inf_logits_give_zeros_and_zero_gradients(monkeypatch, triton_backend, path, dtype):
+    monkeypatch.setenv("A2NET_BACKEND", path)
+    gen = torch.Generator(DEVICE).manual_seed(4)
+    # row 0: all -inf (no softmax: zeros); row 1: some -inf (those positions get weight 0); row 2: finite
+    logits = torch.randn(3, 1, 5, 7, generator=gen).to(dtype)
+    logits[0] = float("-inf")
+    logits[1, 0, :2] = float("-inf")
+    values = torch.randn(3, 17, 5, 7, generator=gen).to(dtype)
+    grad = torch.randn(3, 17, generator=gen).to(dtype)
+    logits.requires_grad_()
+    values.requires_grad_()
+    before = TRITON_CALLS["attention_pool"], TRITON_CALLS["attention_pool_backward"]
+    out = attention_pool(logits, values)
+    dl, dv = torch.autograd.grad(out, (logits, values), grad)
+    ran_triton = (TRITON_CALLS["attention_pool"], TRITON_CALLS["attention_pool_backward"]) != before
+    assert ran_triton == (path == "triton")
+    assert torch.equal(out[0].detach(), torch.zeros_like(out[0]))
+    assert torch.equal(dl[0], torch.zeros_like(dl[0])) and torch.equal(dv[0], torch.zeros_like(dv[0]))
+    assert torch.equal(dl[1, 0, :2], torch.zeros_like(dl[1, 0, :2]))
+    assert all(bool(t.isfinite().all()) for t in (out, dl, dv))
+    # the finite rows are the softmax of the finite logits, as before
+    ref_out, ref_dl, ref_dv = reference_grads(logits[1:], values[1:], grad[1:])
+    assert_close_to_reference(out[1:].detach(), ref_out, dtype, "output")
+    assert_close_to_reference(dl[1:], ref_dl, dtype, "dlogits")
+    assert_close_to_reference(dv[1:], ref_dv, dtype, "dvalues")

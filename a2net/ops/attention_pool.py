@@ -81,8 +81,9 @@ def attention_pool(logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Softmax attention pooling: ``out[b, c] = sum_t softmax_t(logits[b, 0])[t] * values[b, c, t]``.
 
     The softmax runs over all ``H*W`` positions (numerically stable for any finite logits); the
-    Triton path fuses it with the weighted sum and never stores the attention map. See
-    :func:`a2net.reference.attention_pool` for the definition.
+    Triton path fuses it with the weighted sum and never stores the attention map. A row whose
+    logits are all ``-inf`` gives zeros, with zero gradients for its logits and values, on both
+    paths. See :func:`a2net.reference.attention_pool` for the definition.
 
     Args:
         logits: ``(B, 1, H, W)`` attention logits.
