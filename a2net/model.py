@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from a2net import geometry, ops
 from a2net._validation import INPUT_PRECISIONS, as_size, check_choice, check_tensor
+from a2net.errors import InputError, check_finite
+from a2net.images import check_image_range
 from a2net.layers import AttentionPool2d, FeatureCorrelation, OffsetAwareCorrelation, fit_offset_weight
 
 GEOMETRIC_MODELS = {"affine": 6, "tps": 18}
@@ -41,6 +42,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _torchvision_backbone(name: str) -> tuple[nn.Module, object]:
+    import torchvision  # here, not at the top: it imports torch._dynamo (2 s) and small_cnn needs none of it
+
     if name == "resnet101":
         return torchvision.models.resnet101(weights=None), torchvision.models.ResNet101_Weights.IMAGENET1K_V1
     return torchvision.models.vgg16(weights=None), torchvision.models.VGG16_Weights.IMAGENET1K_V1
@@ -371,7 +374,9 @@ class A2Net(nn.Module):
     Shape:
         ``forward(source_images, target_images)``: two ``(B, 3, H, W)`` batches, ImageNet-normalised
         (see :func:`normalize_images`) -> theta ``(B, 6)`` or ``(B, 18)``, mapping target points
-        to source points.
+        to source points. A NaN or infinite input raises :class:`a2net.errors.InputError` naming
+        the tensor (checked in eager calls; skipped while ``torch.compile`` traces), and so do target
+        feature maps smaller than 7x7 (images under 112x112 pixels for the named backbones).
 
     Example::
 
@@ -482,8 +487,17 @@ class A2Net(nn.Module):
                 f"target_images: expected batch size {source_images.shape[0]} (that of "
                 f"source_images), got {target_images.shape[0]}"
             )
+        if not torch.compiler.is_compiling():  # a data-dependent check: eager calls only
+            check_finite("source_images", source_images)
+            check_finite("target_images", target_images)
         source = self.features(source_images)
         target = self.features(target_images)
+        if target.shape[2] < 7 or target.shape[3] < 7:
+            raise InputError(
+                f"target_images: expected feature maps of at least 7x7 (the encoder's 7x7 convolution; images of "
+                f"at least 112x112 pixels for the named backbones), got {tuple(target.shape[2:])} from "
+                f"{tuple(target_images.shape[2:])} images"
+            )
         if self.oac_layout == "official":
             source = source.transpose(2, 3)  # the authors' column-major source flattening
         if self.fused:
@@ -497,6 +511,9 @@ class A2Net(nn.Module):
 def normalize_images(images: torch.Tensor, size=None) -> torch.Tensor:
     """Images in [0, 1] (or uint8) ``(B, 3, H, W)`` -> resized and ImageNet-normalised.
 
+    Float images must be finite and in [0, 1] (:func:`a2net.images.check_image_range`): one in
+    0..255 raises :class:`a2net.errors.InputError` instead of being normalised as if in [0, 1].
+
     Args:
         images: ``(B, 3, H, W)`` float in [0, 1] or uint8 in [0, 255].
         size: ``(H, W)`` to resize to (bilinear, antialiased), or None to keep the size.
@@ -504,6 +521,7 @@ def normalize_images(images: torch.Tensor, size=None) -> torch.Tensor:
     check_tensor("images", images, 4, floating=False)
     if images.shape[1] != 3:
         raise ValueError(f"images: expected 3 channels (RGB), got {images.shape[1]}")
+    check_image_range("images", images)
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images
     if size is not None:
         x = F.interpolate(x, size=as_size("size", size), mode="bilinear", align_corners=False, antialias=True)
