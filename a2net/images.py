@@ -24,7 +24,16 @@ import torch
 
 from a2net.errors import InputError, InputNotFoundError, require_extra
 
-__all__ = ["DEMO_PAIR", "RANGE_SLACK", "bundled_image", "bundled_names", "check_image_range", "load_image", "to_tensor"]
+__all__ = [
+    "DEMO_PAIR",
+    "RANGE_SLACK",
+    "bundled_image",
+    "bundled_names",
+    "check_image_range",
+    "from_pil",
+    "load_image",
+    "to_tensor",
+]
 
 #: scikit-image's bundled photos used by the demo: two views of one motorcycle.
 DEMO_PAIR = ("motorcycle_left", "motorcycle_right")
@@ -85,13 +94,16 @@ def _decode(image, where: str) -> np.ndarray:
     if image.mode == "I":  # 32-bit integers: 16-bit data (PGM, PNG) in a wider container
         a = np.asarray(image)
         if a.size and (a.min() < 0 or a.max() > 65535):
-            raise InputError(
-                f"image: {where} has 32-bit integer pixels in [{a.min()}, {a.max()}]; expected 8- or 16-bit data"
-            )
+            raise InputError(f"{where}: 32-bit integer pixels in [{a.min()}, {a.max()}]; expected 8- or 16-bit data")
         return a.astype(np.uint16)
     if image.mode == "F":
         return np.asarray(image, dtype=np.float32)
     return np.asarray(image.convert("RGB"))
+
+
+def from_pil(image, name: str = "image") -> torch.Tensor:
+    """A PIL image (any mode; 16-bit ones scaled by 65535) -> ``(3, H, W)`` float32 in [0, 1]."""
+    return to_tensor(_decode(image, name), name)
 
 
 def load_image(path) -> torch.Tensor:
@@ -112,7 +124,7 @@ def load_image(path) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             image.load()  # decode now: a truncated file fails here, inside this error handling
-            return to_tensor(_decode(image, where), f"image {where}")
+            return from_pil(image, f"image {where}")
     except InputError:
         raise
     except UnidentifiedImageError:

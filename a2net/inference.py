@@ -20,7 +20,8 @@ from torch import nn
 from a2net import checkpoint as ckpt
 from a2net import geometry
 from a2net._validation import as_size, check_choice
-from a2net.images import load_image, to_tensor
+from a2net.errors import InputError
+from a2net.images import check_image_range, from_pil, load_image, to_tensor
 from a2net.model import A2Net, TwoStageAligner
 
 __all__ = [
@@ -50,11 +51,24 @@ def mode_of(aligner: nn.Module) -> str:
 
 
 def input_size(aligner: nn.Module, image_size=None) -> tuple[int, int]:
-    """The network input size: ``image_size`` if given, else the model's (the affine stage's)."""
-    if image_size is not None:
-        return as_size("image_size", image_size)
-    model = aligner.affine if mode_of(aligner) == "affine+tps" else aligner
-    return tuple(model.image_size)
+    """The network input size: ``image_size`` if given, else the model's (the affine stage's).
+
+    Raises:
+        a2net.errors.InputError: ``image_size`` gives feature maps under 7x7 (the encoder's 7x7
+            convolution; 112x112 pixels for the named backbones).
+    """
+    models = [aligner.affine, aligner.tps] if mode_of(aligner) == "affine+tps" else [aligner]
+    if image_size is None:
+        return tuple(models[0].image_size)
+    size = as_size("image_size", image_size)
+    for model in models:
+        features = model._feature_size(size)
+        if min(features) < 7:
+            raise InputError(
+                f"image_size: expected at least 7x7 feature maps (the encoder's 7x7 convolution; 112x112 pixels "
+                f"for the named backbones), got {features} from {size}"
+            )
+    return size
 
 
 def model_device(aligner: nn.Module) -> torch.device:
@@ -72,11 +86,24 @@ def predict_chain(aligner: nn.Module, source_images: torch.Tensor, target_images
     Returns:
         ``[theta]`` (``(B, 6)`` or ``(B, 18)``) for one model, ``[theta_tps, theta_affine]`` for
         the two-stage aligner: the chain :func:`a2net.geometry.compose_points` takes.
+    Raises:
+        a2net.errors.InputError: a predicted theta is not finite (never passed on as a figure or
+            a score).
     """
     if mode_of(aligner) == "affine+tps":
         theta_affine, theta_tps = aligner(source_images, target_images)
-        return [theta_tps, theta_affine]
-    return [aligner(source_images, target_images)]
+        chain = [theta_tps, theta_affine]
+    else:
+        chain = [aligner(source_images, target_images)]
+    for theta in chain:
+        finite = theta.detach().isfinite().all(dim=1)
+        if not bool(finite.all()):
+            pairs = (~finite).nonzero().flatten().tolist()
+            raise InputError(
+                f"model: expected a finite theta, got NaN/inf for pair(s) {pairs[:10]} of {theta.shape[0]} "
+                "(are the checkpoint's weights or the images corrupted?)"
+            )
+    return chain
 
 
 def warp_chain(image: torch.Tensor, chain: Sequence[torch.Tensor], size=None) -> torch.Tensor:
@@ -171,7 +198,10 @@ def load_aligner(
 
 def as_image(image, name: str = "image") -> torch.Tensor:
     """A path, a PIL image, an ``(H, W[, 3|4])`` array or a ``(3, H, W)`` tensor -> ``(3, H, W)``
-    float32 in [0, 1] on the CPU (uint8 tensors and arrays are divided by 255)."""
+    float32 in [0, 1] on the CPU.
+
+    uint8 tensors and arrays are divided by 255 (uint16 arrays and 16-bit files by 65535); float
+    ones must be finite and in [0, 1], else :class:`a2net.errors.InputError` (see :mod:`a2net.images`)."""
     if isinstance(image, (str, os.PathLike)):
         return load_image(image)
     if isinstance(image, torch.Tensor):
@@ -181,11 +211,12 @@ def as_image(image, name: str = "image") -> torch.Tensor:
             return image.float() / 255.0
         if not image.is_floating_point():
             raise ValueError(f"{name}: expected a float tensor in [0, 1] or uint8, got dtype {image.dtype}")
+        check_image_range(name, image)
         return image.detach().float().cpu()
     if isinstance(image, np.ndarray):
-        return to_tensor(image)
+        return to_tensor(image, name)
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
-        return to_tensor(np.asarray(image.convert("RGB")))
+        return from_pil(image, name)
     raise ValueError(
         f"{name}: expected a path, a PIL image, an array or a (3, H, W) tensor, got {type(image).__name__}"
     )
