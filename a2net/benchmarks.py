@@ -24,8 +24,11 @@ through ``theta`` into the source image and compared with the *source* keypoints
     metrics.pck(moved, batch["source_keypoints"], batch["reference_length"], alpha=0.1)
 
 :class:`TSSDataset` items carry a dense ground-truth flow and masks, :class:`CaltechDataset` items
-object polygons and masks; see each class. A file that is missing raises ``FileNotFoundError``
-naming the file and the dataset's origin (nothing is downloaded).
+object polygons and masks; see each class. A file that is missing raises
+:class:`a2net.errors.InputNotFoundError` (a ``FileNotFoundError``) naming the file and the
+dataset's origin (nothing is downloaded); a pair list that is not a text CSV, has a row with too
+few columns, or has no pair at all (only a header) raises :class:`a2net.errors.InputError` (a
+``ValueError``) naming the file and the line.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from a2net._validation import as_size, check_choice, check_dim, check_tensor
+from a2net.errors import InputError, InputNotFoundError, require_extra
 from a2net.geometry import polygon_to_mask
 from a2net.images import load_image
 
@@ -101,7 +105,7 @@ _ORIGIN = {
 
 def _require(path: Path, dataset: str, what: str) -> Path:
     if not path.exists():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"{dataset}: {what} not found: {str(path)!r}. {_ORIGIN[dataset]}; download it there and pass its "
             "folder as root (nothing is downloaded here)."
         )
@@ -176,18 +180,35 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _read_csv(path: Path, min_columns: int, numeric_column: int) -> tuple[list[str] | None, list[list[str]]]:
+def _read_csv(
+    path: Path, min_columns: int, numeric_column: int, dataset: str
+) -> tuple[list[str] | None, list[list[str]]]:
     """``(header or None, rows)``. The first row is a header when its ``numeric_column`` cell is
-    not a number (the authors' files have one; a header-less file works too)."""
-    with path.open(newline="") as f:
-        rows = [[cell.strip() for cell in row] for row in csv.reader(f) if any(cell.strip() for cell in row)]
+    not a number (the authors' files have one; a header-less file works too). A file without
+    any pair row is an error: a benchmark of 0 pairs has no score."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            rows, lines = [], []
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    rows.append([cell.strip() for cell in row])
+                    lines.append(reader.line_num)
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"{dataset}: {str(path)!r} is not a text CSV pair list (byte {err.start} is not UTF-8)"
+        ) from None
+    except csv.Error as err:
+        raise InputError(f"{dataset}: {str(path)!r}, line {reader.line_num}: not a CSV row ({err})") from None
     header = None
     if rows and len(rows[0]) > numeric_column and not _is_number(rows[0][numeric_column]):
-        header, rows = rows[0], rows[1:]
-    for i, row in enumerate(rows):
+        header, rows, lines = rows[0], rows[1:], lines[1:]
+    if not rows:
+        found = "only a header row" if header is not None else "no rows"
+        raise InputError(f"{dataset}: {str(path)!r} has no pairs ({found}); expected at least one pair row")
+    for row, line in zip(rows, lines, strict=True):
         if len(row) < min_columns:
-            line = i + 1 + (header is not None)
-            raise ValueError(f"{str(path)!r}, row {line}: expected at least {min_columns} columns, got {len(row)}")
+            raise InputError(f"{str(path)!r}, line {line}: expected at least {min_columns} columns, got {len(row)}")
     return header, rows
 
 
@@ -252,7 +273,7 @@ class PFWillowDataset(Dataset):
     def __init__(self, root, csv_file="test_pairs_pf.csv"):
         self.root = Path(root)
         self.csv_file = _require(self.root / csv_file, "PF-WILLOW", "pair list")
-        _, self.rows = _read_csv(self.csv_file, min_columns=42, numeric_column=2)
+        _, self.rows = _read_csv(self.csv_file, min_columns=42, numeric_column=2, dataset="PF-WILLOW")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -287,10 +308,7 @@ class PFWillowDataset(Dataset):
 
 
 def _read_pascal_box(path: Path) -> torch.Tensor:
-    try:
-        from scipy.io import loadmat
-    except ImportError as err:
-        raise ImportError(f"reading the PF-PASCAL annotation {str(path)!r} needs scipy: pip install scipy") from err
+    loadmat = require_extra("scipy.io", f"reading the PF-PASCAL annotation {str(path)!r}").loadmat
     box = np.asarray(loadmat(str(path))["bbox"], dtype=np.float64).reshape(-1)
     if box.size != 4:
         raise ValueError(f"{str(path)!r}: expected a bbox of 4 numbers (x1, y1, x2, y2), got {box.size}")
@@ -345,7 +363,7 @@ class PFPascalDataset(Dataset):
         self.annotation_root = None if annotation_root is None else Path(annotation_root)
         name = f"{split}_pairs_pf_pascal.csv" if csv_file is None else csv_file
         self.csv_file = _require(self.root / name, "PF-PASCAL", "pair list")
-        header, self.rows = _read_csv(self.csv_file, min_columns=3, numeric_column=2)
+        header, self.rows = _read_csv(self.csv_file, min_columns=3, numeric_column=2, dataset="PF-PASCAL")
         if header is not None and all(c in header for c in self._COLUMNS[:3]):
             self._column = {c: header.index(c) for c in (*self._COLUMNS, "flip") if c in header}
         else:  # positional: source, target, class, XA, YA, XB, YB
@@ -478,6 +496,10 @@ class TSSDataset(Dataset):
         for subset in subsets:
             folder = _require(self.root / subset, "TSS", f"subset folder {subset}")
             self.pairs += [(subset, p) for p in sorted(folder.iterdir()) if p.is_dir()]
+        if not self.pairs:
+            raise InputError(
+                f"TSS: no pair folders in {[str(self.root / s) for s in subsets]}; expected <subset>/<pair>/"
+            )
 
     def __len__(self) -> int:
         return 2 * len(self.pairs)
@@ -544,7 +566,7 @@ class CaltechDataset(Dataset):
     def __init__(self, root, csv_file="test_pairs_caltech_with_category.csv"):
         self.root = Path(root)
         self.csv_file = _require(self.root / csv_file, "Caltech-101", "pair list")
-        _, self.rows = _read_csv(self.csv_file, min_columns=7, numeric_column=2)
+        _, self.rows = _read_csv(self.csv_file, min_columns=7, numeric_column=2, dataset="Caltech-101")
 
     def __len__(self) -> int:
         return len(self.rows)
