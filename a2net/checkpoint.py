@@ -52,6 +52,7 @@ __all__ = [
     "load_checkpoint",
     "load_default_model",
     "load_model",
+    "read_state",
     "resolve_checkpoint",
     "save_checkpoint",
 ]
@@ -281,6 +282,17 @@ def _read(path) -> tuple[Path, dict, Path]:
             )
         state = _parse_state(metadata[_METADATA_KEY], f"the metadata of {str(resolved)!r}")
     return resolved, state, model_file
+
+
+def read_state(path) -> dict:
+    """The checked ``state.json`` (step, config, training options...) of a checkpoint, without
+    loading its weights.
+
+    Raises:
+        a2net.errors.InputNotFoundError: no checkpoint at ``path``.
+        a2net.errors.InputError: its state is corrupted (named).
+    """
+    return _read(path)[1]
 
 
 def _read_weights(model_file: Path) -> dict[str, torch.Tensor]:

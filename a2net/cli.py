@@ -1,19 +1,118 @@
 """Command line: ``a2net demo|train|eval|align|convert-official`` (also ``python -m a2net ...``).
 
 Every command is a pair of functions here, ``_add_<command>_arguments(parser)`` and
-``_run_<command>(args)``, over the library modules. The library is imported inside them: only
-the options of the command being run are built, so ``a2net --help`` imports neither torch nor
-torchvision.
+``_run_<command>(args)``, over the library modules. The library is imported inside the
+``_run_*`` functions, and the options' choices are literals here (tests check them against the
+library), so ``a2net --help`` and ``a2net <command> --help`` import neither torch nor torchvision.
+
+**One error path.** A user's mistake ends the command with one line on stderr,
+``a2net: error: <what>: expected ..., got ...`` naming the option or the file, and no traceback:
+
+* exit code 2 for usage — an option out of range (argparse's checks and :class:`a2net.errors.UsageError`),
+  an output that cannot be written (checked before any work);
+* exit code 1 for bad data — any other exception: unreadable images, corrupted checkpoints,
+  malformed dataset files (:class:`a2net.errors.InputError`, ``FileNotFoundError``, a missing
+  optional dependency, ...);
+* exit code 130 on Ctrl-C.
+
+``--debug`` (anywhere on the command line) or ``A2NET_DEBUG=1`` lets the exception through with
+its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
+from a2net.errors import UsageError
+
 __all__ = ["main"]
+
+#: Formats of the alignment figure (matplotlib's writers that need nothing more); no suffix: PNG.
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".eps", ".ps", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
+#: Formats of ``align --warped-out`` (PIL's writers); no suffix: PNG.
+IMAGE_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".webp": "WEBP",
+}
+#: At most this many synthetic pairs (``--pairs``): they are built in memory at once (~0.7 MB each at 176 px).
+MAX_PAIRS = 1000
+# The choices of the options, as literals so that building a parser imports no torch
+# (tests/test_cli_errors.py checks each against the library's constant named beside it).
+BACKBONE_CHOICES = ("resnet101", "vgg16", "small_cnn")  # a2net.model.BACKBONES
+TORCHVISION_BACKBONE_CHOICES = ("resnet101", "vgg16")  # a2net.model.TORCHVISION_BACKBONES
+GEOMETRIC_MODEL_CHOICES = ("affine", "tps")  # a2net.model.GEOMETRIC_MODELS
+MODE_CHOICES = ("affine", "tps", "affine+tps")  # a2net.inference.MODES
+PRESET_CHOICES = ("demo", "paper")  # a2net.train.PRESETS
+LR_SCHEDULE_CHOICES = ("constant", "cosine")  # a2net.train.LR_SCHEDULES
+BENCHMARK_CHOICES = ("pf-willow", "pf-pascal", "tss", "caltech", "synthetic")  # a2net.evaluate.BENCHMARKS
+
+
+# --------------------------------------------------------------------------------------------
+# Option types and checks run before any work
+
+
+def _bounded(kind, low, high=None, strict=False):
+    """An argparse ``type``: ``kind`` (int or float) within ``[low, high]`` (``low`` excluded if
+    ``strict``); the message says what was expected and what was given."""
+    bound = f"> {low}" if strict else f">= {low}"
+    if high is not None:
+        bound += f" and <= {high}"
+    noun = "an int" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun} {bound}, got {text!r}") from None
+        if value != value or value < low or (strict and value == low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {noun} {bound}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+_positive_int = _bounded(int, 1)
+_non_negative_int = _bounded(int, 0)
+_positive_float = _bounded(float, 0, strict=True)
+_pair_count = _bounded(int, 1, MAX_PAIRS)
+
+
+def _device(text: str | None):
+    """``--device`` as a ``torch.device`` (default: CUDA when available); a usage error if unusable."""
+    import torch
+
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device: expected cpu, cuda or cuda:<index>, got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device: {text!r} asked for, but torch sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device: expected cpu, cuda or cuda:<index>, got {text!r}")
+    return device
+
+
+def _figure_path(name: str, path: str) -> Path:
+    """An alignment figure's path, checked before any work (format, writable folder, matplotlib)."""
+    from a2net.errors import require_extra
+    from a2net.fileio import check_output_path
+
+    out = Path(path)
+    check_output_path(name, out, FIGURE_SUFFIXES if out.suffix else None)
+    require_extra("matplotlib", "the alignment figure")
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -22,15 +121,27 @@ __all__ = ["main"]
 
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo/alignment.png", help="the alignment figure (default: %(default)s)")
-    parser.add_argument("--pairs", type=int, default=200, help="held-out synthetic pairs scored (default: %(default)s)")
     parser.add_argument(
-        "--index", type=int, default=3, help="which held-out pair the figure shows (default: %(default)s)"
+        "--pairs",
+        type=_pair_count,
+        default=200,
+        help=f"held-out synthetic pairs scored, 1..{MAX_PAIRS} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--index", type=_non_negative_int, default=3, help="which scored pair the figure shows (default: %(default)s)"
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     """Align held-out bundled photos with the embedded trained model; figure and PCK."""
+    from a2net.errors import require_extra
+
+    if not 0 <= args.index < args.pairs:
+        raise UsageError(f"--index: expected 0 <= index < --pairs ({args.pairs}), got {args.index}")
+    out = _figure_path("--out", args.out)
+    require_extra("skimage.data", "the demo (scikit-image's bundled photos)")
+
     import torch
 
     from a2net import geometry, synthetic
@@ -39,7 +150,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from a2net.evaluate import evaluate_synthetic, format_results
     from a2net.ops import backend
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(args.device)
     model = load_default_model(map_location=device)
     state = getattr(model, "checkpoint_state", {})
     print(
@@ -57,10 +168,16 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(format_results({"benchmark": "synthetic", "modes": {report["mode"]: report}}))
 
     # 2. One held-out pair as a figure: the true transformation's keypoints vs the predicted ones.
-    pairs = synthetic.heldout_synthetic_pairs(
-        model.geometric_model, n_pairs=args.index + 1, image_size=model.image_size
+    # Pair k of heldout_synthetic_pairs is item k of this stream: only that one is built.
+    pairs = synthetic.SyntheticPairDataset(
+        "bundled:heldout",
+        model.geometric_model,
+        model.image_size,
+        resize=synthetic.matched_resize(model.image_size),
+        seed=synthetic.HELDOUT_SEED,
     )
-    source, target, theta = pairs["source"][args.index], pairs["target"][args.index], pairs["theta"][args.index]
+    pair = pairs[args.index]
+    source, target, theta = pair["source"], pair["target"], pair["theta"]
     h, w = target.shape[1:]
     axis = torch.linspace(-0.7, 0.7, 4, dtype=torch.float64)
     ys, xs = torch.meshgrid(axis, axis, indexing="ij")
@@ -73,14 +190,12 @@ def _run_demo(args: argparse.Namespace) -> int:
         source, target, model=model, source_points=source_points.float(), target_points=target_points.float()
     )
     elapsed = time.perf_counter() - start
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_alignment_figure(result, out)
     errors = result.transfer_errors()
     inside = ~torch.isnan(errors)  # keypoints whose true source position lies inside the image
     identity = torch.linalg.vector_norm(source_points - target_points, dim=0)[inside]
     print(
-        f"\npair {args.index} ({pairs['name'][args.index]}): aligned in {elapsed * 1e3:.0f} ms; keypoint "
+        f"\npair {args.index} ({pair['name']}): aligned in {elapsed * 1e3:.0f} ms; keypoint "
         f"error {errors[inside].mean():.1f} px mean over {int(inside.sum())} points inside the source "
         f"(without alignment: {identity.mean():.1f} px)"
     )
@@ -93,18 +208,15 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from a2net.model import BACKBONES
-    from a2net.train import LR_SCHEDULES, PRESETS
-
     p = parser
     p.add_argument(
         "--preset",
-        choices=sorted(PRESETS),
+        choices=PRESET_CHOICES,
         default=None,
         help="defaults of a recipe: 'demo' (2 CPU cores, <= 30 min) or 'paper' (docs/design.md §7)",
     )
-    p.add_argument("--geometric-model", choices=["affine", "tps"], default=None)
-    p.add_argument("--backbone", choices=list(BACKBONES), default=None)
+    p.add_argument("--geometric-model", choices=GEOMETRIC_MODEL_CHOICES, default=None)
+    p.add_argument("--backbone", choices=BACKBONE_CHOICES, default=None)
     p.add_argument(
         "--backbone-weights",
         default=None,
@@ -131,26 +243,29 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="ablation: flatten + linear regressor instead of attention pooling",
     )
-    p.add_argument("--image-size", type=int, default=None, help="square input size (pixels)")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="square input size (pixels, >= 112)")
     p.add_argument(
         "--resize",
-        type=int,
+        type=_positive_int,
         nargs=2,
         metavar=("H", "W"),
         default=None,
         help="images are resized to this before padding and cropping (480 640)",
     )
-    p.add_argument("--batch-size", type=int, default=None, help="pairs per step (per process)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="pairs per step (per process)")
+    p.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate")
     p.add_argument(
         "--lr-schedule",
-        choices=LR_SCHEDULES,
+        choices=LR_SCHEDULE_CHOICES,
         default=None,
         help="constant (the paper) or cosine decay to 0 at the last step",
     )
-    p.add_argument("--max-steps", type=int, default=None, help="train until this step")
+    p.add_argument("--max-steps", type=_positive_int, default=None, help="train until this step")
     p.add_argument(
-        "--epochs", type=float, default=None, help="train for this many passes over the images (sets --max-steps)"
+        "--epochs",
+        type=_positive_float,
+        default=None,
+        help="train for this many passes over the images (sets --max-steps)",
     )
     p.add_argument(
         "--data", default=None, help="image folder (recursive jpg/png), or bundled:training (scikit-image photos)"
@@ -164,38 +279,44 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=None, help="seed of the data stream (0)")
     p.add_argument("--output-dir", default=None, help="where metrics.jsonl and last/ go (runs/a2net)")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="save last/ every N steps")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="save last/ every N steps")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in OUTPUT_DIR from its last/ (an error when it has no checkpoint yet)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in OUTPUT_DIR (deletes its last/ and metrics.jsonl); without --resume or "
+        "--overwrite a directory holding a run is refused",
+    )
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader worker processes")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
 
 
 def _run_train(args: argparse.Namespace) -> int:
     """``a2net train``: resolve the options (preset, explicit, the resumed run's) and train."""
-    import json
-
     import torch
 
-    from a2net import checkpoint as ckpt
     from a2net import train
+    from a2net.fileio import check_output_dir
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    stored = None
-    output_dir = Path(args.output_dir or train.DEFAULTS["output_dir"])
-    if args.resume:
-        state_dir = ckpt.resolve_checkpoint(output_dir / "last")
-        stored = json.loads((state_dir / ckpt.STATE_FILE).read_text())
+    output_dir = check_output_dir("--output-dir", args.output_dir or train.DEFAULTS["output_dir"])
+    stored = train._stored_run(output_dir) if args.resume else None
     options = train.resolve_options(args, stored)
     train.train(
         options,
         output_dir,
         resume=args.resume,
-        device=args.device,
+        overwrite=getattr(args, "overwrite", False),
+        device=_device(args.device),
         amp=args.amp,
         compile=args.compile,
         num_workers=args.num_workers,
@@ -209,9 +330,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    from a2net.evaluate import BENCHMARKS
-
-    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    parser.add_argument("--benchmark", required=True, choices=BENCHMARK_CHOICES)
     parser.add_argument(
         "--data",
         default=None,
@@ -226,7 +345,11 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tps-checkpoint", default=None, help="with --affine-checkpoint")
     parser.add_argument(
-        "--alphas", type=float, nargs="+", default=None, help="PCK tolerances (default 0.05 0.1 0.15; TSS 0.05)"
+        "--alphas",
+        type=_positive_float,
+        nargs="+",
+        default=None,
+        help="PCK tolerances (default 0.05 0.1 0.15; TSS 0.05)",
     )
     parser.add_argument("--split", default="test", choices=("test", "val", "train", "all"), help="PF-PASCAL split")
     parser.add_argument(
@@ -237,21 +360,25 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--image-size",
-        type=int,
+        type=_positive_int,
         nargs=2,
         default=None,
         metavar=("H", "W"),
         help="network input size (default: the model's)",
     )
-    parser.add_argument("--pairs", type=int, default=100, help="synthetic: number of held-out pairs")
+    parser.add_argument(
+        "--pairs", type=_pair_count, default=100, help=f"synthetic: number of held-out pairs, 1..{MAX_PAIRS}"
+    )
     parser.add_argument(
         "--pair-model",
         default=None,
         choices=("affine", "tps"),
         help="synthetic: kind of the pairs' random thetas (default: tps for a TPS model, else affine)",
     )
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers reading the images")
+    parser.add_argument("--batch-size", type=_positive_int, default=8)
+    parser.add_argument(
+        "--num-workers", type=_non_negative_int, default=0, help="DataLoader workers reading the images"
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -315,12 +442,19 @@ def _eval_dataset(args: argparse.Namespace, aligners: dict):
 
 def _run_eval(args: argparse.Namespace) -> int:
     """``a2net eval``: evaluate, print the tables, write the JSON report."""
+    if args.data is None and args.benchmark != "synthetic":
+        raise UsageError(f"--data: required for --benchmark {args.benchmark} (the dataset's folder)")
+    from a2net.fileio import check_output_path
+
+    check_output_path("--output", args.output)
+
     import datetime
 
     import torch
 
     import a2net
     from a2net._validation import as_size
+    from a2net.errors import InputError
     from a2net.evaluate import (
         KEYPOINT_ALPHAS,
         TSS_ALPHAS,
@@ -333,13 +467,14 @@ def _run_eval(args: argparse.Namespace) -> int:
     from a2net.fileio import write_json
     from a2net.inference import input_size
 
-    if args.data is None and args.benchmark != "synthetic":
-        raise SystemExit(f"a2net eval: --data is required for --benchmark {args.benchmark} (the dataset's folder)")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args.device)
     aligners, checkpoints = _eval_aligners(args, device)
+    image_size = None if args.image_size is None else as_size("--image-size", tuple(args.image_size))
+    for aligner in aligners.values():
+        input_size(aligner, image_size)  # too small for the encoder: an error before any image is read
     dataset, title = _eval_dataset(args, aligners)
     common = dict(
-        image_size=None if args.image_size is None else as_size("image_size", tuple(args.image_size)),
+        image_size=image_size,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         progress=not args.no_progress,
@@ -355,6 +490,12 @@ def _run_eval(args: argparse.Namespace) -> int:
         else:
             common.pop("num_workers", None)
             results[mode] = evaluate_synthetic(aligner, dataset, alphas=args.alphas or KEYPOINT_ALPHAS, **common)
+    for mode, result in results.items():
+        if result["scored"] == 0:
+            raise InputError(
+                f"--data: none of the {result['pairs']} pairs of {title} could be scored in mode {mode} "
+                "(no valid keypoint, known flow or mask); nothing written"
+            )
     first = next(iter(results.values()))
     report = {
         "benchmark": args.benchmark,
@@ -400,11 +541,11 @@ def _parse_points(text: str | None):
 
 
 def _add_align_arguments(parser: argparse.ArgumentParser) -> None:
-    from a2net.inference import MODES
-
     parser.add_argument("source", help="source image (the one that is warped)")
     parser.add_argument("target", help="target image")
-    parser.add_argument("--out", required=True, help="figure to write (PNG, or .pdf/.svg)")
+    parser.add_argument(
+        "--out", required=True, help=f"figure to write ({', '.join(s.lstrip('.') for s in FIGURE_SUFFIXES)})"
+    )
     parser.add_argument(
         "--checkpoint", default=None, help="checkpoint folder or model.safetensors (default: the embedded demo model)"
     )
@@ -413,12 +554,12 @@ def _add_align_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--geometric-model",
         default=None,
-        choices=MODES,
+        choices=MODE_CHOICES,
         help="check that the model is of this kind (affine, tps or affine+tps)",
     )
     parser.add_argument(
         "--image-size",
-        type=int,
+        type=_positive_int,
         nargs=2,
         default=None,
         metavar=("H", "W"),
@@ -438,33 +579,45 @@ def _add_align_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="X,Y;X,Y;...",
         help="keypoints of the target image, 1-based pixels; drawn with their transfer",
     )
-    parser.add_argument("--warped-out", default=None, help="also write the warped source alone (PNG)")
+    parser.add_argument(
+        "--warped-out",
+        default=None,
+        help=f"also write the warped source alone ({', '.join(s.lstrip('.') for s in IMAGE_FORMATS)})",
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
 def _run_align(args: argparse.Namespace) -> int:
     """``a2net align``: align two images, print theta, write the figure."""
+    from a2net.fileio import check_output_path
+
+    out = _figure_path("--out", args.out)
+    if args.warped_out is not None:
+        warped_out = Path(args.warped_out)
+        check_output_path("--warped-out", warped_out, tuple(IMAGE_FORMATS) if warped_out.suffix else None)
+
     import io
 
     import torch
 
     from a2net.alignment import align, save_alignment_figure
     from a2net.fileio import atomic_write
-    from a2net.inference import load_aligner
+    from a2net.inference import as_image, input_size, load_aligner
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     aligner = load_aligner(
         args.checkpoint,
         args.affine_checkpoint,
         args.tps_checkpoint,
         geometric_model=args.geometric_model,
-        device=device,
+        device=_device(args.device),
     )
+    source, target = as_image(args.source, "source"), as_image(args.target, "target")
+    image_size = None if args.image_size is None else input_size(aligner, tuple(args.image_size))
     result = align(
-        args.source,
-        args.target,
+        source,
+        target,
         model=aligner,
-        image_size=args.image_size,
+        image_size=image_size,
         source_points=args.source_points,
         target_points=args.target_points,
     )
@@ -481,18 +634,17 @@ def _run_align(args: argparse.Namespace) -> int:
             f"keypoint transfer error: mean {float(torch.nanmean(errors)):.2f} px over "
             f"{int(torch.isfinite(errors).sum())} keypoints"
         )
-    written = save_alignment_figure(result, args.out)
+    written = save_alignment_figure(result, out)
     print(f"wrote {written}")
     if args.warped_out is not None:
         from PIL import Image
 
         pixels = (result.warped.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        fmt = Path(args.warped_out).suffix.lstrip(".").upper() or "PNG"
         buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="JPEG" if fmt == "JPG" else fmt)
-        Path(args.warped_out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.warped_out, buffer.getvalue())
-        print(f"wrote {args.warped_out}")
+        Image.fromarray(pixels).save(buffer, format=IMAGE_FORMATS.get(warped_out.suffix.lower(), "PNG"))
+        warped_out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(warped_out, buffer.getvalue())
+        print(f"wrote {warped_out}")
     return 0
 
 
@@ -501,37 +653,33 @@ def _run_align(args: argparse.Namespace) -> int:
 
 
 def _add_convert_official_arguments(parser: argparse.ArgumentParser) -> None:
-    from a2net.model import GEOMETRIC_MODELS, TORCHVISION_BACKBONES
-
     parser.add_argument("src", help="the authors' checkpoint file (e.g. resnet_affine_oack027.pth.tar)")
     parser.add_argument("dst", help="checkpoint directory to write (this library's format)")
     parser.add_argument(
         "--geometric-model",
         default=None,
-        choices=tuple(GEOMETRIC_MODELS),
+        choices=GEOMETRIC_MODEL_CHOICES,
         help="check the checkpoint is this model (default: read from its weights)",
     )
     parser.add_argument(
         "--backbone",
         default=None,
-        choices=TORCHVISION_BACKBONES,
+        choices=TORCHVISION_BACKBONE_CHOICES,
         help="check the checkpoint has this backbone (default: read from its weights)",
     )
 
 
 def _run_convert_official(args: argparse.Namespace) -> int:
     """``a2net convert-official``: convert, print what was written."""
-    import json
-    import pickle
+    from a2net.fileio import check_output_dir
 
-    from a2net.checkpoint import STATE_FILE
+    check_output_dir("dst", args.dst)
+
+    from a2net.checkpoint import read_state
     from a2net.official import convert_official
 
-    try:
-        out = convert_official(args.src, args.dst, geometric_model=args.geometric_model, backbone=args.backbone)
-    except (FileNotFoundError, ValueError, pickle.UnpicklingError) as err:
-        raise SystemExit(f"a2net convert-official: {err}") from None
-    config = json.loads((out / STATE_FILE).read_text())["config"]
+    out = convert_official(args.src, args.dst, geometric_model=args.geometric_model, backbone=args.backbone)
+    config = read_state(out)["config"]
     print(
         f"converted {args.src} -> {out}: A2Net({config['geometric_model']!r}, backbone={config['backbone']!r}, "
         f"oac_layout={config['oac_layout']!r}, image_size={tuple(config['image_size'])})"
@@ -556,15 +704,63 @@ _COMMANDS = {
 }
 
 
-def main(argv=None) -> int:
-    """``a2net COMMAND ...``: parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit code."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(prog="a2net", description="A2Net semantic alignment")
-    sub = parser.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line: ``a2net: error: <message> (see: a2net <command> --help)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"a2net: error: {message} (see: {self.prog} --help)\n")
+
+
+def _message(err: BaseException) -> str:
+    """One line for an exception: its message; for one re-raised from a DataLoader worker (whose
+    message holds the worker's traceback), the original exception's own line."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if any(line.startswith("Original Traceback") for line in lines):
+        last = lines[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(lines)
+
+
+def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the Python traceback of an error (also A2NET_DEBUG=1)",
+    )
+    parser = _Parser(prog="a2net", description="A2Net semantic alignment", parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (text, add_arguments, run) in _COMMANDS.items():
-        command = sub.add_parser(name, help=text)
-        if name in argv:  # the options' choices import the library: build only those of the command run
+        command = sub.add_parser(name, help=text, description=text, parents=[common])
+        if name in argv:  # only the options of the command being run are built
             add_arguments(command)
         command.set_defaults(func=run)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return parser
+
+
+def main(argv=None) -> int:
+    """``a2net COMMAND ...``: parse ``argv`` (default ``sys.argv[1:]``), run the command, return its
+    exit code: 0, 2 for a usage error, 1 for bad data or any other error, 130 on Ctrl-C (see the
+    module docstring)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("A2NET_DEBUG", "") not in ("", "0")
+    try:
+        args = _build_parser(argv).parse_args(argv)
+        return args.func(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("a2net: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        message = _message(err)
+        if not isinstance(err, (ValueError, OSError, ImportError)):  # not an anticipated input error
+            message = f"{type(err).__name__}: {message} (--debug shows the traceback)"
+        print(f"a2net: error: {message}", file=sys.stderr)
+        return 2 if isinstance(err, UsageError) else 1

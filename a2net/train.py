@@ -17,6 +17,14 @@ Output directory::
                     state.json with the step, the model config and these training arguments,
                     optimizer.pt), replaced atomically every --checkpoint-every steps and at the end
 
+An output directory that holds a run (``last/`` or ``metrics.jsonl``) is refused unless
+``resume`` (continue it) or ``overwrite`` (delete its ``last/``, ``.last.old`` and
+``metrics.jsonl``, with a notice, once everything else has been checked; other files are left
+alone) is given. ``resume`` without a checkpoint (a run killed before its first save) is an error
+that says so. Temporary ``.last.tmp-*`` folders left by a kill during a save are removed at start.
+The options are checked (positive counts, an existing folder of readable images) before anything
+is written.
+
 Steps count from 1. The data of step ``s`` is a function of ``(seed, s)`` only
 (:class:`a2net.synthetic.StepBatchSampler`), so ``--resume`` continues from ``last/`` and, on CPU,
 reaches the same weights as an uninterrupted run, bit for bit. Launched by ``torchrun`` with
@@ -32,6 +40,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -39,9 +48,11 @@ import torch
 
 from a2net import checkpoint as ckpt
 from a2net import geometry
-from a2net.fileio import atomic_write
+from a2net.errors import InputError, InputNotFoundError, UsageError
+from a2net.fileio import atomic_write, check_output_dir
+from a2net.images import check_image_file
 from a2net.model import build_model, normalize_images
-from a2net.synthetic import DEFAULT_RESIZE, StepBatchSampler, SyntheticPairDataset, collate_pairs
+from a2net.synthetic import DEFAULT_RESIZE, StepBatchSampler, SyntheticPairDataset, collate_pairs, list_images
 
 __all__ = ["DEFAULTS", "LR_SCHEDULES", "PRESETS", "learning_rate", "resolve_options", "train"]
 
@@ -174,12 +185,27 @@ def resolve_options(args, stored: dict | None) -> dict:
     return options
 
 
+#: The smallest ``image_size``: 7x7 feature maps for the encoder's 7x7 convolution.
+MIN_IMAGE_SIZE = 112
+
+
 def _check(options: dict) -> None:
     for key in ("batch_size", "checkpoint_every", "image_size"):
-        if not isinstance(options[key], int) or options[key] < 1:
-            raise ValueError(f"--{key.replace('_', '-')}: expected an int >= 1, got {options[key]!r}")
+        if isinstance(options[key], bool) or not isinstance(options[key], int) or options[key] < 1:
+            raise UsageError(f"--{key.replace('_', '-')}: expected an int >= 1, got {options[key]!r}")
+    if options["image_size"] < MIN_IMAGE_SIZE:
+        raise UsageError(
+            f"--image-size: expected >= {MIN_IMAGE_SIZE} (7x7 feature maps for the encoder's 7x7 convolution), "
+            f"got {options['image_size']}"
+        )
+    steps = options["max_steps"]
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise UsageError(f"--max-steps: expected an int >= 1, got {steps!r}")
+    epochs = options["epochs"]
+    if epochs is not None and not (isinstance(epochs, (int, float)) and math.isfinite(epochs) and epochs > 0):
+        raise UsageError(f"--epochs: expected a number > 0, got {epochs!r}")
     if not options["lr"] > 0:
-        raise ValueError(f"--lr: expected a number > 0, got {options['lr']!r}")
+        raise UsageError(f"--lr: expected a number > 0, got {options['lr']!r}")
     if options["data"] is None:
         raise ValueError(
             "--data: expected an image folder (the paper preset trains on PASCAL VOC 2011 images: "
@@ -189,6 +215,72 @@ def _check(options: dict) -> None:
         raise ValueError(f"--lr-schedule: expected one of {list(LR_SCHEDULES)}, got {options['lr_schedule']!r}")
     if options["max_steps"] is None and options["epochs"] is None:
         raise ValueError("--max-steps/--epochs: expected one of them")
+
+
+def _check_data(data) -> None:
+    """An image folder exists and holds readable images (headers only); bundled photos pass."""
+    if str(data).startswith("bundled:"):
+        return
+    folder = Path(data)
+    if not folder.is_dir():
+        raise InputNotFoundError(
+            f"--data: no such directory {str(data)!r} (expected an image folder, or bundled:training)"
+        )
+    paths = list_images(folder)
+    if not paths:
+        raise InputError(f"--data: no .jpg/.jpeg/.png images in {str(data)!r}")
+    for path in paths:
+        check_image_file(path)
+
+
+def _existing_run(output_dir: Path) -> str | None:
+    """What run ``output_dir`` holds (for the messages), or None."""
+    for name in ("last", ".last.old"):
+        if (output_dir / name).exists():
+            try:
+                return f"a checkpoint at step {ckpt.read_state(output_dir / name)['step']}"
+            except (InputError, OSError):
+                return f"a checkpoint folder {name}/"
+    metrics = output_dir / METRICS_FILE
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        return f"{METRICS_FILE} but no checkpoint yet (a run stopped before its first save)"
+    return None
+
+
+def _stored_run(output_dir: Path) -> dict:
+    """The state of the run ``resume`` continues, or a one-line error saying why there is none."""
+    try:
+        stored = ckpt.read_state(output_dir / "last")
+    except InputNotFoundError:
+        found = _existing_run(output_dir)
+        raise InputNotFoundError(
+            f"--resume: no checkpoint in {str(output_dir / 'last')!r} to resume"
+            + (f" ({output_dir} holds {found}); start again with --overwrite" if found else "; run without --resume")
+        ) from None
+    if not isinstance(stored.get("options"), dict):
+        raise InputError(
+            f"--resume: {str(output_dir / 'last')!r} is not a checkpoint of `a2net train` (no training options)"
+        )
+    return stored
+
+
+def _clear_run(output_dir: Path, overwrite: bool, log) -> None:
+    """Remove the leftovers of killed saves and, with ``overwrite``, the previous run."""
+    for tmp in output_dir.glob(".last.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not overwrite:
+        return
+    found = _existing_run(output_dir)
+    if found is None:
+        return
+    for name in ("last", ".last.old"):
+        if (output_dir / name).exists():
+            # renamed first: a kill during the removal leaves a .last.tmp-* (removed next time), never half a last/
+            doomed = output_dir / f".last.tmp-overwritten-{name.strip('.')}-{os.getpid()}"
+            os.replace(output_dir / name, doomed)
+            shutil.rmtree(doomed)
+    (output_dir / METRICS_FILE).unlink(missing_ok=True)
+    log(f"--overwrite: removed the previous run in {output_dir} ({found})")
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -216,6 +308,7 @@ def train(
     options: dict,
     output_dir,
     resume: bool = False,
+    overwrite: bool = False,
     device=None,
     amp: bool = False,
     compile: bool = False,
@@ -229,6 +322,8 @@ def train(
         options: the run's options (keys of :data:`DEFAULTS`, e.g. ``dict(DEFAULTS, **PRESETS["demo"])``).
         output_dir: where ``metrics.jsonl`` and ``last/`` go.
         resume: continue from ``output_dir/last`` (options are then those stored there).
+        overwrite: replace the run ``output_dir`` holds (without it, and without ``resume``, a
+            directory holding a run is refused).
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
         amp: bf16 autocast on CUDA.
         compile: ``torch.compile`` the model.
@@ -240,18 +335,29 @@ def train(
     """
     from tqdm import tqdm
 
-    output_dir = Path(output_dir)
+    output_dir = check_output_dir("--output-dir", output_dir)
     stored = None
+    if resume and overwrite:
+        raise UsageError("--resume, --overwrite: expected at most one of them, got both")
     if resume:
-        state_dir = ckpt.resolve_checkpoint(output_dir / "last")
-        stored = json.loads((state_dir / ckpt.STATE_FILE).read_text())
+        stored = _stored_run(output_dir)
         options = dict(
             stored["options"],
             max_steps=options["max_steps"],
             epochs=options["epochs"],
             checkpoint_every=options["checkpoint_every"],
         )
+    elif not overwrite and (found := _existing_run(output_dir)) is not None:
+        raise UsageError(
+            f"--output-dir: {str(output_dir)!r} holds a run ({found}); pass --resume to continue it or "
+            "--overwrite to replace it"
+        )
     _check(options)
+    if stored is not None and options["max_steps"] is not None and options["max_steps"] <= stored["step"]:
+        raise UsageError(
+            f"--max-steps: the run being resumed is at step {stored['step']} already, got {options['max_steps']}"
+        )
+    _check_data(options["data"])
     rank, local_rank, world = _distributed()
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -277,6 +383,11 @@ def train(
     max_steps = options["max_steps"]
     if max_steps is None:
         max_steps = math.ceil(options["epochs"] * len(dataset) / (options["batch_size"] * world))
+        if stored is not None and max_steps <= stored["step"]:
+            raise UsageError(
+                f"--epochs: {options['epochs']} epochs end at step {max_steps}; the run being resumed is at step "
+                f"{stored['step']} already"
+            )
 
     config = {
         "geometric_model": options["geometric_model"],
@@ -310,10 +421,9 @@ def train(
     metrics_path = output_dir / METRICS_FILE
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
+        _clear_run(output_dir, overwrite and stored is None, log)
         if stored is not None:
             _rewind_metrics(metrics_path, step)
-        elif metrics_path.exists():
-            metrics_path.unlink()  # a fresh run: metrics of an earlier run in this directory go
     extra = {"options": options, "preset": options.get("preset")}
 
     sampler = StepBatchSampler(options["batch_size"], step + 1, max_steps, rank=rank, world_size=world)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from a2net import A2Net, TwoStageAligner, benchmarks, cli, evaluate, fileio, geometry, metrics
+from a2net.errors import UsageError
 from tests.test_benchmarks import join, make_tss, write_csv, write_image
 
 SIZE = (112, 112)  # the smallest input of the tiny backbone (7x7 features)
@@ -526,5 +527,5 @@ def test_argument_errors(tmp_path):
         evaluate.evaluate_keypoints(tiny(theta=IDENTITY), dataset, batch_size=0)
     with pytest.raises(ValueError, match=r"model: expected an A2Net or a TwoStageAligner, got Linear"):
         evaluate.evaluate_keypoints(nn.Linear(2, 2), dataset)
-    with pytest.raises(SystemExit, match="--data is required"):
+    with pytest.raises(UsageError, match="--data: required"):
         cli._run_eval(parse(["--benchmark", "tss", "--output", str(tmp_path / "x.json"), "--checkpoint", "m"]))
