@@ -104,6 +104,19 @@ def _device(text: str | None):
     return device
 
 
+def _input_size(aligner, size) -> tuple[int, int] | None:
+    """``--image-size`` checked against the model (large enough for the encoder), or None."""
+    from a2net.errors import InputError
+    from a2net.inference import input_size
+
+    if size is None:
+        return None
+    try:
+        return input_size(aligner, tuple(size))
+    except InputError as err:
+        raise UsageError(f"--image-size: {str(err).removeprefix('image_size: ')}") from None
+
+
 def _figure_path(name: str, path: str) -> Path:
     """An alignment figure's path, checked before any work (format, writable folder, matplotlib)."""
     from a2net.errors import require_extra
@@ -453,7 +466,6 @@ def _run_eval(args: argparse.Namespace) -> int:
     import torch
 
     import a2net
-    from a2net._validation import as_size
     from a2net.errors import InputError
     from a2net.evaluate import (
         KEYPOINT_ALPHAS,
@@ -469,9 +481,9 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     device = _device(args.device)
     aligners, checkpoints = _eval_aligners(args, device)
-    image_size = None if args.image_size is None else as_size("--image-size", tuple(args.image_size))
-    for aligner in aligners.values():
-        input_size(aligner, image_size)  # too small for the encoder: an error before any image is read
+    image_size = None
+    for aligner in aligners.values():  # too small for the encoder: an error before any image is read
+        image_size = _input_size(aligner, args.image_size)
     dataset, title = _eval_dataset(args, aligners)
     common = dict(
         image_size=image_size,
@@ -602,7 +614,7 @@ def _run_align(args: argparse.Namespace) -> int:
 
     from a2net.alignment import align, save_alignment_figure
     from a2net.fileio import atomic_write
-    from a2net.inference import as_image, input_size, load_aligner
+    from a2net.inference import as_image, load_aligner
 
     aligner = load_aligner(
         args.checkpoint,
@@ -612,7 +624,7 @@ def _run_align(args: argparse.Namespace) -> int:
         device=_device(args.device),
     )
     source, target = as_image(args.source, "source"), as_image(args.target, "target")
-    image_size = None if args.image_size is None else input_size(aligner, tuple(args.image_size))
+    image_size = _input_size(aligner, args.image_size)
     result = align(
         source,
         target,

@@ -175,7 +175,7 @@ def resolve_options(args, stored: dict | None) -> dict:
     if stored is not None:
         for key in RUN_KEYS:
             if key in explicit and explicit[key] != stored["options"][key]:
-                raise ValueError(
+                raise UsageError(
                     f"--{key.replace('_', '-')}: the run being resumed used {stored['options'][key]!r}, "
                     f"got {explicit[key]!r} (a resumed run keeps its data, model and optimiser)"
                 )
@@ -207,14 +207,14 @@ def _check(options: dict) -> None:
     if not options["lr"] > 0:
         raise UsageError(f"--lr: expected a number > 0, got {options['lr']!r}")
     if options["data"] is None:
-        raise ValueError(
+        raise UsageError(
             "--data: expected an image folder (the paper preset trains on PASCAL VOC 2011 images: "
             "pass their folder) or bundled:training"
         )
     if options["lr_schedule"] not in LR_SCHEDULES:
-        raise ValueError(f"--lr-schedule: expected one of {list(LR_SCHEDULES)}, got {options['lr_schedule']!r}")
+        raise UsageError(f"--lr-schedule: expected one of {list(LR_SCHEDULES)}, got {options['lr_schedule']!r}")
     if options["max_steps"] is None and options["epochs"] is None:
-        raise ValueError("--max-steps/--epochs: expected one of them")
+        raise UsageError("--max-steps/--epochs: expected one of them")
 
 
 def _check_data(data) -> None:

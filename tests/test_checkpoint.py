@@ -171,3 +171,64 @@ def test_default_checkpoint(monkeypatch, tmp_path):
     monkeypatch.setattr(ckpt, "DEFAULT_CHECKPOINT", tmp_path / "missing.safetensors")
     with pytest.raises(FileNotFoundError, match="a2net train --preset demo"):
         ckpt.load_default_model()
+
+
+def test_corrupted_checkpoints_are_named_and_refused(tmp_path):
+    from a2net.errors import InputError, InputNotFoundError
+
+    model, optimizer = _trained()
+    good = ckpt.save_checkpoint(tmp_path / "good", model, optimizer, step=4)
+    assert ckpt.read_state(good)["step"] == 4
+
+    def copy(name):
+        directory = tmp_path / name
+        directory.mkdir()
+        for file in good.iterdir():
+            (directory / file.name).write_bytes(file.read_bytes())
+        return directory
+
+    # a flipped bit anywhere in the tensors: the stored SHA-256 no longer matches
+    flipped = copy("flipped")
+    data = bytearray((flipped / "model.safetensors").read_bytes())
+    data[-7] ^= 0x01  # the lowest mantissa bit of one weight: still finite, still plausible
+    (flipped / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"flipped/model.safetensors' is corrupted: .*SHA-256"):
+        ckpt.load_model(flipped)
+    truncated = copy("truncated")
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputError, match=r"truncated/model.safetensors' is corrupted or truncated"):
+        ckpt.load_model(truncated)
+    # non-finite weights (a file without a checksum, as the embedded demo, is still checked for them)
+    with torch.no_grad():
+        model.FeatureRegression.linear.bias[1] = float("inf")
+    nan = ckpt.save_checkpoint(tmp_path / "nan", model, step=4)
+    with pytest.raises(InputError, match=r"'FeatureRegression.linear.bias' has 1 NaN/inf"):
+        ckpt.load_model(nan)
+    # state.json: not JSON, not the expected object
+    for text, match in [
+        (b"\xff\x00{", "state.json' is corrupted \\(not JSON"),
+        (b"[1, 2]", "expected a JSON object"),
+        (json.dumps({"format": ckpt.FORMAT, "step": -1, "config": {}, "backbone": {}}).encode(), "step -1"),
+    ]:
+        broken = copy(f"state{len(list(tmp_path.iterdir()))}")
+        (broken / "state.json").write_bytes(text)
+        with pytest.raises(InputError, match=match):
+            ckpt.load_model(broken)
+    # a config that builds other shapes than the stored tensors
+    other = copy("other")
+    state = json.loads((other / "state.json").read_text())
+    state["config"]["channels"] = 64
+    (other / "state.json").write_text(json.dumps(state))
+    with pytest.raises(InputError, match=r"does not fit the model its config describes: tensor .* has shape"):
+        ckpt.load_model(other)
+    # a damaged optimizer file, when resuming
+    damaged = copy("damaged")
+    (damaged / "optimizer.pt").write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match=r"optimizer: .*damaged/optimizer.pt' is corrupted"):
+        ckpt.load_checkpoint(damaged, optimizer=torch.optim.Adam(model.parameters()))
+    # missing or empty: FileNotFoundError-compatible, saying what was found
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputNotFoundError, match="it is empty"):
+        ckpt.load_model(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ckpt.read_state(tmp_path / "absent")
