@@ -379,3 +379,18 @@ def test_help_imports_no_torch():
     process = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert process.returncode == 0, process.stderr
     assert process.stdout.strip() == "[]"
+
+
+def test_an_error_from_a_dataloader_worker_is_one_line():
+    from torch._utils import ExceptionWrapper
+
+    from a2net.errors import InputError
+
+    try:
+        raise InputError("image: 'x.jpg' is truncated or corrupted")
+    except InputError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(InputError) as caught:
+        wrapped.reraise()
+    assert "Traceback" in str(caught.value)  # what DataLoader re-raises: the worker's traceback in the message
+    assert cli._message(caught.value) == "image: 'x.jpg' is truncated or corrupted"
