@@ -5,31 +5,48 @@ are the inverse channel norms of the two feature maps (``1/sqrt(sum_c f^2 + eps)
 feature normalisation) and ``N_t`` the L2 normalisation over ``s`` for each ``t`` (optional, as
 is the ReLU).
 
+Layouts (docs/design.md §9). Every GEMM here reads both operands as rows whose reduction index is
+contiguous (K-major): the only layout Hopper's tf32 ``wgmma`` takes, and the one whose rows load
+with 16-byte ``cp.async`` when they are 16-byte aligned. The forward reduces over channels, so it
+reads the feature maps channels-last; the backward reduces over positions, so it reads
+position-contiguous copies padded to :data:`POS_PAD` (an NCHW row of a 15x15 map is 900 bytes,
+never aligned).
+
 Forward:
 
-* :func:`correlation_inverse_norm_kernel` computes ``a`` (B, S) and ``b`` (B, T) over C, once per
-  map.
-* :func:`correlation_fwd_kernel` is the batched GEMM ``(S x C) @ (C x T)`` per batch with the
-  scales, the ReLU and the match normalisation fused into its epilogue. When the whole source
-  dimension fits one block (S <= :data:`MAX_FUSED_S`) the column norm over ``s`` is complete
-  inside the tile and the output is final. Otherwise (``SPLIT``) each tile stores its values
-  divided by their own partial column norm (bounded by 1, so fp16 cannot overflow even without
-  feature normalisation) and its partial sums of squares per ``(s-block, t)``;
-  :func:`correlation_normalize_matches_kernel` then sums the partials in a fixed order
-  (deterministic, no atomics) and rescales in place.
+* :func:`correlation_fwd_prep_kernel`, one pass over a feature map: the inverse norms ``(B, N)``
+  and, when the map is not channels-last already, its channels-last copy ``(B, N, C)`` (the copy
+  the launcher makes for any other strides; a channels-last input is read in place).
+* :func:`correlation_fwd_kernel`, the batched GEMM ``(S x C) @ (C x T)`` with the scales, the ReLU
+  and the match normalisation in its epilogue; ``[BLOCK_S, BLOCK_T]`` tiles, sources as the M
+  dimension. The output is written once, final. When a column of sources fits one block
+  (S <= :data:`MAX_FUSED_S`, the paper's 15x15) the column norm is complete in the tile
+  (``MATCH="tile"``). Above that the kernel runs twice over the same tiles: ``MATCH="partials"``
+  computes each tile and stores only its column sums of squares per ``(s-block, t)``;
+  ``MATCH="final"`` recomputes the tile, sums the partials of its column in block order (every
+  program of a column adds the same numbers in the same order: deterministic, no atomics) and
+  stores ``r / n_t``. That trades a second GEMM (``2 B S T C`` FLOPs) for the ``2 B S T`` elements
+  a rescale pass would re-read and re-write.
 
 Backward (``g`` the incoming gradient, ``n_t`` the column norm, ``r = relu(c)``):
 
 * :func:`correlation_bwd_prep_kernel`, one program per ``t``-block looping over ``s``:
-  ``dc = (g - out * <g, out>_s) / n_t``, masked by ``out > 0`` with ReLU. With feature
-  normalisation it also produces the row/column dots ``sum_t dc*r`` and ``sum_s dc*r``, which
-  equal ``<d f_hat, f_hat>_c`` of the feature-norm backward (``<fs_hat_s, ft_hat_t> = c[s, t]``),
-  so the GEMM epilogue needs no reduction over C.
-* :func:`correlation_bwd_features_kernel`, one GEMM for either input ``y`` against the other map
-  ``x`` with inverse norms ``v``/``u``: ``dy[c, n] = v_n * (sum_k x[c, k] u_k dc[k, n] - y[c, n] v_n
-  dot_n)`` (``n = s, k = t`` for the source, the other way round for the target). The scale
-  ``u_k`` is applied to the ``x`` tile (normalised features, bounded by 1: safe in 16 bits) so
-  that ``dc`` stays unscaled in the input dtype.
+  ``dc = (g - out * <g, out>_s) / n_t``, masked by ``out > 0`` with ReLU, written as ``dc``
+  ``(B, S, T_pad)`` for the source gradient and as its transpose ``(B, T, S_pad)`` for the target
+  gradient (each the K-major operand of its GEMM), zero-padded. With feature normalisation it also
+  produces the row/column dots ``sum_t dc*r`` and ``sum_s dc*r``, which equal
+  ``<d f_hat, f_hat>_c`` of the feature-norm backward (``<fs_hat_s, ft_hat_t> = c[s, t]``), so the
+  GEMM epilogue needs no reduction over C.
+* :func:`correlation_bwd_operand_kernel`: the other map, normalised (``x * x_scale``: bounded by
+  1, safe in 16 bits) and position-contiguous ``(B, C, K_pad)``.
+* :func:`correlation_bwd_features_kernel`, one GEMM per input ``y``:
+  ``dy[n, c] = v_n * (sum_k e[n, k] x_hat[c, k] - y[n, c] v_n dot_n)`` (``n = s, k = t`` for the
+  source, the other way round for the target).
+
+Offsets: the batch offsets and the offset of each tile's first row (``s0 * T`` passes 2^31 from
+about 216x216 maps on) are 64-bit scalars (:func:`a2net.kernels._common.block_offset`); offsets
+inside a tile stay 32-bit (a 64-bit offset tensor costs two registers an element). The grids put
+the batch in their last dimension (at most 65535, checked by the op).
 
 Saved for the backward: the output, the inverse feature norms (B, S), (B, T) and the inverse
 match norms (B, T); nothing of size S*T beyond the output itself. The ReLU mask is ``out > 0``.
@@ -41,83 +58,125 @@ import torch
 import triton
 import triton.language as tl
 
-from a2net.kernels._common import correlation_tile, dot_options, dtype_name, strides
+from a2net.kernels._common import block_offset, dot_nt_tile, dot_options, dtype_name, strides
 from a2net.kernels._memory import accumulation_dtype, empty
 from a2net.kernels._tuning import autotune, launch
 
-#: Largest source size whose column norm is fused into the GEMM tile (one ``s``-block).
+#: Largest source size whose column norm is complete in one GEMM tile (one ``s``-block).
 MAX_FUSED_S = 256
-#: ``s``-block of the GEMM when the source dimension is split (two-stage match normalisation).
+#: ``s``-block of the GEMM when the source dimension is split (two passes over the tiles).
 SPLIT_BLOCK_S = 128
+#: Every forward config's ``BLOCK_C`` divides this: ``C % MAX_BLOCK_C == 0`` drops the channel mask.
+MAX_BLOCK_C = 64
+#: Position rows of the backward operands are padded to a multiple of this (>= every ``BLOCK_K``),
+#: which keeps them 16-byte aligned and the GEMM's K loop unmasked.
+POS_PAD = 64
+#: Largest dynamic shared memory a config may ask for (sm_80's; sm_90 has 232448).
+SHARED_LIMIT = 166912
+#: Most fp32 accumulator elements per thread a config may hold (more spills with the operands).
+MAX_ACC_PER_THREAD = 64
 
-# Forward GEMM: BLOCK_S is chosen by the launcher (it decides fused vs split and sizes the
-# partial-sum buffer), so it is not tuned. First config = default (interpreter, AOT report).
+# The GEMMs' first config is the default (interpreter, kernel report, deterministic mode). 8 warps
+# are two warpgroups: every tile has >= 64 rows per warpgroup, so every tl.dot is a wgmma on sm_90.
 FWD_CONFIGS = [
-    triton.Config({"BLOCK_T": 64, "BLOCK_C": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_T": 32, "BLOCK_C": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_T": 32, "BLOCK_C": 32}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_T": 64, "BLOCK_C": 64}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_T": 64, "BLOCK_C": 32}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_T": 128, "BLOCK_C": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_T": 64, "BLOCK_C": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_T": 128, "BLOCK_C": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_T": 64, "BLOCK_C": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_T": 128, "BLOCK_C": 32}, num_warps=8, num_stages=4),
+    triton.Config({"BLOCK_T": 64, "BLOCK_C": 32}, num_warps=4, num_stages=4),
 ]
 BWD_CONFIGS = [
-    triton.Config({"BLOCK_C": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_C": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_C": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_C": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_C": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_N": 128, "BLOCK_C": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_N": 64, "BLOCK_C": 128, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_N": 128, "BLOCK_C": 128, "BLOCK_K": 64}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_N": 128, "BLOCK_C": 64, "BLOCK_K": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_N": 128, "BLOCK_C": 128, "BLOCK_K": 32}, num_warps=8, num_stages=4),
 ]
+assert all(MAX_BLOCK_C % c.kwargs["BLOCK_C"] == 0 for c in FWD_CONFIGS)
+assert all(POS_PAD % c.kwargs["BLOCK_K"] == 0 for c in BWD_CONFIGS)
+
+# Memory-bound kernels: fixed blocks (the prep blocks divide POS_PAD, so their grids cover the padding).
+NORM_BLOCK_N, NORM_BLOCK_C, NORM_WARPS = 64, 32, 4
+PREP_BLOCK_S, PREP_BLOCK_T, PREP_WARPS = 32, 64, 8
+OPERAND_BLOCK_R, OPERAND_BLOCK_K, OPERAND_WARPS = 32, 64, 4
+
+
+def _fits(block_m: int, block_n: int, block_k: int, cfg, elem: int) -> bool:
+    threads = 32 * cfg.num_warps
+    shared = cfg.num_stages * (block_m + block_n) * block_k * elem
+    return block_m * block_n <= MAX_ACC_PER_THREAD * threads and shared <= SHARED_LIMIT
+
+
+def _elem(args: dict, name: str) -> int:
+    x = args.get(name)
+    return x.element_size() if isinstance(x, torch.Tensor) else 4
 
 
 def prune_fwd_configs(configs, named_args, **kwargs):
-    """Drop the configs whose accumulator (> 64 fp32 a thread) or source tile (> 32) would
-    spill at the launcher's ``BLOCK_S`` (the fused 256-row tile; the kernel report shows them
-    spilling on sm_90)."""
-    block_s = kwargs.get("BLOCK_S", named_args.get("BLOCK_S", SPLIT_BLOCK_S))
-
-    def fits(cfg):
-        threads = 32 * cfg.num_warps
-        acc, tile = block_s * cfg.kwargs["BLOCK_T"], block_s * cfg.kwargs["BLOCK_C"]
-        return acc <= 64 * threads and tile <= 32 * threads
-
-    return [cfg for cfg in configs if fits(cfg)] or configs[:1]
+    """The configs whose accumulator and pipelined operand tiles fit at the launcher's ``BLOCK_S``
+    (the 256-row tile of the fused column norm leaves fewer)."""
+    block_s, elem = kwargs["BLOCK_S"], _elem(kwargs, "p_src")
+    kept = [c for c in configs if _fits(block_s, c.kwargs["BLOCK_T"], c.kwargs["BLOCK_C"], c, elem)]
+    return kept or configs[:1]
 
 
-# Memory-bound helpers: fixed blocks. correlation_normalize_matches_kernel rescales in place, so it
-# must never be autotuned (benchmark runs would rescale repeatedly).
-NORM_BLOCK_N, NORM_BLOCK_C, NORM_WARPS = 64, 32, 4
-RESCALE_BLOCK_T, RESCALE_WARPS = 32, 4
-PREP_BLOCK_S, PREP_BLOCK_T, PREP_WARPS = 32, 64, 8
+def prune_bwd_configs(configs, named_args, **kwargs):
+    """The configs whose accumulator and pipelined operand tiles fit."""
+    elem = _elem(kwargs, "p_e")
+    kept = [c for c in configs if _fits(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_C"], c.kwargs["BLOCK_K"], c, elem)]
+    return kept or configs[:1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def correlation_inverse_norm_kernel(
+def correlation_fwd_prep_kernel(
     p_x,
     p_inv,
+    p_rows,
     N,
     C,
     stride_xb,
     stride_xc,
     stride_xn,
     eps,
+    NORM: tl.constexpr,
+    COPY: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_C: tl.constexpr,
     FP64: tl.constexpr,
 ):
-    """``inv[b, n] = 1 / sqrt(sum_c x[b, c, n]^2 + eps)``; grid ``(cdiv(N, BLOCK_N), B)``."""
+    """One pass over a feature map ``x`` (B, C, N), any strides; grid ``(cdiv(N, BN), B)``.
+
+    ``NORM``: ``inv[b, n] = 1 / sqrt(sum_c x[b, c, n]^2 + eps)``. ``COPY``: ``rows[b, n, c] =
+    x[b, c, n]``, the channels-last copy (B, N, C).
+    """
     i_n, i_b = tl.program_id(0), tl.program_id(1)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    i_b64 = i_b.to(tl.int64)
+    r_n = tl.arange(0, BLOCK_N)
+    o_n = i_n * BLOCK_N + r_n
     o_c = tl.arange(0, BLOCK_C)
     m_n = o_n < N
-    # the channel offset grows in the (64-bit) pointer, tile offsets stay 32-bit
-    p_xt = p_x + i_b.to(tl.int64) * stride_xb + o_c[:, None] * stride_xc + o_n[None, :] * stride_xn  # [BC,BN]
+    p_xt = p_x + i_b64 * stride_xb + block_offset(i_n, BLOCK_N, stride_xn)
+    p_xt += r_n[:, None] * stride_xn + o_c[None, :] * stride_xc  # [BN, BC]
+    p_r = p_rows + i_b64 * N * C + block_offset(i_n, BLOCK_N, C) + (r_n[:, None] * C + o_c[None, :])  # [BN, BC]
     b_ss = tl.zeros((BLOCK_N,), dtype=tl.float64 if FP64 else tl.float32)
     for c0 in range(0, C, BLOCK_C):
-        m_x = ((c0 + o_c) < C)[:, None] & m_n[None, :]
-        b_x = tl.load(p_xt, mask=m_x, other=0.0).to(b_ss.dtype)  # [BC, BN]
-        b_ss += tl.sum(b_x * b_x, axis=0)
+        m_x = m_n[:, None] & ((c0 + o_c) < C)[None, :]
+        b_x = tl.load(p_xt, mask=m_x, other=0.0)  # [BN, BC]
+        if COPY:
+            tl.store(p_r, b_x, mask=m_x)
+        if NORM:
+            b_xf = b_x.to(b_ss.dtype)
+            b_ss += tl.sum(b_xf * b_xf, axis=1)
         p_xt += BLOCK_C * stride_xc
-    tl.store(p_inv + i_b.to(tl.int64) * N + o_n, 1.0 / tl.sqrt(b_ss + eps), mask=m_n)
+        p_r += BLOCK_C
+    if NORM:
+        tl.store(p_inv + i_b64 * N + o_n, 1.0 / tl.sqrt(b_ss + eps), mask=m_n)
 
 
 @autotune(FWD_CONFIGS, key=["S", "T", "C"], prune_configs_by={"early_config_prune": prune_fwd_configs})
@@ -134,111 +193,74 @@ def correlation_fwd_kernel(
     T,
     C,
     stride_sb,
-    stride_sc,
     stride_ss,
     stride_tb,
-    stride_tc,
     stride_tt,
     eps,
     NORM_FEAT: tl.constexpr,
     RELU: tl.constexpr,
-    NORM_MATCH: tl.constexpr,
-    SPLIT: tl.constexpr,
+    MATCH: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    EVEN_C: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
     FP64: tl.constexpr,
 ):
     """One ``[BLOCK_S, BLOCK_T]`` correlation tile; grid ``(cdiv(T, BT), cdiv(S, BS), B)``.
 
-    Writes ``out`` (B, S, T); with ``NORM_MATCH`` also ``inv_match`` (B, T) when fused, or the
-    partial sums of squares ``sumsq`` (B, cdiv(S, BS), T) when ``SPLIT``.
+    ``src`` (B, S, C) and ``tgt`` (B, T, C) have unit channel stride. ``MATCH``: ``"none"``;
+    ``"tile"`` (the whole column in the tile: writes ``out`` and ``inv_match`` (B, T));
+    ``"partials"`` (writes only ``sumsq`` (B, cdiv(S, BS), T), the column sums of squares of each
+    ``s``-block); ``"final"`` (reads them, writes ``out`` and, from the first ``s``-block,
+    ``inv_match``).
     """
     i_t, i_s, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     ACC: tl.constexpr = tl.float64 if FP64 else tl.float32
     i_b64 = i_b.to(tl.int64)
-    o_s = i_s * BLOCK_S + tl.arange(0, BLOCK_S)
-    o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    r_s = tl.arange(0, BLOCK_S)
+    r_t = tl.arange(0, BLOCK_T)
+    o_s = i_s * BLOCK_S + r_s
+    o_t = i_t * BLOCK_T + r_t
     o_c = tl.arange(0, BLOCK_C)
     m_s = o_s < S
     m_t = o_t < T
-    p_a = p_src + i_b64 * stride_sb + o_s[:, None] * stride_ss + o_c[None, :] * stride_sc  # [BS, BC]
-    p_b = p_tgt + i_b64 * stride_tb + o_c[:, None] * stride_tc + o_t[None, :] * stride_tt  # [BC, BT]
-    acc = correlation_tile(
-        p_a,
-        p_b,
-        m_s,
-        m_t,
-        C,
-        stride_sc,
-        stride_tc,
-        BLOCK_S,
-        BLOCK_T,
-        BLOCK_C,
-        INPUT_PRECISION,
-        DOT_FP32,
-        ACC,
-    )  #
+    p_ss = p_sumsq + i_b64 * tl.num_programs(1) * T + o_t  # [BT], row i_s
+    if MATCH == "final":  # the column norm first: only a [BT] vector stays live through the GEMM
+        b_total = tl.zeros((BLOCK_T,), dtype=ACC)
+        for i in range(0, tl.num_programs(1)):
+            b_total += tl.load(p_ss + i * T, mask=m_t, other=0.0)
+        b_inv = 1.0 / tl.sqrt(b_total + eps)
+        if i_s == 0:
+            tl.store(p_inv_match + i_b64 * T + o_t, b_inv, mask=m_t)
+    p_a = p_src + i_b64 * stride_sb + block_offset(i_s, BLOCK_S, stride_ss) + (r_s[:, None] * stride_ss + o_c[None, :])
+    p_b = p_tgt + i_b64 * stride_tb + block_offset(i_t, BLOCK_T, stride_tt) + (r_t[:, None] * stride_tt + o_c[None, :])
+    acc = dot_nt_tile(
+        p_a, p_b, m_s, m_t, C, BLOCK_S, BLOCK_T, BLOCK_C, EVEN_C, INPUT_PRECISION, DOT_FP32, ACC
+    )  # [BS, BT]
     if NORM_FEAT:
         b_as = tl.load(p_inv_src + i_b64 * S + o_s, mask=m_s, other=0.0)  # [BS]
         b_bt = tl.load(p_inv_tgt + i_b64 * T + o_t, mask=m_t, other=0.0)  # [BT]
         acc = acc * b_as[:, None] * b_bt[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    if NORM_MATCH:
-        b_ss = tl.sum(acc * acc, axis=0)  # [BT]; padded rows are 0
-        if SPLIT:
-            # store the tile over its own partial norm: |value| <= 1 whatever the input scale
-            b_scale = tl.where(b_ss > 0.0, 1.0 / tl.sqrt(tl.maximum(b_ss, 1e-30)), 0.0)
-            tl.store(p_sumsq + (i_b64 * tl.num_programs(1) + i_s) * T + o_t, b_ss, mask=m_t)
-        else:
-            b_scale = 1.0 / tl.sqrt(b_ss + eps)
-            tl.store(p_inv_match + i_b64 * T + o_t, b_scale, mask=m_t)
-        acc = acc * b_scale[None, :]
-    # s*T stays 32-bit: S*T < 2^31 up to 215x215 maps
-    p_o = p_out + i_b64 * S * T + o_s[:, None] * T + o_t[None, :]  # [BS, BT]
-    tl.store(p_o, acc.to(p_out.dtype.element_ty), mask=m_s[:, None] & m_t[None, :])
-
-
-@triton.jit
-def correlation_normalize_matches_kernel(
-    p_out,
-    p_sumsq,
-    p_inv_match,
-    S,
-    T,
-    n_sblocks,
-    eps,
-    BLOCK_S: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    FP64: tl.constexpr,
-):
-    """Second stage of the split match normalisation, in place on ``out`` (B, S, T).
-
-    Grid ``(cdiv(T, BT), n_sblocks, B)``; ``BLOCK_S`` is the GEMM's, so a tile lies in one
-    ``s``-block. ``out = v * sqrt(sumsq[s-block]) / sqrt(sum_blocks sumsq + eps)``; the partials
-    are summed in block order, identically by every program of a column.
-    """
-    i_t, i_s, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b64 = i_b.to(tl.int64)
-    o_s = i_s * BLOCK_S + tl.arange(0, BLOCK_S)
-    o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    m_s = o_s < S
-    m_t = o_t < T
-    p_ss = p_sumsq + i_b64 * n_sblocks * T + o_t  # [BT]
-    b_total = tl.zeros((BLOCK_T,), dtype=tl.float64 if FP64 else tl.float32)
-    for i in range(0, n_sblocks):
-        b_total += tl.load(p_ss + i * T, mask=m_t, other=0.0)
-    b_inv = 1.0 / tl.sqrt(b_total + eps)  # [BT]
-    if i_s == 0:
+    if MATCH == "tile":
+        b_inv = 1.0 / tl.sqrt(tl.sum(acc * acc, axis=0) + eps)  # padded rows are 0
         tl.store(p_inv_match + i_b64 * T + o_t, b_inv, mask=m_t)
-    b_scale = tl.sqrt(tl.load(p_ss + i_s * T, mask=m_t, other=0.0)) * b_inv  # [BT]
-    p_o = p_out + i_b64 * S * T + o_s[:, None] * T + o_t[None, :]  # [BS, BT]
-    m_o = m_s[:, None] & m_t[None, :]
-    b_o = tl.load(p_o, mask=m_o, other=0.0).to(b_total.dtype)
-    tl.store(p_o, (b_o * b_scale[None, :]).to(p_out.dtype.element_ty), mask=m_o)
+        acc = acc * b_inv[None, :]
+    if MATCH == "partials":
+        tl.store(p_ss + i_s * T, tl.sum(acc * acc, axis=0), mask=m_t)
+    if MATCH == "final":
+        acc = acc * b_inv[None, :]
+    if MATCH != "partials":
+        p_o = p_out + i_b64 * S * T + block_offset(i_s, BLOCK_S, T) + (r_s[:, None] * T + o_t[None, :])  # [BS, BT]
+        tl.store(p_o, acc.to(p_out.dtype.element_ty), mask=m_s[:, None] & m_t[None, :])
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------------
 
 
 @triton.jit
@@ -246,49 +268,62 @@ def correlation_bwd_prep_kernel(
     p_grad,
     p_out,
     p_inv_match,
-    p_dcorr,
+    p_dc,
+    p_dct,
     p_dot_src,
     p_dot_tgt,
     S,
     T,
+    S_pad,
+    T_pad,
     stride_gb,
     stride_gs,
     stride_gt,
     RELU: tl.constexpr,
     NORM_MATCH: tl.constexpr,
     NORM_FEAT: tl.constexpr,
+    NEED_SRC: tl.constexpr,
+    NEED_TGT: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_T: tl.constexpr,
     FP64: tl.constexpr,
 ):
-    """Gradient w.r.t. the pre-ReLU correlation and the feature-norm dots; grid ``(cdiv(T, BT), B)``.
+    """Gradient w.r.t. the pre-ReLU correlation and the feature-norm dots; grid ``(T_pad / BT, B)``.
 
-    Writes ``dcorr`` (B, S, T) when ``RELU or NORM_MATCH`` (else ``dcorr = grad``); with
-    ``NORM_FEAT`` also ``dot_src`` (B, cdiv(T, BT), S) partial ``sum_t dc*r`` per ``t``-block
-    and ``dot_tgt`` (B, T) = ``sum_s dc*r``.
+    Writes ``dc`` (B, S, T_pad) with ``NEED_SRC`` and its transpose ``dct`` (B, T, S_pad) with
+    ``NEED_TGT``, zero in the padding (``dc = grad`` without ReLU and match normalisation); with
+    ``NORM_FEAT`` also ``dot_src`` (B, T_pad / BT, S), partial ``sum_t dc*r`` per ``t``-block, and
+    ``dot_tgt`` (B, T) = ``sum_s dc*r``. ``BLOCK_S`` and ``BLOCK_T`` divide the padding multiple.
     """
     i_t, i_b = tl.program_id(0), tl.program_id(1)
     i_b64 = i_b.to(tl.int64)
-    o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    o_s = tl.arange(0, BLOCK_S)
+    r_t = tl.arange(0, BLOCK_T)
+    o_t = i_t * BLOCK_T + r_t
+    o_s = tl.arange(0, BLOCK_S)  # rows of the first s-block; the loops move the pointers (64-bit)
     m_t = o_t < T
-    p_g = p_grad + i_b64 * stride_gb + o_s[:, None] * stride_gs + o_t[None, :] * stride_gt  # [BS, BT]
-    p_o = p_out + i_b64 * S * T + o_s[:, None] * T + o_t[None, :]  # [BS, BT]
+    p_g = p_grad + i_b64 * stride_gb + (o_s[:, None] * stride_gs + o_t[None, :] * stride_gt)  # [BS, BT]
+    p_o = p_out + i_b64 * S * T + (o_s[:, None] * T + o_t[None, :])  # [BS, BT]
+    p_d = p_dc + i_b64 * S * T_pad + (o_s[:, None] * T_pad + o_t[None, :])  # [BS, BT]
+    p_dt = p_dct + i_b64 * T * S_pad + block_offset(i_t, BLOCK_T, S_pad) + (r_t[None, :] * S_pad + o_s[:, None])
     ACC = tl.float64 if FP64 else tl.float32
     if NORM_MATCH:
         b_rn = tl.load(p_inv_match + i_b64 * T + o_t, mask=m_t, other=1.0)  # [BT], 1/n_t
         b_gdot = tl.zeros((BLOCK_T,), dtype=ACC)
+        p_gi, p_oi = p_g, p_o
         for s0 in range(0, S, BLOCK_S):
             m_o = ((s0 + o_s) < S)[:, None] & m_t[None, :]
-            b_g = tl.load(p_g + s0 * stride_gs, mask=m_o, other=0.0).to(ACC)
-            b_o = tl.load(p_o + s0 * T, mask=m_o, other=0.0).to(ACC)
+            b_g = tl.load(p_gi, mask=m_o, other=0.0).to(ACC)
+            b_o = tl.load(p_oi, mask=m_o, other=0.0).to(ACC)
             b_gdot += tl.sum(b_g * b_o, axis=0)
+            p_gi += BLOCK_S * stride_gs
+            p_oi += BLOCK_S * T
     b_dot_t = tl.zeros((BLOCK_T,), dtype=ACC)
-    for s0 in range(0, S, BLOCK_S):
+    # the transposed copy needs its padding columns s in [S, S_pad) written as zeros too
+    for s0 in range(0, S_pad if NEED_TGT else S, BLOCK_S):
         m_row = (s0 + o_s) < S
         m_o = m_row[:, None] & m_t[None, :]
-        b_g = tl.load(p_g + s0 * stride_gs, mask=m_o, other=0.0).to(ACC)  # [BS, BT]
-        b_o = tl.load(p_o + s0 * T, mask=m_o, other=0.0).to(ACC)  # [BS, BT]
+        b_g = tl.load(p_g, mask=m_o, other=0.0).to(ACC)  # [BS, BT]
+        b_o = tl.load(p_o, mask=m_o, other=0.0).to(ACC)  # [BS, BT]
         if NORM_MATCH:
             b_dc = (b_g - b_o * b_gdot[None, :]) * b_rn[None, :]
             b_r = b_o / b_rn[None, :]  # relu(c) = out * n_t
@@ -297,94 +332,115 @@ def correlation_bwd_prep_kernel(
             b_r = b_o
         if RELU:  # c > 0 <=> out > 0 (but for a c so small that out underflows the output dtype)
             b_dc = tl.where(b_o > 0.0, b_dc, 0.0)
-        if RELU or NORM_MATCH:
-            p_dc = p_dcorr + i_b64 * S * T + (s0 + o_s)[:, None] * T + o_t[None, :]  # [BS, BT]
-            tl.store(p_dc, b_dc.to(p_dcorr.dtype.element_ty), mask=m_o)
+        if NEED_SRC:
+            tl.store(p_d, b_dc.to(p_dc.dtype.element_ty), mask=m_row[:, None])
+        if NEED_TGT:
+            tl.store(p_dt, b_dc.to(p_dct.dtype.element_ty), mask=m_t[None, :])
         if NORM_FEAT:
             b_prod = b_dc * b_r  # = dc * c where dc != 0
             b_dot_t += tl.sum(b_prod, axis=0)
             p_ds = p_dot_src + (i_b64 * tl.num_programs(0) + i_t) * S + s0 + o_s
             tl.store(p_ds, tl.sum(b_prod, axis=1), mask=m_row)
+        p_g += BLOCK_S * stride_gs
+        p_o += BLOCK_S * T
+        p_d += BLOCK_S * T_pad
+        p_dt += BLOCK_S
     if NORM_FEAT:
         tl.store(p_dot_tgt + i_b64 * T + o_t, b_dot_t, mask=m_t)
 
 
-@autotune(BWD_CONFIGS, key=["N", "K", "C"])
+@triton.jit
+def correlation_bwd_operand_kernel(
+    p_x,
+    p_scale,
+    p_rows,
+    R,
+    K,
+    K_pad,
+    stride_xb,
+    stride_xr,
+    stride_xk,
+    SCALE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """A backward GEMM operand: ``rows[b, r, k] = x[b, r, k] * scale[b, k]`` (``SCALE``, else
+    ``x``), (B, R, K_pad) with unit ``k`` stride and zeros for ``k >= K``; ``x`` (B, R, K) any
+    strides. Grid ``(K_pad / BK, cdiv(R, BR), B)``."""
+    i_k, i_r, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b64 = i_b.to(tl.int64)
+    r_k = tl.arange(0, BLOCK_K)
+    r_r = tl.arange(0, BLOCK_R)
+    o_k = i_k * BLOCK_K + r_k
+    o_r = i_r * BLOCK_R + r_r
+    m_r = o_r < R
+    m_k = o_k < K
+    p_xt = p_x + i_b64 * stride_xb + block_offset(i_r, BLOCK_R, stride_xr) + block_offset(i_k, BLOCK_K, stride_xk)
+    p_xt += r_r[:, None] * stride_xr + r_k[None, :] * stride_xk  # [BR, BK]
+    b_x = tl.load(p_xt, mask=m_r[:, None] & m_k[None, :], other=0.0)  # [BR, BK]
+    if SCALE:
+        b_sc = tl.load(p_scale + i_b64 * K + o_k, mask=m_k, other=0.0)  # [BK]
+        b_x = b_x.to(b_sc.dtype) * b_sc[None, :]
+    p_r = p_rows + i_b64 * R * K_pad + block_offset(i_r, BLOCK_R, K_pad) + (r_r[:, None] * K_pad + o_k[None, :])
+    tl.store(p_r, b_x.to(p_rows.dtype.element_ty), mask=m_r[:, None] & (o_k < K_pad)[None, :])
+
+
+@autotune(BWD_CONFIGS, key=["N", "C", "K_pad"], prune_configs_by={"early_config_prune": prune_bwd_configs})
 @triton.jit
 def correlation_bwd_features_kernel(
+    p_e,
     p_x,
     p_y,
-    p_e,
-    p_x_scale,
     p_y_scale,
     p_dot,
     p_grad,
     N,
-    K,
     C,
+    K_pad,
     n_dot,
-    stride_xb,
-    stride_xc,
-    stride_xk,
     stride_yb,
     stride_yc,
     stride_yn,
-    stride_eb,
-    stride_ek,
-    stride_en,
     NORM_FEAT: tl.constexpr,
-    BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
     BLOCK_K: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
     FP64: tl.constexpr,
 ):
-    """Gradient of one feature map, ``grad`` (B, C, N); grid ``(cdiv(N, BN), cdiv(C, BC), B)``.
+    """Gradient of one feature map, ``grad`` (B, C, N) contiguous; grid ``(cdiv(N, BN), cdiv(C, BC), B)``.
 
-    ``x`` (B, C, K) is the other map, ``y`` (B, C, N) this one, ``e[k, n]`` the correlation
-    gradient seen from this map, ``x_scale``/``y_scale`` their inverse norms, ``dot``
-    (B, n_dot, N) the partial dots summed here in order. Without ``NORM_FEAT``:
-    ``grad = x @ e``.
+    ``e`` (B, N, K_pad) is the correlation gradient seen from this map and ``x`` (B, C, K_pad) the
+    other map, normalised, both with unit ``k`` stride and zero padding; ``y`` (B, C, N) is this
+    map (any strides), ``y_scale`` its inverse norms, ``dot`` (B, n_dot, N) the partial
+    feature-norm dots summed here in order. Without ``NORM_FEAT``: ``grad[c, n] = sum_k e[n, k] x[c, k]``.
     """
     i_n, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b64 = i_b.to(tl.int64)
-    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    r_n = tl.arange(0, BLOCK_N)
+    r_c = tl.arange(0, BLOCK_C)
+    o_n = i_n * BLOCK_N + r_n
+    o_c = i_c * BLOCK_C + r_c
     o_k = tl.arange(0, BLOCK_K)
-    m_c = o_c < C
     m_n = o_n < N
-    o_c64 = o_c.to(tl.int64)
-    p_xt = p_x + i_b64 * stride_xb + o_c64[:, None] * stride_xc + o_k[None, :] * stride_xk  # [BC, BK]
-    p_et = p_e + i_b64 * stride_eb + o_k[:, None] * stride_ek + o_n[None, :] * stride_en  # [BK, BN]
-    p_xs = p_x_scale + i_b64 * K + o_k  # [BK]
-    ACC = tl.float64 if FP64 else tl.float32
-    acc = tl.zeros((BLOCK_C, BLOCK_N), dtype=ACC)
-    for k0 in range(0, K, BLOCK_K):
-        m_k = (k0 + o_k) < K
-        b_x = tl.load(p_xt, mask=m_c[:, None] & m_k[None, :], other=0.0)  # [BC, BK]
-        b_e = tl.load(p_et, mask=m_k[:, None] & m_n[None, :], other=0.0)  # [BK, BN]
-        if NORM_FEAT:  # x_hat = x * x_scale: bounded by 1, safe to round back to 16 bits
-            b_xs = tl.load(p_xs, mask=m_k, other=0.0)  # [BK]
-            b_x = (b_x.to(ACC) * b_xs[None, :]).to(p_x.dtype.element_ty)
-        if DOT_FP32:  # the interpreter has no bf16 dot
-            b_x = b_x.to(tl.float32)
-            b_e = b_e.to(tl.float32)
-        acc = tl.dot(b_x, b_e, acc, input_precision=INPUT_PRECISION)
-        p_xt += BLOCK_K * stride_xk
-        p_et += BLOCK_K * stride_ek
-        p_xs += BLOCK_K
+    m_c = o_c < C
+    ACC: tl.constexpr = tl.float64 if FP64 else tl.float32
+    p_a = p_e + i_b64 * N * K_pad + block_offset(i_n, BLOCK_N, K_pad) + (r_n[:, None] * K_pad + o_k[None, :])
+    p_b = p_x + i_b64 * C * K_pad + block_offset(i_c, BLOCK_C, K_pad) + (r_c[:, None] * K_pad + o_k[None, :])
+    acc = dot_nt_tile(p_a, p_b, m_n, m_c, K_pad, BLOCK_N, BLOCK_C, BLOCK_K, True, INPUT_PRECISION, DOT_FP32, ACC)
     if NORM_FEAT:
         b_dot = tl.zeros((BLOCK_N,), dtype=ACC)
         for i in range(0, n_dot):
             b_dot += tl.load(p_dot + (i_b64 * n_dot + i) * N + o_n, mask=m_n, other=0.0)
         b_ys = tl.load(p_y_scale + i_b64 * N + o_n, mask=m_n, other=0.0)  # [BN]
-        p_yt = p_y + i_b64 * stride_yb + o_c64[:, None] * stride_yc + o_n[None, :] * stride_yn  # [BC, BN]
-        b_y = tl.load(p_yt, mask=m_c[:, None] & m_n[None, :], other=0.0).to(ACC)
+        p_yt = p_y + i_b64 * stride_yb + block_offset(i_c, BLOCK_C, stride_yc) + block_offset(i_n, BLOCK_N, stride_yn)
+        p_yt += r_c[None, :] * stride_yc + r_n[:, None] * stride_yn  # [BN, BC]
+        b_y = tl.load(p_yt, mask=m_n[:, None] & m_c[None, :], other=0.0).to(ACC)
         # df = y_n * (df_hat - f_hat * <df_hat, f_hat>_c), f_hat = f * y_n
-        acc = b_ys[None, :] * (acc - b_y * (b_ys * b_dot)[None, :])
-    p_gt = p_grad + i_b64 * C * N + o_c64[:, None] * N + o_n[None, :]  # [BC, BN]
-    tl.store(p_gt, acc.to(p_grad.dtype.element_ty), mask=m_c[:, None] & m_n[None, :])
+        acc = b_ys[:, None] * (acc - b_y * (b_ys * b_dot)[:, None])
+    p_g = p_grad + i_b64 * C * N + block_offset(i_c, BLOCK_C, N) + i_n * BLOCK_N + (r_c[None, :] * N + r_n[:, None])
+    tl.store(p_g, acc.to(p_grad.dtype.element_ty), mask=m_n[:, None] & m_c[None, :])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,27 +449,64 @@ def correlation_bwd_features_kernel(
 
 
 def fused_block_s(S: int) -> int | None:
-    """The GEMM's ``BLOCK_S`` when the source dimension fits one block, else None (split)."""
-    return max(16, triton.next_power_of_2(S)) if S <= MAX_FUSED_S else None
+    """The GEMM's ``BLOCK_S`` when the source dimension fits one block, else None (split). At least
+    64 rows: one ``wgmma`` M tile."""
+    return max(64, triton.next_power_of_2(S)) if S <= MAX_FUSED_S else None
 
 
-def correlation_inverse_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """``1 / sqrt(sum_c x^2 + eps)`` of a ``(B, C, N)`` tensor (any strides) -> ``(B, N)``."""
+def padded(n: int) -> int:
+    """``n`` rounded up to a multiple of :data:`POS_PAD`: the row length of the backward operands."""
+    return triton.cdiv(n, POS_PAD) * POS_PAD
+
+
+def match_mode(normalize_matches: bool, S: int) -> tuple[str, ...]:
+    """The forward GEMM's ``MATCH`` passes: ``("none",)``, ``("tile",)`` or ``("partials", "final")``."""
+    if not normalize_matches:
+        return ("none",)
+    return ("tile",) if fused_block_s(S) is not None else ("partials", "final")
+
+
+def _prep(x: torch.Tensor, normalize: bool, copy: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Inverse norms (B, N) (with ``normalize``) and channels-last rows (B, N, C) (with ``copy``) of
+    ``x`` (B, C, N), in one pass."""
     B, C, N = x.shape
-    inv = empty(B, N, dtype=accumulation_dtype(x.dtype), device=x.device)
-    correlation_inverse_norm_kernel[(triton.cdiv(N, NORM_BLOCK_N), B)](
+    inv = empty(B, N, dtype=accumulation_dtype(x.dtype), device=x.device) if normalize else None
+    rows = empty(B, N, C, dtype=x.dtype, device=x.device) if copy else None
+    correlation_fwd_prep_kernel[(triton.cdiv(N, NORM_BLOCK_N), B)](
         p_x=x,
-        p_inv=inv,
+        p_inv=inv if normalize else x,
+        p_rows=rows if copy else x,
         N=N,
         C=C,
         **strides("x", x, "bcn"),
         eps=eps,
+        NORM=normalize,
+        COPY=copy,
         BLOCK_N=NORM_BLOCK_N,
         BLOCK_C=NORM_BLOCK_C,
         FP64=x.dtype == torch.float64,
         num_warps=NORM_WARPS,
     )
+    return inv, rows
+
+
+def correlation_inverse_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """``1 / sqrt(sum_c x^2 + eps)`` of a ``(B, C, N)`` tensor (any strides) -> ``(B, N)``."""
+    inv, _ = _prep(x, True, False, eps)
     return inv
+
+
+def channels_last_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """``x`` (B, C, H, W) as rows (B, H*W, C) with unit channel stride when that is a view (a
+    channels-last map), else None (the launcher then makes the copy)."""
+    B, C, H, W = x.shape
+    rows = x.permute(0, 2, 3, 1)
+    if C > 1 and rows.stride(3) != 1:
+        return None
+    try:
+        return rows.view(B, H * W, C)
+    except RuntimeError:  # (H, W) do not collapse
+        return None
 
 
 def correlation_fwd(
@@ -428,7 +521,8 @@ def correlation_fwd(
     """Forward of the correlation.
 
     Args:
-        source: ``(B, C, Hs, Ws)``; target: ``(B, C, Ht, Wt)``; any strides, same dtype.
+        source: ``(B, C, Hs, Ws)``; target: ``(B, C, Ht, Wt)``; any strides, same dtype. A map that
+            is not channels-last is copied to channels-last (in the pass that computes its norms).
     Returns:
         ``out (B, Hs*Ws, Ht, Wt)`` in the input dtype, then what the backward needs, in the
         accumulation dtype: ``inv_source (B, S)``, ``inv_target (B, T)`` (empty without
@@ -448,59 +542,122 @@ def correlation_fwd(
         if normalize_matches:
             inv_match = source.new_zeros((B, T), dtype=acc_dtype)
         return out, inv_src, inv_tgt, inv_match
-    src = source.reshape(B, C, S)  # a view whenever (Hs, Ws) collapse; strides are passed
-    tgt = target.reshape(B, C, T)
+    maps = []
+    for x in (source, target):
+        rows = channels_last_rows(x)
+        inv = None
+        if normalize_features or rows is None:
+            inv, copy = _prep(x.reshape(x.shape[0], C, -1), normalize_features, rows is None, eps)
+            rows = copy if rows is None else rows
+        maps.append((rows, inv))
+    (src, inv_s), (tgt, inv_t) = maps
     if normalize_features:
-        inv_src, inv_tgt = correlation_inverse_norm(src, eps), correlation_inverse_norm(tgt, eps)
-    block_s = fused_block_s(S)
-    split = normalize_matches and block_s is None
-    block_s = block_s or SPLIT_BLOCK_S
+        inv_src, inv_tgt = inv_s, inv_t
+    block_s = fused_block_s(S) or SPLIT_BLOCK_S
     n_sblocks = triton.cdiv(S, block_s)
+    passes = match_mode(normalize_matches, S)
     if normalize_matches:
         inv_match = empty(B, T, dtype=acc_dtype, device=dev)
-    sumsq = empty(B, n_sblocks, T, dtype=acc_dtype, device=dev) if split else None
+    sumsq = empty(B, n_sblocks, T, dtype=acc_dtype, device=dev) if "partials" in passes else out
     unused = out  # placeholder pointer for buffers a disabled code path never touches
-    launch(
-        correlation_fwd_kernel,
-        lambda meta: (triton.cdiv(T, meta["BLOCK_T"]), n_sblocks, B),
-        name="correlation_fwd",
-        device=dev,
-        sizes={"S": S, "T": T, "C": C, "dtype": dtype_name(source.dtype)},
-        p_src=src,
-        p_tgt=tgt,
-        p_inv_src=inv_src if normalize_features else unused,
-        p_inv_tgt=inv_tgt if normalize_features else unused,
-        p_out=out,
-        p_sumsq=sumsq if split else unused,
-        p_inv_match=inv_match if normalize_matches else unused,
-        S=S,
-        T=T,
-        C=C,
-        **strides("s", src, "bcs"),
-        **strides("t", tgt, "bct"),
-        eps=eps,
-        NORM_FEAT=normalize_features,
-        RELU=relu,
-        NORM_MATCH=normalize_matches,
-        SPLIT=split,
-        BLOCK_S=block_s,
-        **dot_options(source.dtype, input_precision),
-    )
-    if split:
-        correlation_normalize_matches_kernel[(triton.cdiv(T, RESCALE_BLOCK_T), n_sblocks, B)](
+    for mode in passes:
+        launch(
+            correlation_fwd_kernel,
+            lambda meta: (triton.cdiv(T, meta["BLOCK_T"]), n_sblocks, B),
+            name="correlation_fwd",
+            device=dev,
+            sizes={"S": S, "T": T, "C": C, "dtype": dtype_name(source.dtype)},
+            p_src=src,
+            p_tgt=tgt,
+            p_inv_src=inv_src if normalize_features else unused,
+            p_inv_tgt=inv_tgt if normalize_features else unused,
             p_out=out,
             p_sumsq=sumsq,
-            p_inv_match=inv_match,
+            p_inv_match=inv_match if normalize_matches else unused,
             S=S,
             T=T,
-            n_sblocks=n_sblocks,
+            C=C,
+            stride_sb=src.stride(0),
+            stride_ss=src.stride(1),
+            stride_tb=tgt.stride(0),
+            stride_tt=tgt.stride(1),
             eps=eps,
+            NORM_FEAT=normalize_features,
+            RELU=relu,
+            MATCH=mode,
             BLOCK_S=block_s,
-            BLOCK_T=RESCALE_BLOCK_T,
-            FP64=source.dtype == torch.float64,
-            num_warps=RESCALE_WARPS,
+            EVEN_C=C % MAX_BLOCK_C == 0,
+            **dot_options(source.dtype, input_precision),
         )
     return out, inv_src, inv_tgt, inv_match
+
+
+def bwd_operand(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """``x`` (B, R, K), any strides, times ``scale`` (B, K) when given, as (B, R, padded(K)) with unit
+    ``k`` stride and zero padding: a K-major operand of :func:`correlation_bwd_gemm`."""
+    B, R, K = x.shape
+    K_pad = padded(K)
+    rows = empty(B, R, K_pad, dtype=x.dtype, device=x.device)
+    correlation_bwd_operand_kernel[(K_pad // OPERAND_BLOCK_K, triton.cdiv(R, OPERAND_BLOCK_R), B)](
+        p_x=x,
+        p_scale=x if scale is None else scale,
+        p_rows=rows,
+        R=R,
+        K=K,
+        K_pad=K_pad,
+        **strides("x", x, "brk"),
+        SCALE=scale is not None,
+        BLOCK_R=OPERAND_BLOCK_R,
+        BLOCK_K=OPERAND_BLOCK_K,
+        num_warps=OPERAND_WARPS,
+    )
+    return rows
+
+
+def correlation_bwd_gemm(
+    e: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    y_scale: torch.Tensor,
+    dot: torch.Tensor | None,
+    normalize_features: bool,
+    input_precision: str,
+) -> torch.Tensor:
+    """Gradient w.r.t. one feature map ``y``, launching :func:`correlation_bwd_features_kernel`.
+
+    Args:
+        e: ``(B, N, K_pad)`` the gradient w.r.t. the pre-ReLU correlation seen from ``y``
+            (``e[n, k]``), x: ``(B, C, K_pad)`` the other map, normalised: both as
+            :func:`bwd_operand` makes them (unit ``k`` stride, zero padding).
+        y: ``(B, C, N)`` this map, any strides; y_scale: its inverse norms ``(B, N)``; dot: the
+            feature-norm dots ``(B, n, N)`` (partials over ``n``); unused without ``normalize_features``.
+    Returns:
+        ``(B, C, N)``, contiguous, in ``y``'s dtype.
+    """
+    B, C, N = y.shape
+    K_pad = x.shape[2]
+    grad = empty(B, C, N, dtype=y.dtype, device=y.device)
+    launch(
+        correlation_bwd_features_kernel,
+        lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(C, meta["BLOCK_C"]), B),
+        name="correlation_bwd_features",
+        device=y.device,
+        sizes={"N": N, "K_pad": K_pad, "C": C, "dtype": dtype_name(y.dtype)},
+        p_e=e,
+        p_x=x,
+        p_y=y,
+        p_y_scale=y_scale if normalize_features else grad,
+        p_dot=dot if normalize_features else grad,
+        p_grad=grad,
+        N=N,
+        C=C,
+        K_pad=K_pad,
+        n_dot=dot.shape[1] if normalize_features else 0,
+        **strides("y", y, "bcn"),
+        NORM_FEAT=normalize_features,
+        **dot_options(y.dtype, input_precision),
+    )
+    return grad
 
 
 def correlation_bwd_features(
@@ -513,43 +670,20 @@ def correlation_bwd_features(
     normalize_features: bool,
     input_precision: str,
 ) -> torch.Tensor:
-    """Gradient w.r.t. one feature map ``y``, launching :func:`correlation_bwd_features_kernel`.
+    """Gradient w.r.t. one feature map ``y`` from a correlation gradient ``e`` in any layout.
 
     Args:
         x: ``(B, C, K)`` the other map; y: ``(B, C, N)``; e: ``(B, K, N)`` the gradient w.r.t. the
-            pre-ReLU correlation, read ``e[k, n]``; any strides (views).
+            pre-ReLU correlation, read ``e[k, n]``; any strides (views). Both ``e`` and ``x`` are
+            copied into the GEMM's K-major operands (:func:`bwd_operand`).
         x_scale, y_scale: inverse feature norms ``(B, K)``, ``(B, N)``; dot: the feature-norm dots
             ``(B, n, N)`` (partials over ``n``); all three unused without ``normalize_features``.
     Returns:
         ``(B, C, N)``, contiguous, in ``y``'s dtype.
     """
-    B, C, N = y.shape
-    K = x.shape[2]
-    grad = empty(B, C, N, dtype=y.dtype, device=y.device)
-    launch(
-        correlation_bwd_features_kernel,
-        lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(C, meta["BLOCK_C"]), B),
-        name="correlation_bwd_features",
-        device=y.device,
-        sizes={"N": N, "K": K, "C": C, "dtype": dtype_name(y.dtype)},
-        p_x=x,
-        p_y=y,
-        p_e=e,
-        p_x_scale=x_scale if normalize_features else grad,
-        p_y_scale=y_scale if normalize_features else grad,
-        p_dot=dot if normalize_features else grad,
-        p_grad=grad,
-        N=N,
-        K=K,
-        C=C,
-        n_dot=dot.shape[1] if normalize_features else 0,
-        **strides("x", x, "bck"),
-        **strides("y", y, "bcn"),
-        **strides("e", e, "bkn"),
-        NORM_FEAT=normalize_features,
-        **dot_options(y.dtype, input_precision),
-    )
-    return grad
+    e_rows = bwd_operand(e.transpose(1, 2), None)
+    x_rows = bwd_operand(x, x_scale if normalize_features else None)
+    return correlation_bwd_gemm(e_rows, x_rows, y, y_scale, dot, normalize_features, input_precision)
 
 
 def correlation_bwd(
@@ -582,7 +716,7 @@ def correlation_bwd(
     S, T = Hs * Ws, Ht * Wt
     dev, acc_dtype = source.device, accumulation_dtype(source.dtype)
     grad_src, grad_tgt = source.new_empty((0,)), source.new_empty((0,))  # distinct: no aliasing
-    if B * C * S * T == 0:  # nothing to reduce: the gradients are zero (or empty)
+    if B * C * S * T == 0 or not (need_source or need_target):  # nothing to reduce
         grad_src = source.new_zeros((B, C, Hs, Ws)) if need_source else grad_src
         grad_tgt = target.new_zeros((B, C, Ht, Wt)) if need_target else grad_tgt
         return grad_src, grad_tgt
@@ -590,36 +724,43 @@ def correlation_bwd(
     tgt = target.reshape(B, C, T)
     g = grad.reshape(B, S, T)
     out = out.reshape(B, S, T)
-    n_tblocks = triton.cdiv(T, PREP_BLOCK_T)
-    dcorr = empty(B, S, T, dtype=source.dtype, device=dev) if (relu or normalize_matches) else g
+    S_pad, T_pad = padded(S), padded(T)
+    n_tblocks = T_pad // PREP_BLOCK_T
+    dc = empty(B, S, T_pad, dtype=source.dtype, device=dev) if need_source else out
+    dct = empty(B, T, S_pad, dtype=source.dtype, device=dev) if need_target else out
     dot_src = empty(B, n_tblocks, S, dtype=acc_dtype, device=dev) if normalize_features else None
     dot_tgt = empty(B, 1, T, dtype=acc_dtype, device=dev) if normalize_features else None
-    if relu or normalize_matches or normalize_features:
-        correlation_bwd_prep_kernel[(n_tblocks, B)](
-            p_grad=g,
-            p_out=out,
-            p_inv_match=inv_match if normalize_matches else out,
-            p_dcorr=dcorr,
-            p_dot_src=dot_src if normalize_features else out,
-            p_dot_tgt=dot_tgt if normalize_features else out,
-            S=S,
-            T=T,
-            **strides("g", g, "bst"),
-            RELU=relu,
-            NORM_MATCH=normalize_matches,
-            NORM_FEAT=normalize_features,
-            BLOCK_S=PREP_BLOCK_S,
-            BLOCK_T=PREP_BLOCK_T,
-            FP64=source.dtype == torch.float64,
-            num_warps=PREP_WARPS,
+    correlation_bwd_prep_kernel[(n_tblocks, B)](
+        p_grad=g,
+        p_out=out,
+        p_inv_match=inv_match if normalize_matches else out,
+        p_dc=dc,
+        p_dct=dct,
+        p_dot_src=dot_src if normalize_features else out,
+        p_dot_tgt=dot_tgt if normalize_features else out,
+        S=S,
+        T=T,
+        S_pad=S_pad,
+        T_pad=T_pad,
+        **strides("g", g, "bst"),
+        RELU=relu,
+        NORM_MATCH=normalize_matches,
+        NORM_FEAT=normalize_features,
+        NEED_SRC=need_source,
+        NEED_TGT=need_target,
+        BLOCK_S=PREP_BLOCK_S,
+        BLOCK_T=PREP_BLOCK_T,
+        FP64=source.dtype == torch.float64,
+        num_warps=PREP_WARPS,
+    )
+    if need_source:  # df_s[c, s] from the target (k = t): e[s, t] = dc[s, t]
+        x_rows = bwd_operand(tgt, inv_target if normalize_features else None)
+        grad_src = correlation_bwd_gemm(dc, x_rows, src, inv_source, dot_src, normalize_features, input_precision).view(
+            B, C, Hs, Ws
         )
-    if need_source:  # df_s[c, s] from x = target (k = t), e[t, s] = dc[s, t]
-        e_src = dcorr.transpose(1, 2)
-        grad_src = correlation_bwd_features(
-            tgt, src, e_src, inv_target, inv_source, dot_src, normalize_features, input_precision
-        ).view(B, C, Hs, Ws)
-    if need_target:  # df_t[c, t] from x = source (k = s), e[s, t] = dc[s, t]
-        grad_tgt = correlation_bwd_features(
-            src, tgt, dcorr, inv_source, inv_target, dot_tgt, normalize_features, input_precision
+    if need_target:  # df_t[c, t] from the source (k = s): e[t, s] = dc[s, t]
+        x_rows = bwd_operand(src, inv_source if normalize_features else None)
+        grad_tgt = correlation_bwd_gemm(
+            dct, x_rows, tgt, inv_target, dot_tgt, normalize_features, input_precision
         ).view(B, C, Ht, Wt)
     return grad_src, grad_tgt

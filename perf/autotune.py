@@ -2,18 +2,21 @@
 tuned-config table (``kernels/tuned_configs.json``, read by :mod:`a2net.kernels._tuning`).
 
 How: each op runs once forward and backward with :func:`a2net.kernels._tuning.launch` replaced by a
-recorder, which keeps every distinct launch — kernel, grid, the ``sizes`` the launcher passed
-(so the table key is exactly the one :func:`a2net.kernels._tuning.launch` will look up) and its
-arguments — and lets it run with the default config. Then, per recorded launch, every config of
-the kernel's list (``all_configs``, pruned by the kernel's own ``early_config_prune``) is
+recorder, which keeps every distinct launch — kernel, grid, its key
+(:func:`a2net.kernels._tuning.call_key`: the sizes the launcher passed and every flag, so the
+table key is exactly the one :func:`a2net.kernels._tuning.launch` will look up) and its arguments —
+and lets it run with the default config. Then, per recorded launch, every config of the kernel's
+list (``all_configs``, pruned by the kernel's own ``early_config_prune``) is
 
-1. checked: run on the recorded arguments restored to their state before the launch, its
+1. compiled: a config that spills registers (:func:`a2net.kernels._tuning.spills`) is rejected
+   without running;
+2. checked: run on the recorded arguments restored to their state before the launch, its
    outputs (the tensors the default config changed) must match the default's (relative error
    ``<= 1e-3`` for fp32, ``2e-2`` for 16-bit outputs), and, where the default passes this too,
    with those outputs NaN-filled first (an element a config forgets to write shows as NaN);
-2. timed with ``triton.testing.do_bench`` (median);
+3. timed with ``triton.testing.do_bench`` (median);
 
-and the fastest correct config goes to the table under ``kernel name -> sm_XY -> table_key``,
+and the fastest correct config goes to the table under ``kernel name -> sm_XY -> call key``,
 with its time, the default's time and where it was measured. The table is merged into the one
 on disk (other archs and keys kept) and written atomically (temporary file + rename). Finally
 the ops run once more with the new table and are compared with the float64 reference.
@@ -21,7 +24,8 @@ the ops run once more with the new table and are compared with the float64 refer
 Shapes: the paper's by default (B=32, 15x15 maps, C=1024 (ResNet-101) and 512 (VGG-16), the
 attention's 9x9 map; fp32 with tf32 and bf16), the model's path first (the fused
 correlation+OAC op and the attention, then the unfused ops), tf32 before bf16. Table keys bucket
-every size to the next power of two, so a 15x15 entry also serves 16x16 and B=17..32.
+every size to the next power of two, so a 15x15 entry also serves 16x16 and B=17..32; a key
+holds the input precision and the flags, so a tf32 entry never serves an ieee call.
 
 Usage (needs a CUDA device; refuses otherwise)::
 
@@ -75,10 +79,13 @@ def read_table(path: Path) -> dict:
 
 
 def check_table(table, where="table") -> None:
-    """``kernel -> arch -> key -> {"kwargs": {...}, "num_warps": int, "num_stages": int, ...}``."""
+    """``kernel -> arch -> key -> {"kwargs": {...}, "num_warps": int, "num_stages": int, ...}``; top-level
+    names starting with ``_`` are comments."""
     if not isinstance(table, dict):
         raise SystemExit(f"{where}: expected a JSON object at the top, got {type(table).__name__}")
     for name, archs in table.items():
+        if name.startswith("_"):
+            continue
         for arch, keys in (archs or {}).items():
             for key, entry in (keys or {}).items():
                 ok = (
@@ -95,6 +102,9 @@ def merge_tables(old: dict, new: dict) -> dict:
     """``old`` updated with ``new`` key by key: other kernels, archs and keys are kept."""
     merged = copy.deepcopy(old)
     for name, archs in new.items():
+        if name.startswith("_"):
+            merged[name] = copy.deepcopy(archs)
+            continue
         for arch, keys in archs.items():
             merged.setdefault(name, {}).setdefault(arch, {}).update(copy.deepcopy(keys))
     return merged
@@ -139,18 +149,13 @@ class Launch:
 
 
 def candidate_configs(kernel, args: dict) -> list:
-    """The kernel's full config list, pruned as the autotuner would prune it for ``args``."""
-    configs = list(getattr(kernel, "all_configs", None) or kernel.configs)
-    prune = getattr(kernel, "early_config_prune", None)
-    if prune:
-        configs = prune(configs, {}, **args) or configs[:1]
-    return configs
+    """The kernel's full config list, pruned as :func:`a2net.kernels._tuning.select_config` prunes
+    it for ``args`` (the first is the default)."""
+    return kernel.candidates(args)
 
 
 def run_config(launch: Launch, config) -> None:
-    launch.kernel.fn[launch.grid](
-        **launch.args, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages
-    )
+    tuning.run(launch.kernel, launch.grid, launch.args, config)
 
 
 @contextlib.contextmanager
@@ -166,7 +171,7 @@ def recording(store: dict):
     original = tuning.launch
 
     def recorder(kernel, grid, *, name, device, sizes, **args):
-        key = tuning.table_key(sizes)
+        key = tuning.call_key(kernel, sizes, args)
         launch = Launch(name, kernel, grid, dict(sizes), dict(args), key)
         if (name, key) not in store:
             with torch.no_grad():  # the arguments as the kernel finds them: Checker restores this
@@ -263,6 +268,9 @@ def tune_launch(launch: Launch, rep_ms: float, warmup_ms: float) -> None:
     try:
         for config in configs:
             try:
+                if config is not configs[0] and tuning.spills(launch.kernel, launch.grid, launch.args, config):
+                    launch.results.append((config, None, "spills"))
+                    continue
                 why = checker.check(config)
                 if why is not None:
                     launch.results.append((config, None, f"mismatch: {why}"))

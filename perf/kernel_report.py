@@ -1,10 +1,11 @@
-"""Ahead-of-time compile report for the Triton kernels: registers, spills and shared memory.
+"""Ahead-of-time compile report for the Triton kernels: tiling, registers, spills, shared memory.
 
 Compiles every config that ``perf/kernel_specs.py`` lists for real GPU architectures (sm_80
-and sm_90 by default) without a GPU, and reads the resource usage of each cubin. This catches
-what the CPU interpreter cannot see: GPU compile errors, register spills, and configs whose
-shared memory exceeds the architecture's per-block limit (the compiler accepts those; they only
-fail at launch).
+and sm_90 by default) without a GPU, and reads the resource usage of each cubin and the
+instructions of its PTX. This catches what the CPU interpreter cannot see: GPU compile errors,
+register spills, configs whose shared memory exceeds the architecture's per-block limit (the
+compiler accepts those; they only fail at launch), and what the tiling became: tensor-core
+instructions or FMAs, and how the main loop loads its operands.
 
 Usage::
 
@@ -19,20 +20,33 @@ Each compiled config is one row of the table:
   loads from the ptxas log. Any of them non-zero counts as a spill.
 * ``shared``: ``compiled.metadata.shared`` (Triton's dynamic shared memory per block), against the
   architecture's maximum (sm_80: 166912 bytes, sm_90: 232448 bytes).
+* From the PTX (:func:`ptx_stats`): ``wgmma`` (Hopper ``wgmma.mma_async``), ``mma`` (Ampere-style
+  ``mma.sync``) and ``fma`` (``fma.rn.*``) instruction counts, and ``loads``: the narrowest global
+  load of the *main loops* (the loops whose own body holds the matrix instructions: ``wgmma``,
+  ``mma.sync``, or ``fma`` when there are neither), one of ``tma`` (``cp.async.bulk``),
+  ``cp.async.16`` / ``.8`` / ``.4`` (asynchronous copies of that many bytes) or ``ld.global.<bytes>``
+  (plain loads; ``ld.global.4`` and narrower are scalar loads). ``-`` when no loop loads.
 
-Exit status: 0 when every *default* config compiles, does not spill and fits in shared memory;
-1 otherwise. With ``--all-configs`` the other configs are compiled and listed, flagged, but do not
-change the exit status.
+A *contraction* kernel (a GEMM-like kernel whose spec says ``"contraction": True``) is held to its
+tiling: on sm_90 it must use ``wgmma`` and no ``mma.sync``, and on every architecture its main-loop
+loads must be 16 bytes wide or more (16-byte ``cp.async`` or TMA: a narrower one is a scalar or
+near-scalar copy, the sign of operand rows that are not contiguous or not 16-byte aligned).
+
+Exit status: 0 when every *default* config compiles, does not spill, fits in shared memory and,
+for a contraction, meets its tiling; 1 otherwise. With ``--all-configs`` the other configs are
+compiled and listed, flagged, but do not change the exit status.
 
 A spec module (``perf/kernel_specs.py``, or the ``--module`` ones) has ``SPECS``, a dict
 ``group -> lister``: ``lister(all_configs=False)`` returns the group's specs (one group per op,
 each row of the report names its group); a module that does not exist or has no ``SPECS`` is
 skipped with a note. Specs are dicts with ``name``, ``fn`` (the raw ``triton.JITFunction``),
 ``signature`` (non-constexpr argument -> type string such as ``"*fp32"`` or ``"i32"``),
-``constexprs`` (constexpr argument -> value), ``num_warps``, ``num_stages``. Pointer arguments are
-compiled as 16-byte aligned (``tt.divisibility=16``), as Triton specialises them for torch
-allocations at run time. Identical compilations (same function, types, constexprs, options and
-arch) are compiled once and their figures shared.
+``constexprs`` (constexpr argument -> value), ``num_warps``, ``num_stages`` and optionally
+``contraction`` (bool, default False). Pointer arguments are compiled as 16-byte aligned
+(``tt.divisibility=16``), as Triton specialises them for torch allocations at run time; an integer
+typed ``"i32:16"`` is compiled as a multiple of 16, as Triton specialises such values at run time
+(a row stride of 1024 channels). Identical compilations (same function, types, constexprs, options
+and arch) are compiled once and their figures shared.
 
 Triton versions: written for triton 3.6 and 3.8, whose ``ASTSource(fn, signature, constexprs,
 attrs)`` agree: ``constexprs`` keyed by argument name, ``attrs`` keyed by ``(index,)`` tuples, and
@@ -102,6 +116,7 @@ class Row:
     num_warps: int
     num_stages: int
     default: bool = True
+    contraction: bool = False  # held to the tiling criteria (wgmma on sm_90, 16-byte main-loop loads)
     regs: int | None = None  # cuobjdump REG
     ptxas_regs: int | None = None  # "Used N registers" in the ptxas log
     stack: int | None = None  # cuobjdump STACK, bytes per thread
@@ -110,6 +125,11 @@ class Row:
     spill_loads: int | None = None
     shared: int | None = None  # metadata.shared, bytes per block
     shared_limit: int | None = None
+    wgmma: int | None = None  # wgmma.mma_async instructions in the PTX
+    mma_sync: int | None = None  # mma.sync instructions
+    fma: int | None = None  # fma.rn.* instructions
+    loads: str | None = None  # the narrowest main-loop global load (see the module doc)
+    load_counts: dict = dataclasses.field(default_factory=dict)  # main-loop load kind -> count
     compile_s: float = 0.0
     same_as: str | None = None  # name of an identical compilation whose figures these are
     error: str | None = None
@@ -146,6 +166,8 @@ class Row:
             self.problems.append("no register count (cuobjdump)")
         if self.ptxas_regs is not None and self.regs is not None and self.ptxas_regs != self.regs:
             self.notes.append(f"regs mismatch: cuobjdump {self.regs}, ptxas {self.ptxas_regs}")
+        if self.contraction:
+            self.problems += tiling_problems(self)
         return self
 
     def to_dict(self) -> dict:
@@ -219,6 +241,107 @@ def parse_ptxas_log(text: str, function: str | None = None) -> dict[str, int]:
     if m:
         out["stack_frame"], out["spill_stores"], out["spill_loads"] = map(int, m.groups())
     return out
+
+
+_LOOP_HEADER = re.compile(r"^(\$L\w+):.*Loop Header")
+_BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$L\w+)\s*;")
+_WGMMA = re.compile(r"\bwgmma\.mma_async\b")
+_MMA_SYNC = re.compile(r"\bmma\.sync\b")
+_FMA = re.compile(r"\bfma\.rn\b")
+_TMA = re.compile(r"\bcp\.async\.bulk\b")
+_CP_ASYNC = re.compile(r"\bcp\.async\.c[ag]\.shared\.global\S*\s+\[[^]]*\],\s*\[[^]]*\],\s*(0x[0-9a-fA-F]+|\d+)")
+_LD_GLOBAL = re.compile(r"\bld\.global((?:\.[\w:]+)*)")
+#: Width in bytes of the widest load kinds, for ordering (TMA moves whole tiles).
+_TMA_BYTES = 128
+
+
+def ptx_loops(lines: list[str]) -> list[tuple[int, int]]:
+    """``(first, last)`` line ranges of the loops of a PTX listing: from a label LLVM marks as a loop
+    header to the last branch back to it."""
+    loops = []
+    for i, line in enumerate(lines):
+        m = _LOOP_HEADER.match(line)
+        if m is None:
+            continue
+        back = [j for j in range(i + 1, len(lines)) if (b := _BRANCH.search(lines[j])) and b.group(1) == m.group(1)]
+        if back:
+            loops.append((i, back[-1]))
+    return loops
+
+
+def _load_kind(line: str) -> tuple[str, int] | None:
+    """``(kind, bytes)`` of a global load instruction, None for other lines."""
+    if _TMA.search(line):
+        return "tma", _TMA_BYTES
+    m = _CP_ASYNC.search(line)
+    if m:
+        size = int(m.group(1), 0)
+        return f"cp.async.{size}", size
+    m = _LD_GLOBAL.search(line)
+    if m:
+        suffixes = m.group(1).split(".")
+        vec = next((int(x[1:]) for x in suffixes if re.fullmatch(r"v\d", x)), 1)
+        bits = next((int(x[1:]) for x in reversed(suffixes) if re.fullmatch(r"[bfsu]\d+", x)), 32)
+        size = vec * bits // 8
+        return f"ld.global.{size}", size
+    return None
+
+
+def ptx_stats(ptx: str) -> dict:
+    """Instruction counts of a kernel's PTX and the kind of its main-loop loads.
+
+    Returns ``{"wgmma", "mma_sync", "fma", "loads", "load_counts"}``: the counts of
+    ``wgmma.mma_async``, ``mma.sync`` and ``fma.rn.*`` instructions; ``load_counts`` maps each load
+    kind (``tma``, ``cp.async.<bytes>``, ``ld.global.<bytes>``) found in the main loops to its
+    count, and ``loads`` is the narrowest of them (a plain load before an asynchronous copy of the
+    same width), None when the main loops load nothing. The main loops are the loops whose own
+    body (nested loops excluded) holds ``wgmma`` or ``mma.sync`` instructions, or ``fma`` ones when
+    the kernel has no matrix instruction.
+    """
+    lines = ptx.splitlines()
+    counts = {
+        "wgmma": sum(1 for ln in lines if _WGMMA.search(ln)),
+        "mma_sync": sum(1 for ln in lines if _MMA_SYNC.search(ln)),
+        "fma": sum(1 for ln in lines if _FMA.search(ln)),
+    }
+    matrix = (_WGMMA, _MMA_SYNC) if counts["wgmma"] or counts["mma_sync"] else (_FMA,)
+    loops = ptx_loops(lines)
+    kinds: dict[str, int] = {}
+    order: dict[str, tuple] = {}
+    for first, last in loops:
+        inner = [(a, b) for a, b in loops if first < a and b <= last and (a, b) != (first, last)]
+        own = [i for i in range(first, last + 1) if not any(a <= i <= b for a, b in inner)]
+        if not any(rx.search(lines[i]) for i in own for rx in matrix):
+            continue
+        for i in own:
+            kind = _load_kind(lines[i])
+            if kind is not None:
+                kinds[kind[0]] = kinds.get(kind[0], 0) + 1
+                order[kind[0]] = (kind[1], not kind[0].startswith("ld."))
+    narrowest = min(kinds, key=order.__getitem__) if kinds else None
+    return {**counts, "loads": narrowest, "load_counts": kinds}
+
+
+def load_bytes(kind: str | None) -> int | None:
+    """Bytes per instruction of a load kind from :func:`ptx_stats` (None for None)."""
+    if kind is None:
+        return None
+    return _TMA_BYTES if kind == "tma" else int(kind.rsplit(".", 1)[1])
+
+
+def tiling_problems(row: Row) -> list[str]:
+    """What a contraction kernel's row breaks of the tiling criteria (module doc)."""
+    if row.error is not None or row.wgmma is None:
+        return []
+    problems = []
+    if row.arch == 90 and row.mma_sync:
+        problems.append(f"mma.sync ({row.mma_sync}) on sm_90")
+    if row.arch == 90 and not row.wgmma:
+        problems.append("no wgmma on sm_90")
+    width = load_bytes(row.loads)
+    if width is not None and width < 16:
+        problems.append(f"main-loop loads {row.loads} (< 16 bytes)")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,13 +429,15 @@ def ast_source(spec: dict):
                 continue
             missing.append(arg)
             continue
-        ty = given_sig[arg]
+        ty, _, divisor = given_sig[arg].partition(":")
         if ty == "constexpr":
             missing.append(f"{arg} (typed constexpr, no value)")
             continue
         signature[arg] = ty
-        if ty.startswith("*"):
+        if ty.startswith("*") or divisor == "16":
             attrs[(index,)] = [["tt.divisibility", 16]]
+        elif divisor:
+            raise ValueError(f"{spec['name']}: {arg}: only ':16' divisibility is supported, got {given_sig[arg]!r}")
     if missing:
         raise ValueError(f"{spec['name']}: no type or value for arguments of {fn.__name__}: {missing}")
     return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs), fn
@@ -357,6 +482,7 @@ def compile_spec(spec: dict, arch: int, *, group: str = "", default: bool = True
         num_warps=int(spec.get("num_warps", 4)),
         num_stages=int(spec.get("num_stages", 3)),
         default=default,
+        contraction=bool(spec.get("contraction", False)),
         shared_limit=MAX_SHARED.get(arch),
     )
     options = {"num_warps": row.num_warps, "num_stages": row.num_stages}
@@ -389,6 +515,9 @@ def compile_spec(spec: dict, arch: int, *, group: str = "", default: bool = True
         row.compile_s = round(time.perf_counter() - start, 3)
 
     row.shared = int(compiled.metadata.shared)
+    stats = ptx_stats(compiled.asm["ptx"])
+    row.wgmma, row.mma_sync, row.fma = stats["wgmma"], stats["mma_sync"], stats["fma"]
+    row.loads, row.load_counts = stats["loads"], stats["load_counts"]
     kernel_name = getattr(compiled.metadata, "name", fn.__name__)
     try:
         usage = resource_usage(compiled.asm["cubin"])
@@ -462,6 +591,7 @@ def _dedup_key(spec: dict, arch: int):
         int(spec.get("num_stages", 3)),
         spec.get("num_ctas"),
         spec.get("maxnreg"),
+        bool(spec.get("contraction", False)),
     )
 
 
@@ -512,6 +642,7 @@ def run_report(modules=SPEC_MODULES, archs=DEFAULT_ARCHS, all_configs=False, log
                 name=spec["name"],
                 group=group,
                 default=default,
+                contraction=bool(spec.get("contraction", False)),
                 compile_s=0.0,
                 same_as=first.same_as or first.name,
                 problems=[],
@@ -538,6 +669,10 @@ COLUMNS = (
     "cfg",
     "warps",
     "stages",
+    "wgmma",
+    "mma",
+    "fma",
+    "loads",
     "regs",
     "ptxas",
     "stack",
@@ -567,9 +702,13 @@ def format_table(rows: list[Row]) -> str:
             (
                 r.name,
                 f"sm_{r.arch}",
-                "default" if r.default else "extra",
+                ("default" if r.default else "extra") + ("*" if r.contraction else ""),
                 str(r.num_warps),
                 str(r.num_stages),
+                _cell(r.wgmma),
+                _cell(r.mma_sync),
+                _cell(r.fma),
+                _cell(r.loads),
                 _cell(r.regs),
                 _cell(r.ptxas_regs),
                 _cell(r.stack),
@@ -591,6 +730,7 @@ def format_table(rows: list[Row]) -> str:
     lines.append(fmt(COLUMNS))
     lines.append(fmt(tuple("-" * w for w in widths)))
     lines += [fmt(b) for b in body]
+    lines.append("cfg*: a contraction kernel, held to its tiling (sm_90: wgmma, no mma.sync; main-loop loads >= 16 B)")
     for r in rows:
         if r.error:
             indented = "\n".join("    " + ln for ln in r.error.splitlines())

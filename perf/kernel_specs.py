@@ -30,9 +30,13 @@ DTYPES = (torch.float32, torch.bfloat16)  # fp32 with tf32 dots, and bf16
 BATCH, OAC_CHANNELS = 32, 128  # the paper's batch and OAC output channels
 
 
-def _spec(name: str, fn, types: dict, constexprs: dict, num_warps: int, num_stages: int = 3) -> dict:
+def _spec(
+    name: str, fn, types: dict, constexprs: dict, num_warps: int, num_stages: int = 3, contraction: bool = False
+) -> dict:
     """A spec dict; ``types`` entries equal to 1 are unit strides, which Triton specialises to the
-    constant 1 at run time for contiguous tensors (so they are compiled as constexprs here too)."""
+    constant 1 at run time for contiguous tensors (so they are compiled as constexprs here too);
+    ``"i32:16"`` is an integer Triton sees as a multiple of 16 (a row of 1024 channels).
+    ``contraction``: a GEMM-like kernel the report holds to its tiling (perf/kernel_report.py)."""
     return {
         "name": name,
         "fn": fn,
@@ -40,6 +44,7 @@ def _spec(name: str, fn, types: dict, constexprs: dict, num_warps: int, num_stag
         "constexprs": {**{k: 1 for k, v in types.items() if v == 1}, **constexprs},
         "num_warps": num_warps,
         "num_stages": num_stages,
+        "contraction": contraction,
     }
 
 
@@ -60,28 +65,45 @@ def _pointers(dtype: torch.dtype) -> tuple[str, str]:
     return f"*{TRITON_DTYPE[dtype]}", f"*{TRITON_DTYPE[accumulation_dtype(dtype)]}"
 
 
+def _default_first(kernel, args: dict, all_configs: bool) -> list:
+    """The configs a launch with ``args`` can pick (the kernel's own pruning applied): all of them, or
+    the first, the default :func:`a2net.kernels._tuning.select_config` runs."""
+    configs = kernel.candidates(args)
+    return configs if all_configs else configs[:1]
+
+
 def correlation_specs(all_configs: bool = False) -> list[dict]:
-    """:mod:`a2net.kernels.correlation`: the paper's default flags (all on), H=W=15 (fused match
-    normalisation) and 60 (split, plus the normalisation kernel); the backward GEMM once per
-    input (the correlation gradient is read K-major for the source, N-major for the target)."""
+    """:mod:`a2net.kernels.correlation`: the paper's default flags (all on), C=1024, H=W in (15, 30,
+    60): the column norm in the tile at 15, the two passes (partials, final) above; NCHW feature
+    maps (copied to channels-last by the prep kernel); the backward's prep, operand and GEMM
+    kernels (the GEMM is the same code for either map)."""
     k = corr_kernels
     specs = []
     for dtype in DTYPES:
         ty, acc = _pointers(dtype)
         dot = {**dot_options(dtype, "tf32"), "DOT_FP32": False}
-        for size in (15, 60):
+        probe = {"p_src": torch.empty((), dtype=dtype), "p_e": torch.empty((), dtype=dtype)}
+        for size in (15, 30, 60):
             tag = f"{TRITON_DTYPE[dtype]},H{size}"
-            fused = k.fused_block_s(size * size)
-            split, block_s = fused is None, fused or k.SPLIT_BLOCK_S
+            s = size * size
+            block_s = k.fused_block_s(s) or k.SPLIT_BLOCK_S
             specs.append(
                 _spec(
-                    f"correlation_inverse_norm[{tag}]",
-                    k.correlation_inverse_norm_kernel,
-                    {"p_x": ty, "p_inv": acc, "N": "i32", "C": "i32", **_strides("x", "bcn"), "eps": "fp32"},
-                    {"BLOCK_N": k.NORM_BLOCK_N, "BLOCK_C": k.NORM_BLOCK_C, "FP64": False},
+                    f"correlation_fwd_prep[{tag}]",
+                    k.correlation_fwd_prep_kernel,
+                    {
+                        "p_x": ty,
+                        "p_inv": acc,
+                        "p_rows": ty,
+                        "N": "i32",
+                        "C": "i32:16",
+                        **_strides("x", "bcn"),
+                        "eps": "fp32",
+                    },
+                    {"NORM": True, "COPY": True, "BLOCK_N": k.NORM_BLOCK_N, "BLOCK_C": k.NORM_BLOCK_C, "FP64": False},
                     k.NORM_WARPS,
                 )
-            )  #
+            )
             fwd_types = {
                 "p_src": ty,
                 "p_tgt": ty,
@@ -92,41 +114,28 @@ def correlation_specs(all_configs: bool = False) -> list[dict]:
                 "p_inv_match": acc,
                 "S": "i32",
                 "T": "i32",
-                "C": "i32",
-                **_strides("s", "bcs"),
-                **_strides("t", "bct"),
+                "C": "i32:16",
+                "stride_sb": "i32:16",
+                "stride_ss": "i32:16",
+                "stride_tb": "i32:16",
+                "stride_tt": "i32:16",
                 "eps": "fp32",
-            }  #
-            flags = {"NORM_FEAT": True, "RELU": True, "NORM_MATCH": True, "SPLIT": split, "BLOCK_S": block_s}
-            for i, cfg in enumerate(_configs(k.correlation_fwd_kernel, all_configs)):
-                specs.append(
-                    _spec(
-                        f"correlation_fwd[{tag},cfg{i}]",
-                        k.correlation_fwd_kernel.fn,
-                        fwd_types,
-                        {**flags, **cfg.kwargs, **dot},
-                        cfg.num_warps,
-                        cfg.num_stages,
+            }
+            for mode in k.match_mode(True, s):
+                flags = {"NORM_FEAT": True, "RELU": True, "MATCH": mode, "BLOCK_S": block_s, "EVEN_C": True}
+                configs = _default_first(k.correlation_fwd_kernel, {**probe, "BLOCK_S": block_s}, all_configs)
+                for i, cfg in enumerate(configs):
+                    specs.append(
+                        _spec(
+                            f"correlation_fwd[{tag},{mode},cfg{i}]",
+                            k.correlation_fwd_kernel.fn,
+                            fwd_types,
+                            {**flags, **cfg.kwargs, **dot},
+                            cfg.num_warps,
+                            cfg.num_stages,
+                            contraction=True,
+                        )
                     )
-                )  #
-            if split:
-                specs.append(
-                    _spec(
-                        f"correlation_normalize_matches[{tag}]",
-                        k.correlation_normalize_matches_kernel,
-                        {
-                            "p_out": ty,
-                            "p_sumsq": acc,
-                            "p_inv_match": acc,
-                            "S": "i32",
-                            "T": "i32",
-                            "n_sblocks": "i32",
-                            "eps": "fp32",
-                        },
-                        {"BLOCK_S": block_s, "BLOCK_T": k.RESCALE_BLOCK_T, "FP64": False},
-                        k.RESCALE_WARPS,
-                    )
-                )  #
             specs.append(
                 _spec(
                     f"correlation_bwd_prep[{tag}]",
@@ -135,52 +144,71 @@ def correlation_specs(all_configs: bool = False) -> list[dict]:
                         "p_grad": ty,
                         "p_out": ty,
                         "p_inv_match": acc,
-                        "p_dcorr": ty,
+                        "p_dc": ty,
+                        "p_dct": ty,
                         "p_dot_src": acc,
                         "p_dot_tgt": acc,
                         "S": "i32",
                         "T": "i32",
+                        "S_pad": "i32:16",
+                        "T_pad": "i32:16",
                         **_strides("g", "bst"),
                     },
                     {
                         "RELU": True,
                         "NORM_MATCH": True,
                         "NORM_FEAT": True,
+                        "NEED_SRC": True,
+                        "NEED_TGT": True,
                         "BLOCK_S": k.PREP_BLOCK_S,
                         "BLOCK_T": k.PREP_BLOCK_T,
                         "FP64": False,
                     },
                     k.PREP_WARPS,
                 )
-            )  #
-            for side, unit in (("src", "k"), ("tgt", "n")):
-                bwd_types = {
-                    "p_x": ty,
-                    "p_y": ty,
-                    "p_e": ty,
-                    "p_x_scale": acc,
-                    "p_y_scale": acc,
-                    "p_dot": acc,
-                    "p_grad": ty,
-                    "N": "i32",
-                    "K": "i32",
-                    "C": "i32",
-                    "n_dot": "i32",
-                    **_strides("x", "bck"),
-                    **_strides("y", "bcn"),
-                    **_strides("e", "bkn", unit),
-                }  #
-                for i, cfg in enumerate(_configs(k.correlation_bwd_features_kernel, all_configs)):
-                    specs.append(
-                        _spec(
-                            f"correlation_bwd_features[{tag},{side},cfg{i}]",
-                            k.correlation_bwd_features_kernel.fn,
-                            bwd_types,
-                            {"NORM_FEAT": True, **cfg.kwargs, **dot},
-                            cfg.num_warps,
-                            cfg.num_stages,
-                        )
-                    )  #
+            )
+            specs.append(
+                _spec(
+                    f"correlation_bwd_operand[{tag}]",
+                    k.correlation_bwd_operand_kernel,
+                    {
+                        "p_x": ty,
+                        "p_scale": acc,
+                        "p_rows": ty,
+                        "R": "i32",
+                        "K": "i32",
+                        "K_pad": "i32:16",
+                        **_strides("x", "brk"),
+                    },
+                    {"SCALE": True, "BLOCK_R": k.OPERAND_BLOCK_R, "BLOCK_K": k.OPERAND_BLOCK_K},
+                    k.OPERAND_WARPS,
+                )
+            )
+            bwd_types = {
+                "p_e": ty,
+                "p_x": ty,
+                "p_y": ty,
+                "p_y_scale": acc,
+                "p_dot": acc,
+                "p_grad": ty,
+                "N": "i32",
+                "C": "i32:16",
+                "K_pad": "i32:16",
+                "n_dot": "i32",
+                **_strides("y", "bcn"),
+            }
+            for i, cfg in enumerate(_default_first(k.correlation_bwd_features_kernel, probe, all_configs)):
+                specs.append(
+                    _spec(
+                        f"correlation_bwd_features[{tag},cfg{i}]",
+                        k.correlation_bwd_features_kernel.fn,
+                        bwd_types,
+                        {"NORM_FEAT": True, **cfg.kwargs, **dot},
+                        cfg.num_warps,
+                        cfg.num_stages,
+                        contraction=True,
+                    )
+                )
     return specs
 
 
@@ -273,6 +301,7 @@ def offset_aware_correlation_specs(all_configs: bool = False) -> list[dict]:
                             {**constexprs, **cfg.kwargs},
                             cfg.num_warps,
                             cfg.num_stages,
+                            contraction=name.endswith(("_fwd", "_bwd_corr", "_bwd_weight")),
                         )
                     )  #
     return specs
@@ -369,6 +398,7 @@ def correlation_oac_specs(all_configs: bool = False) -> list[dict]:
                         {**flags, **dot, **oac_dot, **cfg.kwargs},
                         cfg.num_warps,
                         cfg.num_stages,
+                        contraction=True,
                     )
                 )  #
             weight_types = {
@@ -396,6 +426,7 @@ def correlation_oac_specs(all_configs: bool = False) -> list[dict]:
                         {**weight_flags, **dot, **cfg.kwargs},
                         cfg.num_warps,
                         cfg.num_stages,
+                        contraction=True,
                     )
                 )  #
             specs.append(
@@ -437,6 +468,7 @@ def correlation_oac_specs(all_configs: bool = False) -> list[dict]:
                         {**corr_flags, **dot, **cfg.kwargs},
                         cfg.num_warps,
                         cfg.num_stages,
+                        contraction=True,
                     )
                 )  #
     return specs

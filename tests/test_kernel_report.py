@@ -111,7 +111,12 @@ def _run_report(tmp_path, *args, timeout=300):
 
 #: Specs each op's default list must hold (prefixes of their names).
 EXPECTED_SPECS = {
-    "correlation": ["correlation_fwd[fp32,H15,cfg0]", "correlation_normalize_matches[bf16,H60]"],
+    "correlation": [
+        "correlation_fwd[fp32,H15,tile,cfg0]",
+        "correlation_fwd[bf16,H60,partials,cfg0]",
+        "correlation_fwd[bf16,H60,final,cfg0]",
+        "correlation_bwd_features[fp32,H30,cfg0]",
+    ],
     "offset_aware_correlation": [],
     "attention_pool": ["attention_pool_fwd[bf16", "attention_pool_bwd[fp32"],
     "correlation_oac": [
@@ -130,7 +135,7 @@ def test_kernel_specs_cover_every_argument(op):
         names = [s["name"] for s in specs]
         assert names and len(names) == len(set(names))
         for spec in specs:
-            assert set(spec) == {"name", "fn", "signature", "constexprs", "num_warps", "num_stages"}
+            assert set(spec) == {"name", "fn", "signature", "constexprs", "num_warps", "num_stages", "contraction"}
             assert set(spec["signature"]) | set(spec["constexprs"]) == set(spec["fn"].arg_names), spec["name"]
             assert not set(spec["signature"]) & set(spec["constexprs"]), spec["name"]
     names = [s["name"] for s in lister()]

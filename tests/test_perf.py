@@ -335,11 +335,12 @@ def test_tuned_table_round_trip(tmp_path, monkeypatch):
     tuning.load_table.cache_clear()
     try:
         assert tuning.table_path() == path
-        config = tuning.tuned_config(name, torch.device("cuda"), dict(sizes, S=240, T=250))  # same bucket
+        same_bucket = tuning.table_key(dict(sizes, S=240, T=250))
+        config = tuning.tuned_config(name, torch.device("cuda"), same_bucket)
         assert config is not None and config.kwargs == entry["kwargs"]
         assert (config.num_warps, config.num_stages) == (8, 3)
-        assert tuning.tuned_config(name, torch.device("cuda"), dict(sizes, dtype="bfloat16")) is None
-        assert tuning.tuned_config(name, torch.device("cpu"), sizes) is None
+        assert tuning.tuned_config(name, torch.device("cuda"), tuning.table_key(dict(sizes, dtype="bfloat16"))) is None
+        assert tuning.tuned_config(name, torch.device("cpu"), key) is None
         # a second write merges key by key
         autotune.write_table(path, {name: {"sm_fake": {"B=1": entry}}})
         tuning.load_table.cache_clear()
