@@ -13,6 +13,11 @@ import torch
 
 #: ``input_precision`` values: how fp32 ``tl.dot`` runs on the Triton path (fp16/bf16 ignore it).
 INPUT_PRECISIONS = ("tf32", "ieee", "tf32x3")
+#: CUDA's limit on a grid's y and z dimensions, where the correlation kernels put the batch.
+MAX_GRID_YZ = 65535
+#: Positions (and channels) of a map the correlation kernels address: their offsets inside a tile of
+#: up to 256 rows stay 32-bit (the tiles' first rows are 64-bit), so a row may hold at most 2^23.
+MAX_KERNEL_ROW = 1 << 23
 
 
 def check_tensor(name: str, x, ndim: int | None = None, floating: bool = True) -> None:
@@ -75,6 +80,28 @@ def check_correlation_inputs(source, target) -> None:
     check_same("source", source, "target", target)
     check_dim("target", target, 0, source.shape[0], "batch size")
     check_dim("target", target, 1, source.shape[1], "channels")
+
+
+def check_correlation_kernel_sizes(source: torch.Tensor, target: torch.Tensor) -> None:
+    """Sizes the Triton correlation kernels can run: a batch of at most :data:`MAX_GRID_YZ` and at
+    most :data:`MAX_KERNEL_ROW` positions per map and channels (the PyTorch path has no such limit)."""
+    b, c, hs, ws = source.shape
+    ht, wt = target.shape[2:]
+    if b > MAX_GRID_YZ:
+        raise ValueError(
+            f"source: expected a batch size of at most {MAX_GRID_YZ} on the Triton path (a CUDA grid "
+            f"dimension of the correlation kernels), got {b}; split the batch"
+        )
+    for name, value, what in (
+        ("source", hs * ws, "positions Hs*Ws"),
+        ("target", ht * wt, "positions Ht*Wt"),
+        ("source", c, "channels"),
+    ):
+        if value > MAX_KERNEL_ROW:
+            raise ValueError(
+                f"{name}: expected at most {MAX_KERNEL_ROW} {what} on the Triton path (the correlation "
+                f"kernels' in-tile offsets are 32-bit), got {value}"
+            )
 
 
 def check_offset_aware_correlation_inputs(corr, weight, bias, source_size) -> tuple[int, int]:

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import a2net.kernels.correlation as kernel_module
 from a2net import reference
+from a2net.kernels._common import block_offset
 from a2net.ops import TRITON_CALLS
 from a2net.ops.correlation import correlation
 from tests.helpers import DEVICE, assert_close_to_reference
@@ -261,3 +264,74 @@ def test_bad_inputs(triton_backend, kwargs, match):
     args = {"source": torch.randn(2, 3, 4, 4), "target": torch.randn(2, 3, 4, 4), **kwargs}
     with pytest.raises(ValueError, match=match):
         correlation(**args)
+
+
+@pytest.mark.parametrize(
+    "normalize_matches,size,passes",
+    [(True, (15, 15), ("tile",)), (True, (17, 16), ("partials", "final")), (False, (17, 16), ("none",))],
+    ids=["fused", "split", "no-match-norm"],
+)
+def test_forward_writes_the_output_once(triton_backend, monkeypatch, normalize_matches, size, passes):
+    """The match normalisation never re-reads the output: one GEMM pass writes it, final (a split
+    column first runs a pass that writes only the column sums of squares)."""
+    seen = []
+    real = kernel_module.launch
+
+    def recording(kernel, grid, **kwargs):
+        seen.append(kwargs["MATCH"])
+        return real(kernel, grid, **kwargs)
+
+    monkeypatch.setattr(kernel_module, "launch", recording)
+    assert kernel_module.match_mode(normalize_matches, size[0] * size[1]) == passes
+    source, target, _ = make_inputs(1, (*size, 3, 5), 8, torch.float32, seed=10)
+    out = correlation(source, target, True, True, normalize_matches, input_precision="ieee")
+    assert tuple(seen) == passes
+    ref = reference.correlation(source.double(), target.double(), True, True, normalize_matches)
+    assert_close_to_reference(out, ref, torch.float32)
+
+
+def test_channels_last_maps_are_read_in_place():
+    x = torch.randn(2, 6, 4, 5)
+    assert kernel_module.channels_last_rows(x) is None  # NCHW: the launcher copies it
+    rows = kernel_module.channels_last_rows(x.contiguous(memory_format=torch.channels_last))
+    assert rows is not None and rows.shape == (2, 20, 6) and rows.stride(2) == 1
+    assert torch.equal(rows, x.flatten(2).transpose(1, 2))
+
+
+@triton.jit
+def _block_offset_kernel(p_out, i_block, row_length, BLOCK: tl.constexpr):
+    tl.store(p_out, block_offset(i_block, BLOCK, row_length))
+
+
+def test_tile_offsets_are_64_bit(triton_backend):
+    """The offset of a tile's first row (``s0 * T`` and the like) does not wrap at 2^31: the
+    launchers' index type for maps of 216x216 and more, where ``S * T`` passes 2^31."""
+    out = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    _block_offset_kernel[(1,)](out, 70_000, 200_000, BLOCK=256)
+    assert int(out) == 70_000 * 256 * 200_000 > 2**31
+
+
+def test_huge_batch_stride(triton_backend):
+    """Feature maps whose batch stride passes 2^31 elements (a view into a 4 GiB allocation of
+    which only the used pages are touched): forward and backward match the reference."""
+    try:
+        storage = torch.empty(2**31 + 4096, dtype=torch.float16, device=DEVICE)
+    except RuntimeError as exc:
+        pytest.skip(f"cannot reserve 4 GiB of address space: {exc}")
+    gen = torch.Generator(DEVICE).manual_seed(11)
+    source = storage.as_strided((2, 5, 3, 4), (2**31, 12, 4, 1))
+    source.copy_(torch.randn(2, 5, 3, 4, generator=gen))
+    target = torch.randn(2, 5, 4, 3, generator=gen).to(torch.float16)
+    grad = torch.randn(2, 12, 4, 3, generator=gen).to(torch.float16)
+    check_against_reference(source, target, grad, torch.float16, FLAGS["all"])
+
+
+@pytest.mark.parametrize(
+    "shape,match",
+    [((65536, 1, 1, 1), "batch size of at most 65535"), ((1, 1, 2897, 2897), "positions Hs")],
+    ids=["batch", "positions"],
+)
+def test_sizes_beyond_the_kernels_grid(triton_backend, shape, match):
+    source = torch.empty(shape, device=DEVICE)
+    with pytest.raises(ValueError, match=match):
+        correlation(source, torch.empty(shape[:2] + (1, 1), device=DEVICE))

@@ -19,7 +19,13 @@ from __future__ import annotations
 import torch
 
 from a2net import reference
-from a2net._validation import INPUT_PRECISIONS, check_choice, check_correlation_inputs, check_flag
+from a2net._validation import (
+    INPUT_PRECISIONS,
+    check_choice,
+    check_correlation_inputs,
+    check_correlation_kernel_sizes,
+    check_flag,
+)
 from a2net.kernels._memory import accumulation_dtype
 from a2net.ops._dispatch import TRITON_CALLS, use_triton
 
@@ -151,7 +157,11 @@ def correlation(
     optional, all on by default: the paper's setting).
 
     Args:
-        source: ``(B, C, Hs, Ws)`` source feature map (fp32, fp16 or bf16 on the Triton path).
+        source: ``(B, C, Hs, Ws)`` source feature map (fp32, fp16 or bf16 on the Triton path), any
+            strides. The Triton kernels read channels-last maps in place and copy others to
+            channels-last first (one pass, fused with the feature norms): pass
+            ``x.contiguous(memory_format=torch.channels_last)`` maps to save it. At most 65535 images
+            and 2^23 positions per map on the Triton path.
         target: ``(B, C, Ht, Wt)`` target feature map, same dtype and device.
         normalize_features: L2-normalise both maps over channels first (eps 1e-6).
         relu: ReLU on the correlation.
@@ -175,6 +185,7 @@ def correlation(
     check_flag("normalize_matches", normalize_matches)
     check_choice("input_precision", input_precision, INPUT_PRECISIONS)
     if use_triton(source):
+        check_correlation_kernel_sizes(source, target)
         out, _, _, _ = torch.ops.a2net.correlation(
             source, target, normalize_features, relu, normalize_matches, input_precision
         )
