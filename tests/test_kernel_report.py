@@ -59,8 +59,44 @@ def toy_dot_kernel(p_a, p_b, p_c, BM: tl.constexpr, BN: tl.constexpr, BK: tl.con
     tl.store(p_c + o_m[:, None] * BN + o_n[None, :], tl.dot(b_a, b_b))
 
 
+@triton.jit
+def toy_gemm_kernel(p_a, p_b, p_c, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, K_MAJOR: tl.constexpr):
+    """``c[m, n] = sum_k a[m, k] b[n, k]`` over a K loop; the operands' rows run along ``k``
+    (``K_MAJOR``: 16-byte aligned rows when K is a multiple of 16) or along ``m``/``n``."""
+    o_m = tl.arange(0, BM)
+    o_n = tl.arange(0, BN)
+    o_k = tl.arange(0, BK)
+    if K_MAJOR:
+        p_at = p_a + o_m[:, None] * K + o_k[None, :]  # [BM, BK]
+        p_bt = p_b + o_n[:, None] * K + o_k[None, :]  # [BN, BK]
+    else:
+        p_at = p_a + o_k[None, :] * BM + o_m[:, None]
+        p_bt = p_b + o_k[None, :] * BN + o_n[:, None]
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for _ in range(0, K, BK):
+        acc = tl.dot(tl.load(p_at), tl.trans(tl.load(p_bt)), acc)
+        p_at += BK if K_MAJOR else BK * BM
+        p_bt += BK if K_MAJOR else BK * BN
+    tl.store(p_c + o_m[:, None] * BN + o_n[None, :], acc)
+
+
+def _toy_gemm(name: str, dtype: str, bm: int, k_major: bool) -> dict:
+    return {
+        "name": name,
+        "fn": toy_gemm_kernel,
+        "signature": {"p_a": f"*{dtype}", "p_b": f"*{dtype}", "p_c": "*fp32", "K": "i32:16"},
+        "constexprs": {"BM": bm, "BN": 64, "BK": 32, "K_MAJOR": k_major},
+        "num_warps": 4,
+        "num_stages": 3,
+        "contraction": True,
+    }
+
+
 def toy_specs(all_configs: bool = False) -> list[dict]:
-    """The toy specs: the add kernel by default; an oversized-shared-memory dot as an extra.
+    """The toy specs: the add kernel and a K-major fp16 GEMM (a contraction that meets its tiling)
+    by default; as extras, an oversized-shared-memory dot, an fp32 GEMM with M-major operands
+    (tf32 ``wgmma`` takes K-major operands only, so they are copied 4 bytes at a time) and a
+    16-row GEMM (below ``wgmma``'s 64 rows: ``mma.sync``).
 
     The dot's two fp16 operand blocks, 128x512 and 512x128, need 256 KiB of shared memory: more
     than sm_90's 227 KiB per block, which the compiler accepts and the report must flag.
@@ -73,9 +109,12 @@ def toy_specs(all_configs: bool = False) -> list[dict]:
             "constexprs": {"BLOCK": 1024},
             "num_warps": 4,
             "num_stages": 1,
-        }
+        },
+        _toy_gemm("toy_gemm[fp16,K-major]", "fp16", 64, True),
     ]
     if all_configs:
+        specs.append(_toy_gemm("toy_gemm[fp32,M-major]", "fp32", 64, False))
+        specs.append(_toy_gemm("toy_gemm[fp16,M16]", "fp16", 16, True))
         specs.append(
             {
                 "name": "toy_dot[fp16,oversized]",
@@ -143,11 +182,46 @@ def test_kernel_specs_cover_every_argument(op):
         assert any(n.startswith(prefix) for n in names), prefix
 
 
+#: TEMPORARY, until the OAC-family tiling lands (remove it then): the default rows of these kernels
+#: may fail the report (the contraction criteria: wgmma and no mma.sync on sm_90, 16-byte main-loop
+#: loads). Every other row must pass.
+PENDING_OAC_TILING = (
+    "offset_aware_correlation_fwd[",
+    "offset_aware_correlation_bwd_corr[",
+    "offset_aware_correlation_bwd_weight[",
+    "correlation_oac_fwd[",
+    "correlation_oac_bwd_weight[",
+    "correlation_oac_bwd_corr[",
+)
+#: Kernels whose specs must say ``contraction``: the GEMM-like ones (names before the ``[``).
+CONTRACTIONS = {
+    "correlation_fwd",
+    "correlation_bwd_features",
+    "offset_aware_correlation_fwd",
+    "offset_aware_correlation_bwd_corr",
+    "offset_aware_correlation_bwd_weight",
+    "correlation_oac_fwd",
+    "correlation_oac_bwd_weight",
+    "correlation_oac_bwd_corr",
+}
+
+
+@pytest.mark.parametrize("op", list(kernel_specs.SPECS))
+def test_contraction_kernels_are_marked(op):
+    for spec in kernel_specs.SPECS[op](True):
+        assert spec["contraction"] == (spec["name"].split("[")[0] in CONTRACTIONS), spec["name"]
+
+
 def test_report_compiles_default_configs_of_kernel_specs(tmp_path):
     proc, report = _run_report(tmp_path)
     output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output
-    assert report is not None and report["exit_status"] == 0, output
+    assert report is not None, output
+    failing = [r for r in report["rows"] if r["default"] and r["problems"]]
+    unexpected = [
+        f"{r['name']} sm_{r['arch']}: {r['problems']}" for r in failing if not r["name"].startswith(PENDING_OAC_TILING)
+    ]
+    assert not unexpected, output
+    assert proc.returncode == report["exit_status"] == int(bool(failing)), output
     assert report["archs"] == [80, 90]
     rows = report["rows"]
     for group, lister in kernel_specs.SPECS.items():
@@ -160,6 +234,8 @@ def test_report_compiles_default_configs_of_kernel_specs(tmp_path):
     for row in rows:
         assert row["regs"] and row["regs"] > 0, row
         assert row["shared"] <= row["shared_limit"], row
+        if row["contraction"] and row["arch"] == 90 and not row["name"].startswith(PENDING_OAC_TILING):
+            assert row["wgmma"] > 0 and row["mma_sync"] == 0 and row["loads"] in ("cp.async.16", "tma"), row
     assert report["skipped"] == [] and report["failed"] == []
     assert {r["group"] for r in rows} == set(kernel_specs.SPECS)
 
@@ -175,12 +251,30 @@ def test_toy_kernels_parsed_and_oversized_shared_memory_flagged(tmp_path):
     # The oversized config is an extra one: listed and flagged, not failing the exit status.
     assert proc.returncode == 0, output
     rows = {r["name"]: kernel_report.Row.from_dict(r) for r in report["rows"]}
-    assert set(rows) == {"toy_add[fp32,BLOCK1024]", "toy_dot[fp16,oversized]"}
+    assert set(rows) == {
+        "toy_add[fp32,BLOCK1024]",
+        "toy_dot[fp16,oversized]",
+        "toy_gemm[fp16,K-major]",
+        "toy_gemm[fp32,M-major]",
+        "toy_gemm[fp16,M16]",
+    }
+
+    gemm = rows["toy_gemm[fp16,K-major]"]
+    assert gemm.default and gemm.contraction and gemm.ok, output
+    assert gemm.wgmma > 0 and gemm.mma_sync == 0 and gemm.loads == "cp.async.16"
+    m_major = rows["toy_gemm[fp32,M-major]"]
+    assert m_major.wgmma > 0 and m_major.loads == "cp.async.4"
+    assert m_major.problems == ["main-loop loads cp.async.4 (< 16 bytes)"]
+    small = rows["toy_gemm[fp16,M16]"]
+    assert small.mma_sync > 0 and small.wgmma == 0
+    assert small.problems[:2] == [f"mma.sync ({small.mma_sync}) on sm_90", "no wgmma on sm_90"]
+    assert "flagged: main-loop loads cp.async.4" in proc.stdout
 
     add = rows["toy_add[fp32,BLOCK1024]"]
     assert add.default and add.ok and add.error is None, output
     assert add.arch == 90 and add.num_warps == 4 and add.num_stages == 1
-    assert add.regs > 0
+    assert add.regs > 0 and not add.contraction
+    assert add.wgmma == 0 and add.mma_sync == 0 and add.loads is None  # no loop
     assert add.ptxas_regs == add.regs  # cuobjdump and the ptxas log agree
     assert add.stack == 0 and add.local == 0 and add.spill_stores == 0 and add.spill_loads == 0
     assert add.spills == 0
@@ -225,6 +319,63 @@ ptxas info    : Function properties for add_kernel
 ptxas info    : Used 30 registers, used 1 barriers, 576 bytes cmem[0]
 ptxas info    : Compile time = 6.553 ms
 """
+
+
+PTX_TWO_LOOPS = """
+.visible .entry k(
+)
+{
+	ld.global.b32 	%r1, [%rd1];
+	cp.async.cg.shared.global [ %r2 + 0 ], [ %rd2 + 0 ], 0x10, %r3;
+$L__BB0_2:                              // =>This Inner Loop Header: Depth=1
+	cp.async.cg.shared.global [ %r4 + 0 ], [ %rd4 + 0 ], 0x10, %r5;
+	cp.async.ca.shared.global [ %r6 + 0 ], [ %rd6 + 0 ], 0x4, %r7;
+$L__BB0_3:                              // =>This Inner Loop Header: Depth=2
+	ld.global.v2.b16 	{%rs1, %rs2}, [%rd8];
+	fma.rn.f32 	%r9, %r10, %r11, %r9;
+	@%p1 bra 	$L__BB0_3;
+	wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%r1}, %rd1, %rd2, 1, 1, 1, 1, 1;
+	@%p2 bra 	$L__BB0_2;
+$L__BB0_4:                              // =>This Inner Loop Header: Depth=1
+	ld.global.nc.v4.b32 	{%r1, %r2, %r3, %r4}, [%rd9];
+	fma.rn.f32 	%r9, %r10, %r11, %r9;
+	bra.uni 	$L__BB0_4;
+	mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%r1}, {%r2}, {%r3}, {%r4};
+	ret;
+}
+"""
+
+
+def test_ptx_stats_main_loop_loads():
+    """The main loop is the one whose own body has the matrix instruction: the outer loop (wgmma),
+    without its inner FMA loop's 4-byte load; the other loop has FMAs only."""
+    stats = kernel_report.ptx_stats(PTX_TWO_LOOPS)
+    assert kernel_report.ptx_loops(PTX_TWO_LOOPS.splitlines()) == [(6, 14), (9, 12), (15, 18)]
+    assert (stats["wgmma"], stats["mma_sync"], stats["fma"]) == (1, 1, 2)
+    assert stats["load_counts"] == {"cp.async.16": 1, "cp.async.4": 1}
+    assert stats["loads"] == "cp.async.4"
+    fma_only = PTX_TWO_LOOPS.replace("wgmma.mma_async", "nop").replace("mma.sync", "nop")
+    stats = kernel_report.ptx_stats(fma_only)
+    assert stats["load_counts"] == {"ld.global.4": 1, "ld.global.16": 1}  # both FMA loops
+    assert stats["loads"] == "ld.global.4"
+    assert kernel_report.ptx_stats("ret;") == {"wgmma": 0, "mma_sync": 0, "fma": 0, "loads": None, "load_counts": {}}
+
+
+def test_tiling_problems_only_for_contractions():
+    row = kernel_report.Row(name="k", group="g", arch=90, num_warps=8, num_stages=3, regs=100, shared=0)
+    row.shared_limit, row.stack, row.local, row.spill_stores, row.spill_loads = 232448, 0, 0, 0, 0
+    row.wgmma, row.mma_sync, row.loads = 0, 4, "ld.global.2"
+    assert row.check().ok  # not a contraction: counted, not judged
+    row.contraction = True
+    assert row.check().problems == [
+        "mma.sync (4) on sm_90",
+        "no wgmma on sm_90",
+        "main-loop loads ld.global.2 (< 16 bytes)",
+    ]
+    row.arch, row.loads = 80, "cp.async.16"
+    assert row.check().ok  # mma.sync is the tensor-core instruction of sm_80
+    row.arch, row.wgmma, row.mma_sync, row.loads = 90, 8, 0, "tma"
+    assert row.check().ok
 
 
 def test_parse_resource_usage():
