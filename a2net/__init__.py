@@ -12,7 +12,9 @@ The library:
 * :mod:`a2net.metrics` — PCK, flow PCK, mask metrics, the PCK of synthetic pairs;
 * :mod:`a2net.checkpoint` — save and load models; :mod:`a2net.official` — the authors' checkpoints;
 * :mod:`a2net.inference` — running an aligner on images and keypoints; :mod:`a2net.images`,
-  :mod:`a2net.fileio` — reading images, writing files crash-safely.
+  :mod:`a2net.fileio` — reading images, writing files crash-safely;
+* :mod:`a2net.errors` — the exceptions raised for a caller's mistake (bad files, NaN inputs,
+  corrupted checkpoints, missing optional dependencies) and the command line's exit codes.
 
 The applications: :func:`a2net.align` (:mod:`a2net.alignment`, align a pair and draw it),
 :mod:`a2net.train`, :mod:`a2net.evaluate`, and the command line :mod:`a2net.cli` (``a2net ...``).
