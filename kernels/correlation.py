@@ -73,8 +73,10 @@ MAX_BLOCK_C = 64
 POS_PAD = 64
 #: Largest dynamic shared memory a config may ask for (sm_80's; sm_90 has 232448).
 SHARED_LIMIT = 166912
-#: Most fp32 accumulator elements per thread a config may hold (more spills with the operands).
-MAX_ACC_PER_THREAD = 64
+#: fp32 accumulator elements per thread: the default config holds at most ``MAX_ACC_DEFAULT`` (it
+#: never spills); larger tiles, up to ``MAX_ACC_SEARCH``, are candidates of the search only (which
+#: compiles them and drops those that spill).
+MAX_ACC_DEFAULT, MAX_ACC_SEARCH = 64, 128
 
 # The GEMMs' first config is the default (interpreter, kernel report, deterministic mode). 8 warps
 # are two warpgroups: every tile has >= 64 rows per warpgroup, so every tl.dot is a wgmma on sm_90.
@@ -85,6 +87,8 @@ FWD_CONFIGS = [
     triton.Config({"BLOCK_T": 64, "BLOCK_C": 64}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_T": 128, "BLOCK_C": 32}, num_warps=8, num_stages=4),
     triton.Config({"BLOCK_T": 64, "BLOCK_C": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_T": 256, "BLOCK_C": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_T": 256, "BLOCK_C": 64}, num_warps=8, num_stages=3),
 ]
 BWD_CONFIGS = [
     triton.Config({"BLOCK_N": 128, "BLOCK_C": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
@@ -102,10 +106,21 @@ PREP_BLOCK_S, PREP_BLOCK_T, PREP_WARPS = 32, 64, 8
 OPERAND_BLOCK_R, OPERAND_BLOCK_K, OPERAND_WARPS = 32, 64, 4
 
 
-def _fits(block_m: int, block_n: int, block_k: int, cfg, elem: int) -> bool:
-    threads = 32 * cfg.num_warps
-    shared = cfg.num_stages * (block_m + block_n) * block_k * elem
-    return block_m * block_n <= MAX_ACC_PER_THREAD * threads and shared <= SHARED_LIMIT
+def _prune(configs, tiles, elem: int) -> list:
+    """``configs`` whose pipelined operand tiles fit in shared memory and whose accumulator fits the
+    search's limit, those within the default's limit first (the first of them is the default);
+    ``tiles(cfg) -> (BLOCK_M, BLOCK_N, BLOCK_K)``."""
+    kept, large = [], []
+    for cfg in configs:
+        block_m, block_n, block_k = tiles(cfg)
+        threads = 32 * cfg.num_warps
+        if cfg.num_stages * (block_m + block_n) * block_k * elem > SHARED_LIMIT:
+            continue
+        if block_m * block_n <= MAX_ACC_DEFAULT * threads:
+            kept.append(cfg)
+        elif block_m * block_n <= MAX_ACC_SEARCH * threads:
+            large.append(cfg)
+    return kept + large or configs[:1]
 
 
 def _elem(args: dict, name: str) -> int:
@@ -114,18 +129,17 @@ def _elem(args: dict, name: str) -> int:
 
 
 def prune_fwd_configs(configs, named_args, **kwargs):
-    """The configs whose accumulator and pipelined operand tiles fit at the launcher's ``BLOCK_S``
-    (the 256-row tile of the fused column norm leaves fewer)."""
-    block_s, elem = kwargs["BLOCK_S"], _elem(kwargs, "p_src")
-    kept = [c for c in configs if _fits(block_s, c.kwargs["BLOCK_T"], c.kwargs["BLOCK_C"], c, elem)]
-    return kept or configs[:1]
+    """The configs that fit at the launcher's ``BLOCK_S`` (:func:`_prune`; the 256-row tile of the
+    fused column norm leaves fewer)."""
+    block_s = kwargs["BLOCK_S"]
+    return _prune(configs, lambda c: (block_s, c.kwargs["BLOCK_T"], c.kwargs["BLOCK_C"]), _elem(kwargs, "p_src"))
 
 
 def prune_bwd_configs(configs, named_args, **kwargs):
-    """The configs whose accumulator and pipelined operand tiles fit."""
-    elem = _elem(kwargs, "p_e")
-    kept = [c for c in configs if _fits(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_C"], c.kwargs["BLOCK_K"], c, elem)]
-    return kept or configs[:1]
+    """The configs that fit (:func:`_prune`)."""
+    return _prune(
+        configs, lambda c: (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_C"], c.kwargs["BLOCK_K"]), _elem(kwargs, "p_e")
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,7 +222,9 @@ def correlation_fwd_kernel(
     DOT_FP32: tl.constexpr,
     FP64: tl.constexpr,
 ):
-    """One ``[BLOCK_S, BLOCK_T]`` correlation tile; grid ``(cdiv(T, BT), cdiv(S, BS), B)``.
+    """One ``[BLOCK_S, BLOCK_T]`` correlation tile; grid ``(cdiv(T, BT), cdiv(S, BS), B)``:
+    consecutive programs share their source rows and sweep the targets, so the target map (15 MB
+    for a 60x60 fp32 map with C=1024) stays in L2 and every feature row is read from memory once.
 
     ``src`` (B, S, C) and ``tgt`` (B, T, C) have unit channel stride. ``MATCH``: ``"none"``;
     ``"tile"`` (the whole column in the tile: writes ``out`` and ``inv_match`` (B, T));
@@ -409,14 +425,16 @@ def correlation_bwd_features_kernel(
     DOT_FP32: tl.constexpr,
     FP64: tl.constexpr,
 ):
-    """Gradient of one feature map, ``grad`` (B, C, N) contiguous; grid ``(cdiv(N, BN), cdiv(C, BC), B)``.
+    """Gradient of one feature map, ``grad`` (B, C, N) contiguous; grid ``(cdiv(C, BC), cdiv(N, BN), B)``:
+    consecutive programs share their ``e`` rows and sweep the channels, so ``x`` (C x K_pad, 15 MB
+    for a 60x60 fp32 map) stays in L2 while each row block of ``e`` is read from memory once.
 
     ``e`` (B, N, K_pad) is the correlation gradient seen from this map and ``x`` (B, C, K_pad) the
     other map, normalised, both with unit ``k`` stride and zero padding; ``y`` (B, C, N) is this
     map (any strides), ``y_scale`` its inverse norms, ``dot`` (B, n_dot, N) the partial
     feature-norm dots summed here in order. Without ``NORM_FEAT``: ``grad[c, n] = sum_k e[n, k] x[c, k]``.
     """
-    i_n, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_c, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b64 = i_b.to(tl.int64)
     r_n = tl.arange(0, BLOCK_N)
     r_c = tl.arange(0, BLOCK_C)
@@ -639,7 +657,7 @@ def correlation_bwd_gemm(
     grad = empty(B, C, N, dtype=y.dtype, device=y.device)
     launch(
         correlation_bwd_features_kernel,
-        lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(C, meta["BLOCK_C"]), B),
+        lambda meta: (triton.cdiv(C, meta["BLOCK_C"]), triton.cdiv(N, meta["BLOCK_N"]), B),
         name="correlation_bwd_features",
         device=y.device,
         sizes={"N": N, "K_pad": K_pad, "C": C, "dtype": dtype_name(y.dtype)},

@@ -21,7 +21,9 @@ Timing: ``triton.testing.do_bench`` (median, p20, p80), plus ``do_bench_cudagrap
 under ``--graph-below-ms``; peak memory: ``torch.cuda.max_memory_allocated`` after a reset
 (perf/_harness.py has the definitions). FLOPs and bytes of every op and pass (the roofline
 model of perf/README.md) give TFLOP/s, GB/s and the fraction of the roofline floor, against a
-matmul and a copy measured once in the same run.
+matmul and a copy measured once in the same run. On CUDA, ``predicted_us`` is the per-kernel
+model of perf/roofline.py for our kernels (their real tiling, on H100 or H200 peaks) and
+``of_roofline`` the predicted over the measured time.
 
 Usage::
 
@@ -54,6 +56,7 @@ import torch
 
 from a2net import ops
 from perf import _harness as H
+from perf import roofline
 from perf.op_specs import OPS, PROVIDERS, OpSpec
 
 PASSES = ("fwd", "bwd", "fwd+bwd")
@@ -128,7 +131,7 @@ def check_provider(ctx: Context, spec: OpSpec, shape: dict, label: str, provider
     def errors(name, xs, prec):
         gen = torch.Generator(device=ctx.device).manual_seed(7)
         out, grads = _forward_backward(spec, name, xs, prec, gen)
-        if name == "reference" and xs is not inputs:  # the float64 truth itself
+        if name == spec.truth and xs is not inputs:  # the float64 truth itself
             return out, grads
         return (
             _relative_error(out, truth[0]),
@@ -139,10 +142,10 @@ def check_provider(ctx: Context, spec: OpSpec, shape: dict, label: str, provider
         k: v.detach().double().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v
         for k, v in inputs.items()
     }
-    truth = errors("reference", ref_inputs, "ieee")
+    truth = errors(spec.truth, ref_inputs, "ieee")
     key = (spec.name, spec.shape_id(small), label)
     if key not in ctx.reference_errors:
-        ctx.reference_errors[key] = errors("reference", inputs, precision)
+        ctx.reference_errors[key] = errors(spec.truth, inputs, precision)
     err_fwd, err_bwd = errors(provider, inputs, precision)
     ref_fwd, ref_bwd = ctx.reference_errors[key]
     floor = ERROR_FLOOR[label]
@@ -219,7 +222,7 @@ def run_case(ctx: Context, spec: OpSpec, shape: dict, label: str, providers: lis
                 err_fwd, err_bwd, note = check_provider(ctx, spec, shape, label, provider, precision)
             if provider.startswith("triton"):
                 before = sum(ops.TRITON_CALLS.values())
-            for pass_ in ctx.args.passes:
+            for pass_ in (p for p in ctx.args.passes if p in spec.passes):
                 q = _time_pass(ctx, spec, provider, shape, dtype, precision, pass_)
                 peak = _peak_of_pass(ctx, spec, provider, shape, dtype, precision, pass_)
                 flop, byte = spec.cost(shape, pass_, elem, ctx.args.all_grads)
@@ -279,14 +282,29 @@ def run_case(ctx: Context, spec: OpSpec, shape: dict, label: str, providers: lis
 # ------------------------------------------------------------------------------------------
 
 
+def predicted_us(ctx: Context, spec: OpSpec, shape: dict, label: str, pass_: str) -> float:
+    """The roofline model's time of one pass of our kernels (perf/roofline.py) on this GPU's peaks
+    (H200 when the name says so, else H100 SXM); NaN on CPU or where there is no model."""
+    if ctx.device.type != "cuda":
+        return float("nan")
+    need = {"source": True, "target": True, "corr": True} if ctx.args.all_grads else None
+    try:
+        return 1e6 * roofline.predict_op(spec.name, pass_, shape, label, roofline.gpu_for(ctx.info.gpu), need)
+    except (roofline.NotModelled, KeyError):
+        return float("nan")
+
+
 def print_case(ctx: Context, spec: OpSpec, shape: dict, label: str, rows: list[dict]) -> None:
     if not rows:
         return
     print(f"\n{spec.name} {spec.shape_id(shape)} {label}")
     subject = {(r["pass"], r["timer"]): float(r["ms_p50"]) for r in rows if r["provider"] == ctx.subject}
+    predictions = {p: predicted_us(ctx, spec, shape, label, p) for p in {r["pass"] for r in rows}}
     table = []
     for r in rows:
         ms = float(r["ms_p50"])
+        ours = r["provider"] == "triton" or (spec.name == "correlation_gemm" and r["provider"] == "cublas")
+        pred = predictions[r["pass"]] if ours else float("nan")
         flop, byte = float(r["gflop"]) * 1e9, float(r["gbyte"]) * 1e9
         tflops, gbps = flop / ms / 1e9, byte / ms / 1e6
         roof = ctx.peaks.roofline_ms(flop / 1e9, byte / 1e9, label) / ms if ctx.peaks else float("nan")
@@ -301,6 +319,8 @@ def print_case(ctx: Context, spec: OpSpec, shape: dict, label: str, rows: list[d
                 f"{tflops:.2f}",
                 f"{gbps:.0f}",
                 f"{100 * roof:.1f}%" if math.isfinite(roof) else "-",
+                f"{pred:.1f}" if math.isfinite(pred) else "-",
+                f"{pred / (1e3 * ms):.0%}" if math.isfinite(pred) else "-",
                 f"{float(r['peak_mb']):.1f}",
                 ratio,
                 r["rel_err"],
@@ -317,6 +337,8 @@ def print_case(ctx: Context, spec: OpSpec, shape: dict, label: str, rows: list[d
                 "TFLOP/s",
                 "GB/s",
                 "roofline",
+                "predicted_us",
+                "of_roofline",
                 "peak MB",
                 f"/{ctx.subject}",
                 "rel_err",

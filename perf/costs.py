@@ -28,11 +28,24 @@ def correlation_cost(shape: dict, pass_: str, elem: int, all_grads: bool = False
     return _passes(fwd, bwd, pass_)
 
 
+def correlation_gemm_cost(shape: dict, pass_: str, elem: int, all_grads: bool = False) -> tuple:
+    """``torch.bmm`` of the two maps: the correlation's FLOPs, the maps read and the output written."""
+    b, c, hw = shape["B"], shape["C"], shape["H"] * shape["W"]
+    feats, out = 2 * b * c * hw, b * hw * hw
+    return _passes((2 * b * hw * hw * c, elem * (feats + out)), (4 * b * hw * hw * c, elem * (2 * feats + out)), pass_)
+
+
+def correlation_gemm_memory(shape: dict, elem: int, provider: str) -> int:
+    b, c, hw = shape["B"], shape["C"], shape["H"] * shape["W"]
+    return elem * (4 * b * c * hw + 2 * b * hw * hw)
+
+
 def correlation_memory(shape: dict, elem: int, provider: str) -> int:
     b, c, hw = shape["B"], shape["C"], shape["H"] * shape["W"]
     feats, out = 2 * b * c * hw, b * hw * hw
-    k = 3 if provider.startswith("triton") else 8  # the reference: normalised copies, 3 S x T temporaries
-    return elem * (4 * feats + k * out)
+    if provider.startswith("triton"):  # channels-last and backward operand copies; out, grad, dc, dc^T
+        return elem * (5 * feats + 4 * out)
+    return elem * (4 * feats + 8 * out)  # the reference: normalised copies, S x T temporaries
 
 
 def offset_aware_correlation_cost(shape: dict, pass_: str, elem: int, all_grads: bool = False) -> tuple:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Everything a CUDA machine can check in one command: the test-suite on CUDA, the autotuner for
-# the paper's shapes, the op and model benchmarks, the kernel resource report; a short table
-# printed last. At most ~8 minutes on an H100: every stage runs under `timeout` with its own
-# budget (the benchmarks also stop starting new cases before theirs ends, and append their rows
-# as they go, so a cut stage still leaves figures).
+# the paper's shapes, the goal figures (perf/goals.py: each with a met / not-met line), the op and
+# model benchmarks, the kernel resource report; a short table printed last. At most ~8 minutes on
+# an H100: every stage runs under `timeout` with its own budget (the benchmarks also stop starting
+# new cases before theirs ends, and append their rows as they go, so a cut stage still leaves
+# figures).
 #
 # From the checkout root, with torch and triton importable (no install, no network):
 #
@@ -85,7 +86,7 @@ stage() {
 #    default config (no search at every test shape; autotune.py checks the other configs).
 if grep -q A2NET_TEST_DEVICE tests/helpers.py tests/conftest.py 2>/dev/null; then
     XDIST=$("$PY" -c 'import xdist' 2>/dev/null && echo "-n 4")
-    stage "tests (cuda)" "$(budget 120)" "$RES/tests.log" \
+    stage "tests (cuda)" "$(budget 100)" "$RES/tests.log" \
         env A2NET_TEST_DEVICE=cuda A2NET_AUTOTUNE=0 \
         "$PY" -m pytest -q $XDIST -p no:cacheprovider --junitxml="$RES/tests.xml" tests
 else
@@ -95,25 +96,43 @@ else
 fi
 
 # 2. Tune the paper's shapes; the table lands in kernels/tuned_configs.json (merged, other archs kept).
-stage "autotune" "$(budget 75)" "$RES/autotune.log" \
-    "$PY" perf/autotune.py --budget-s "$(budget 55)"
+stage "autotune" "$(budget 40)" "$RES/autotune.log" \
+    "$PY" perf/autotune.py --budget-s "$(budget 30)"
 [ -f kernels/tuned_configs.json ] && cp kernels/tuned_configs.json "$RES/tuned_configs.json"
 
-# 3. The ops: the paper's batch first, then growing maps; what the budget leaves out is listed.
-stage "bench_ops" "$(budget 130)" "$RES/bench_ops.log" \
-    "$PY" perf/bench_ops.py --device cuda --batch 32 8 --budget-s "$(budget 100)" --warmup-ms 10 --rep-ms 40 \
+# 3. The goal figures (perf/goals.py): the fused op against the compiled reference at the paper's
+#    shape; the fused forward against cuBLAS bmm and the unfused ops at 60x60; every kernel's time
+#    at 60x60 for its roofline. The lines come in the summary.
+stage "goals: paper shape" "$(budget 90)" "$RES/goals_paper.log" \
+    "$PY" perf/bench_ops.py --device cuda --ops correlation_oac --batch 32 --hw 15 --channels 1024 \
+    --dtypes tf32 bf16 --providers triton reference-compiled --passes fwd+bwd --warmup-ms 10 --rep-ms 40 \
+    --no-peaks --csv "$RES/results.csv"
+stage "goals: 60x60" "$(budget 45)" "$RES/goals_large.log" \
+    "$PY" perf/bench_ops.py --device cuda --ops correlation_oac correlation_gemm --batch 8 --hw 60 --channels 1024 \
+    --dtypes tf32 bf16 --providers triton triton-unfused cublas --passes fwd --warmup-ms 10 --rep-ms 40 \
+    --no-peaks --csv "$RES/results.csv"
+stage "goals: kernel times" "$(budget 45)" "$RES/goals_kernels.log" \
+    "$PY" perf/goals.py --profile "$RES/kernel_times.json"
+
+# 4. The ops: the paper's batch first, then growing maps; what the budget leaves out is listed.
+stage "bench_ops" "$(budget 45)" "$RES/bench_ops.log" \
+    "$PY" perf/bench_ops.py --device cuda --batch 32 8 --budget-s "$(budget 30)" --warmup-ms 10 --rep-ms 40 \
     --csv "$RES/results.csv"
 
-# 4. A training step of the model.
-stage "bench_model" "$(budget 80)" "$RES/bench_model.log" \
-    "$PY" perf/bench_model.py --device cuda --budget-s "$(budget 50)" --warmup-ms 50 --rep-ms 200 \
+# 5. A training step of the model.
+stage "bench_model" "$(budget 40)" "$RES/bench_model.log" \
+    "$PY" perf/bench_model.py --device cuda --budget-s "$(budget 25)" --warmup-ms 50 --rep-ms 200 \
     --csv "$RES/results.csv"
 
-# 5. Static resource report (registers, spills, shared memory) of every kernel config.
-stage "kernel_report" "$(budget 40)" "$RES/kernel_report.log" \
+# 6. Static report (tiling, registers, spills, shared memory) of every kernel config.
+stage "kernel_report" "$(budget 45)" "$RES/kernel_report.log" \
     "$PY" perf/kernel_report.py --json "$RES/kernel_report.json"
 
-# 6. This run's rows into the committed CSV, then the README tables and plots.
+# 7. The goal lines, from this run's rows and kernel times (no GPU work: always runs to the end).
+stage "goals" "$(budget 30)" "$RES/goals.log" \
+    "$PY" perf/goals.py --csv "$RES/results.csv" --kernels "$RES/kernel_times.json"
+
+# 8. This run's rows into the committed CSV, then the README tables and plots.
 if [ $DRY -eq 0 ] && [ -s "$RES/results.csv" ]; then
     "$PY" - "$RES/results.csv" <<'EOF'
 import sys
@@ -125,7 +144,7 @@ EOF
     stage "plot_results" "$(budget 30)" "$RES/plot_results.log" "$PY" perf/plot_results.py
 fi
 
-# 7. The short table, last.
+# 9. The short table, last.
 "$PY" - "$RES" "${ROWS[@]}" > "$SUMMARY" <<'EOF'
 import csv, math, re, sys
 from pathlib import Path
@@ -134,7 +153,9 @@ res, stages = Path(sys.argv[1]), [s.split("|") for s in sys.argv[2:]]
 def detail(name):
     log = res / {"tests (cuda)": "tests.log", "autotune": "autotune.log", "bench_ops": "bench_ops.log",
                  "bench_model": "bench_model.log", "kernel_report": "kernel_report.log",
-                 "plot_results": "plot_results.log"}.get(name, "none")
+                 "plot_results": "plot_results.log", "goals: paper shape": "goals_paper.log",
+                 "goals: 60x60": "goals_large.log", "goals: kernel times": "goals_kernels.log",
+                 "goals": "goals.log"}.get(name, "none")
     text = log.read_text(errors="replace") if log.exists() else ""
     if name.startswith("tests"):  # "N passed, M failed in Xs", with or without ==== around it
         m = re.findall(r"^[= ]*(\d+ (?:passed|failed|errors?)\b.*? in [\d.]+s.*?)[= ]*$", text, re.M)
@@ -153,6 +174,16 @@ def detail(name):
         return "; ".join(re.sub(r"\s+", " ", l.strip()) for l in lines[:4]) or "no step measured"
     if name == "kernel_report":
         return (text.strip().splitlines() or ["no output"])[-1][:100]
+    if name == "goals":
+        m = re.findall(r"^goals: (\d+ of \d+ met)", text, re.M)
+        return m[-1] if m else "no goal lines"
+    if name == "goals: kernel times":
+        m = re.findall(r"^goals: (\d+ kernel timings)", text, re.M)
+        return m[-1] if m else "no kernel timings"
+    if name.startswith("goals: "):
+        mism = re.findall(r"(\d+) rows MISMATCH", text)
+        n = len(re.findall(r"^\S+ \S+ (tf32|bf16|fp32)$", text, re.M))
+        return f"{n} cases" + (f", {mism[-1]} MISMATCH rows" if mism else "")
     return ""
 
 rows = [[n, st, f"{dt}s", detail(n)] for n, st, dt in stages]
@@ -170,7 +201,12 @@ if ops_log.exists():
         keep = [l for l in part[:2]] + [l for l in part[2:] if " fwd+bwd " in l and " do_bench " in l]
         print("\nbench_ops, fwd+bwd, geomean provider / triton:")
         print("\n".join(keep))
-print(f"\nresults: {res}/ (logs, results.csv, tuned_configs.json, kernel_report.json); perf/results/README.md regenerated")
+goals_log = res / "goals.log"
+if goals_log.exists():
+    lines = [l for l in goals_log.read_text(errors="replace").splitlines() if l.startswith("goal")]
+    print("\ngoals (perf/goals.py):")
+    print("\n".join(lines) or "no goal lines")
+print(f"\nresults: {res}/ (logs, results.csv, tuned_configs.json, kernel_report.json, kernel_times.json); perf/results/README.md regenerated")
 EOF
 if [ -n "${OUT_DIR:-}" ]; then
     mkdir -p "$OUT_DIR"

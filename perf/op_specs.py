@@ -11,10 +11,13 @@ Providers (perf/README.md explains how to read them):
   that scatters the correlation into the zero-filled ``(2H-1)(2W-1)``-channel aligned tensor,
   then a 1x1 convolution;
 * ``triton-unfused`` (the fused op only): our correlation op, then our OAC op — what the fusion
-  saves.
+  saves;
+* ``cublas`` (``correlation_gemm`` only): ``torch.bmm`` of the two feature maps.
 
 Ops (:data:`OPS`): ``correlation``, ``offset_aware_correlation``, ``correlation_oac`` (the two
-fused: the correlation is never stored; what the model runs by default) and ``attention_pool``.
+fused: the correlation is never stored; what the model runs by default), ``attention_pool``, and
+``correlation_gemm``: the correlation's GEMM alone (no normalisation, no ReLU) on cuBLAS, forward
+only, the yardstick of the fused forward at large maps.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from a2net import ops, reference
 from a2net.official import authors_offset_aware_correlation
 from perf import costs
 
-PROVIDERS = ("triton", "triton-unfused", "reference", "reference-compiled", "authors")
+PROVIDERS = ("triton", "triton-unfused", "reference", "reference-compiled", "authors", "cublas")
 OAC_CHANNELS = 128  # O, the paper's OAC output channels
 ATTENTION_CHANNELS = 128  # C of the attention values in the model
 ENCODER_SHRINK = 6  # the 7x7 encoder convolution (no padding) takes 6 off each side length
@@ -45,7 +48,8 @@ class OpSpec:
     (every one with ``all_grads``); ``providers[name](inputs, precision)`` runs it;
     ``cost(shape, pass, elem, all_grads)`` returns ``(flop, byte)`` of the roofline model;
     ``memory(shape, elem, provider)`` estimates the bytes a fwd+bwd needs (for skipping cases
-    that cannot fit).
+    that cannot fit). ``truth``: the provider whose float64 result the others are checked against;
+    ``passes``: the passes worth timing.
     """
 
     name: str
@@ -55,6 +59,8 @@ class OpSpec:
     providers: dict
     cost: Callable
     memory: Callable
+    truth: str = "reference"
+    passes: tuple = ("fwd", "bwd", "fwd+bwd")
 
     def shape_id(self, shape: dict) -> str:
         return "-".join(f"{k}{shape[k]}" for k in self.shape_keys)
@@ -220,5 +226,26 @@ CORRELATION_OAC = OpSpec(
     memory=costs.correlation_oac_memory,
 )
 
+# the correlation's GEMM alone, on cuBLAS ------------------------------------------------------
+
+
+def correlation_gemm(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(B, C, Hs, Ws), (B, C, Ht, Wt) -> (B, Hs*Ws, Ht*Wt)``: the raw channel products, one
+    ``torch.bmm`` (cuBLAS reads the NCHW maps through transposed views, no copy)."""
+    return torch.bmm(source.flatten(2).transpose(1, 2), target.flatten(2))
+
+
+CORRELATION_GEMM = OpSpec(
+    name="correlation_gemm",
+    shape_keys=("B", "C", "H", "W"),
+    shape=lambda b, c, hw: {"B": b, "C": c, "H": hw, "W": hw},
+    make=_correlation_make,
+    providers={"cublas": lambda x, p: correlation_gemm(x["source"], x["target"])},
+    cost=costs.correlation_gemm_cost,
+    memory=costs.correlation_gemm_memory,
+    truth="cublas",
+    passes=("fwd",),
+)
+
 #: The ops benchmarked, in order.
-OPS = {spec.name: spec for spec in (CORRELATION, OAC, CORRELATION_OAC, ATTENTION)}
+OPS = {spec.name: spec for spec in (CORRELATION, OAC, CORRELATION_OAC, ATTENTION, CORRELATION_GEMM)}

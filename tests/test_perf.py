@@ -12,6 +12,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -474,16 +475,34 @@ def test_gpu_check_dry_run(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = proc.stdout.split("=== gpu_check summary")[1]
-    for stage in ("tests (cuda)", "autotune", "bench_ops", "bench_model", "kernel_report"):
+    for stage in (
+        "tests (cuda)",
+        "autotune",
+        "goals: paper shape",
+        "goals: 60x60",
+        "goals: kernel times",
+        "bench_ops",
+        "bench_model",
+        "kernel_report",
+        "goals ",
+    ):
         assert stage in summary
     for command in (
         "A2NET_TEST_DEVICE=cuda",
         "perf/autotune.py",
         "perf/bench_ops.py --device cuda",
+        "--ops correlation_oac --batch 32 --hw 15 --channels 1024 --dtypes tf32 bf16 --providers triton "
+        "reference-compiled --passes fwd+bwd",
+        "--ops correlation_oac correlation_gemm --batch 8 --hw 60 --channels 1024 --dtypes tf32 bf16 "
+        "--providers triton triton-unfused cublas --passes fwd",
+        "perf/goals.py --profile",
+        "perf/goals.py --csv",
         "perf/bench_model.py --device cuda",
         "perf/kernel_report.py",
     ):
         assert command in proc.stdout
+    limits = [int(x) for x in re.findall(r"^=== .* \(limit (\d+)s\)", proc.stdout, re.M)]
+    assert sum(limits) <= 8.5 * 60  # the stage budgets keep the whole run near 8 minutes
     assert (tmp_path / "gpu_check_summary.txt").exists() and (tmp_path / "gpu_check.tar.gz").exists()
 
 
@@ -498,3 +517,164 @@ def test_gpu_check_refuses_without_cuda():
         env=_env(PYTHON=sys.executable),
     )
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# The roofline model and the goals (no GPU needed)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_roofline_correlation_follows_the_launchers():
+    from a2net.kernels import correlation as corr
+    from perf import roofline
+
+    small = roofline.costs("correlation", "fwd", {"B": 32, "C": 1024, "H": 15, "W": 15}, "tf32")
+    assert [e["name"] for e in small] == ["correlation_fwd_prep_kernel"] * 2 + ["correlation_fwd_kernel"]
+    gemm = small[-1]
+    # 15x15: one 256-row block of sources (the column norm in the tile), T padded to the block
+    assert gemm["useful_flops"] == 2 * 32 * 225 * 225 * 1024 < gemm["flops"] == 2 * 32 * 256 * 256 * 1024
+    large = roofline.costs("correlation", "fwd+bwd", {"B": 8, "C": 1024, "H": 60, "W": 60}, "bf16")
+    passes = [e for e in large if e["name"] == "correlation_fwd_kernel"]
+    assert len(passes) == len(corr.match_mode(True, 3600)) == 2  # partials, then final: recomputed
+    assert passes[0]["hbm_bytes"] < passes[1]["hbm_bytes"]  # only the final pass writes the output
+    assert {e["name"] for e in large} >= {"correlation_bwd_prep_kernel", "correlation_bwd_features_kernel"}
+    for e in large:
+        seconds, bound = roofline.predict(e, roofline.H100, "bf16")
+        assert seconds > 0 and bound in ("compute", "HBM", "L2")
+        assert e["flops"] >= e["useful_flops"] and e["max_over_mean"] >= 1
+    h100 = roofline.predict_op("correlation", "fwd", {"B": 8, "C": 1024, "H": 60, "W": 60}, "tf32", roofline.H100)
+    h200 = roofline.predict_op("correlation", "fwd", {"B": 8, "C": 1024, "H": 60, "W": 60}, "tf32", roofline.H200)
+    assert h200 <= h100
+    assert roofline.gpu_for("NVIDIA H200") is roofline.H200 and roofline.gpu_for("NVIDIA A100") is roofline.H100
+
+
+def test_roofline_oac_family_comes_from_roofline_oac(monkeypatch):
+    import types
+
+    from perf import roofline
+
+    shape = {"B": 8, "C": 1024, "O": 128, "H": 60, "W": 60}
+    monkeypatch.setattr(roofline.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(roofline.NotModelled, match="roofline_oac"):
+        roofline.costs("correlation_oac", "fwd", shape, "tf32")
+    calls = []
+
+    def fake_costs(op, pass_, shape, dtype, need):
+        calls.append((op, pass_, need["weight"], need["source"]))
+        return [roofline.kernel(f"{op}_{pass_}_kernel", 1e9, 1e9, 1e6, 1e6, 100)]
+
+    monkeypatch.setitem(sys.modules, "perf.roofline_oac", types.SimpleNamespace(costs=fake_costs))
+    monkeypatch.setattr(roofline.importlib.util, "find_spec", lambda name: object())
+    entries = roofline.costs("correlation_oac", "fwd+bwd", shape, "bf16")
+    assert [e["name"] for e in entries] == ["correlation_oac_fwd_kernel", "correlation_oac_bwd_kernel"]
+    assert calls == [("correlation_oac", "fwd", True, False), ("correlation_oac", "bwd", True, False)]
+
+
+def test_roofline_cli_prints_the_table(capsys):
+    from perf import roofline
+
+    assert roofline.main(["--kernels"]) == 0
+    out = capsys.readouterr().out
+    assert "B32 15x15" in out and "B8 60x60" in out and "correlation_fwd_kernel" in out
+    assert "H100 us" in out and "H200 us" in out and "(L2)" in out
+
+
+def test_bench_ops_prints_predictions_on_cuda(capsys):
+    """The predicted_us / of_roofline columns, from made-up CUDA rows (nothing runs on a GPU)."""
+    from types import SimpleNamespace
+
+    from perf import bench_ops, roofline
+
+    shape = {"B": 8, "C": 1024, "H": 60, "W": 60}
+    info = H.RunInfo("NVIDIA H100 80GB HBM3", "2.11", "3.6", "abc", "2026-01-01T00:00:00Z")
+    rows = [
+        info.row(
+            op="correlation",
+            **{"pass": "fwd"},
+            shape="B8-C1024-H60-W60",
+            dtype="tf32",
+            provider=provider,
+            timer="do_bench",
+            ms_p20=ms,
+            ms_p50=ms,
+            ms_p80=ms,
+            peak_mb=1.0,
+            gflop=1.0,
+            gbyte=1.0,
+            rel_err=1e-4,
+        )
+        for provider, ms in (("triton", 3.2), ("reference", 6.0))
+    ]
+    ctx = SimpleNamespace(
+        device=torch.device("cuda"), args=SimpleNamespace(all_grads=False), info=info, peaks=None, subject="triton"
+    )
+    bench_ops.print_case(ctx, op_specs.OPS["correlation"], shape, "tf32", rows)
+    out = capsys.readouterr().out
+    predicted = roofline.predict_op("correlation", "fwd", shape, "tf32", roofline.H100) * 1e6
+    assert "predicted_us" in out and "of_roofline" in out
+    assert f"{predicted:.1f}" in out and f"{predicted / 3200:.0%}" in out
+
+
+def test_goals_from_rows_and_kernel_times():
+    from perf import goals, roofline
+
+    info = H.RunInfo("NVIDIA H100 80GB HBM3", "2.11", "3.6", "abc", "2026-01-01T00:00:00Z")
+
+    def row(op, pass_, shape, dtype, provider, ms, peak=None):
+        return info.row(
+            op=op,
+            **{"pass": pass_},
+            shape=shape,
+            dtype=dtype,
+            provider=provider,
+            timer="do_bench",
+            ms_p50=ms,
+            peak_mb=peak,
+        )
+
+    paper, large = "B32-C1024-O128-H15-W15", "B8-C1024-O128-H60-W60"
+    rows = []
+    for dtype, speedup, gemm_ratio in (("tf32", 4.0, 1.2), ("bf16", 2.0, 1.5)):
+        rows += [
+            row("correlation_oac", "fwd+bwd", paper, dtype, "triton", 1.0),
+            row("correlation_oac", "fwd+bwd", paper, dtype, "reference-compiled", speedup),
+            row(
+                "correlation_oac",
+                "fwd",
+                large,
+                dtype,
+                "triton",
+                gemm_ratio,
+                peak=goals.input_mib(goals.LARGE, dtype) + 20,
+            ),
+            row(
+                "correlation_oac",
+                "fwd",
+                large,
+                dtype,
+                "triton-unfused",
+                3.0,
+                peak=goals.input_mib(goals.LARGE, dtype) + 400,
+            ),
+            row("correlation_gemm", "fwd", "B8-C1024-H60-W60", dtype, "cublas", 1.0),
+        ]
+    lines = [text for text, _ in goals.bench_goals(rows)]
+    assert len(lines) == 6
+    assert lines[0].endswith(": met") and "4.00" in lines[0]
+    assert lines[1].endswith(": NOT MET") and "2.00" in lines[1]
+    assert lines[2].endswith(": met") and "1.20" in lines[2]
+    assert lines[3].endswith(": met") and "20.00" in lines[3]  # 400 / 20 MiB of working memory
+    assert lines[4].endswith(": NOT MET")
+
+    predicted = {}
+    for e in roofline.costs("correlation", "fwd+bwd", goals.LARGE, "tf32"):
+        predicted[e["name"]] = predicted.get(e["name"], 0.0) + roofline.predict(e, roofline.H100, "tf32")[0] * 1e6
+    measured = {
+        "correlation_fwd_kernel": predicted["correlation_fwd_kernel"] * 1.5,  # 67% of its roofline
+        "correlation_bwd_features_kernel": predicted["correlation_bwd_features_kernel"] * 3,  # 33%
+        "correlation_bwd_prep_kernel": 1e9,  # not a contraction: not judged
+    }
+    results = goals.kernel_goals({"tf32": {"correlation": measured}}, "NVIDIA H100 80GB HBM3")
+    assert [ok for _, ok in results] == [False, True]
+    assert "correlation_bwd_features_kernel" in results[0][0] and "0.33" in results[0][0]
+    assert goals.main([]) == 1  # nothing measured: every goal says so
