@@ -301,8 +301,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace the run in OUTPUT_DIR (deletes its last/ and metrics.jsonl); without --resume or "
-        "--overwrite a directory holding a run is refused",
+        help="start afresh in OUTPUT_DIR, moving its run (last/, metrics.jsonl) into replaced-<time>/; "
+        "without --resume or --overwrite a directory holding a run is refused",
     )
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")

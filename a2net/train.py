@@ -18,9 +18,9 @@ Output directory::
                     optimizer.pt), replaced atomically every --checkpoint-every steps and at the end
 
 An output directory that holds a run (``last/`` or ``metrics.jsonl``) is refused unless
-``resume`` (continue it) or ``overwrite`` (delete its ``last/``, ``.last.old`` and
-``metrics.jsonl``, with a notice, once everything else has been checked; other files are left
-alone) is given. ``resume`` without a checkpoint (a run killed before its first save) is an error
+``resume`` (continue it) or ``overwrite`` (move its ``last/``, ``.last.old`` and
+``metrics.jsonl`` into ``replaced-<UTC time>/`` with a notice, once everything else has been
+checked: nothing is deleted) is given. ``resume`` without a checkpoint (a run killed before its first save) is an error
 that says so. Temporary ``.last.tmp-*`` folders left by a kill during a save are removed at start.
 The options are checked (positive counts, an existing folder of readable images) before anything
 is written.
@@ -265,7 +265,11 @@ def _stored_run(output_dir: Path) -> dict:
 
 
 def _clear_run(output_dir: Path, overwrite: bool, log) -> None:
-    """Remove the leftovers of killed saves and, with ``overwrite``, the previous run."""
+    """Remove the leftovers of killed saves and, with ``overwrite``, move the previous run aside.
+
+    The previous run's ``last/``, ``.last.old`` and ``metrics.jsonl`` go into a new folder
+    ``replaced-<UTC time>/`` of ``output_dir`` (renames: nothing is copied, nothing is deleted).
+    """
     for tmp in output_dir.glob(".last.tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
     if not overwrite:
@@ -273,14 +277,17 @@ def _clear_run(output_dir: Path, overwrite: bool, log) -> None:
     found = _existing_run(output_dir)
     if found is None:
         return
-    for name in ("last", ".last.old"):
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    aside = output_dir / f"replaced-{stamp}"
+    suffix = 1
+    while aside.exists():
+        suffix += 1
+        aside = output_dir / f"replaced-{stamp}-{suffix}"
+    aside.mkdir()
+    for name in ("last", ".last.old", METRICS_FILE):
         if (output_dir / name).exists():
-            # renamed first: a kill during the removal leaves a .last.tmp-* (removed next time), never half a last/
-            doomed = output_dir / f".last.tmp-overwritten-{name.strip('.')}-{os.getpid()}"
-            os.replace(output_dir / name, doomed)
-            shutil.rmtree(doomed)
-    (output_dir / METRICS_FILE).unlink(missing_ok=True)
-    log(f"--overwrite: removed the previous run in {output_dir} ({found})")
+            os.replace(output_dir / name, aside / name.lstrip("."))
+    log(f"--overwrite: moved the previous run in {output_dir} ({found}) to {aside}")
 
 
 def _distributed() -> tuple[int, int, int]:

@@ -318,12 +318,16 @@ def test_train_errors_and_run_directories(files, tmp_path):
                 raise AssertionError(f"case {i} {argv[-4:]}: {err}") from None
     assert not never.exists()
     # resumed to step 3 (the stale temp folder removed), then overwritten by a run of 1 step, with a notice
-    assert results[split + 2]["code"] == 0 and "--overwrite: removed the previous run" in results[split + 2]["stdout"]
+    assert results[split + 2]["code"] == 0 and "--overwrite: moved the previous run" in results[split + 2]["stdout"]
     assert "step 3" in results[split + 2]["stdout"]
     assert _metrics_steps(run) == [1] and ckpt.read_state(run / "last")["step"] == 1
-    assert sorted(p.name for p in run.iterdir()) == ["last", "metrics.jsonl"]
+    # the replaced run is moved aside whole, never deleted
+    (aside,) = run.glob("replaced-*")
+    assert sorted(p.name for p in run.iterdir()) == ["last", "metrics.jsonl", aside.name]
+    assert _metrics_steps(aside) == [1, 2, 3] and ckpt.read_state(aside / "last")["step"] == 3
     assert _metrics_steps(killed) == [1] and ckpt.read_state(killed / "last")["step"] == 1
-    assert sorted(p.name for p in killed.iterdir()) == ["last", "metrics.jsonl"]
+    (killed_aside,) = killed.glob("replaced-*")
+    assert sorted(p.name for p in killed.iterdir()) == ["last", "metrics.jsonl", killed_aside.name]
 
 
 def test_a_refused_run_changes_nothing(tmp_path):
