@@ -35,8 +35,17 @@ if str(REPO) not in sys.path:
 from perf import _harness as H
 
 BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
-OPS_ORDER = ("correlation", "offset_aware_correlation", "correlation_oac", "attention_pool")
-PROVIDER_ORDER = ("triton", "triton-unfused", "reference", "reference-compiled", "authors", "triton-compiled", "torch")
+OPS_ORDER = ("correlation", "offset_aware_correlation", "correlation_oac", "attention_pool", "correlation_gemm")
+PROVIDER_ORDER = (
+    "triton",
+    "triton-unfused",
+    "reference",
+    "reference-compiled",
+    "authors",
+    "cublas",
+    "triton-compiled",
+    "torch",
+)
 INTRO = f"""# Benchmark results
 
 Measured by `perf/bench_ops.py` (the ops) and `perf/bench_model.py` (a training step), appended to

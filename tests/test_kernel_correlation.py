@@ -109,7 +109,7 @@ def test_matches_reference(triton_backend, case):
 
 @pytest.fixture
 def small_split(monkeypatch):
-    """Split the source dimension into 16-row blocks, so that small maps take the two-stage
+    """Split the source dimension into 16-row blocks, so that small maps take the two-pass
     match normalisation (several blocks and a partial last one)."""
     monkeypatch.setattr(kernel_module, "MAX_FUSED_S", 8)
     monkeypatch.setattr(kernel_module, "SPLIT_BLOCK_S", 16)
