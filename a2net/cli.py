@@ -53,7 +53,7 @@ GEOMETRIC_MODEL_CHOICES = ("affine", "tps")  # a2net.model.GEOMETRIC_MODELS
 MODE_CHOICES = ("affine", "tps", "affine+tps")  # a2net.inference.MODES
 PRESET_CHOICES = ("demo", "paper")  # a2net.train.PRESETS
 LR_SCHEDULE_CHOICES = ("constant", "cosine")  # a2net.train.LR_SCHEDULES
-BENCHMARK_CHOICES = ("pf-willow", "pf-pascal", "tss", "caltech", "synthetic")  # a2net.evaluate.BENCHMARKS
+BENCHMARK_CHOICES = ("pf-willow", "pf-pascal", "spair", "tss", "caltech", "synthetic")  # a2net.evaluate.BENCHMARKS
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,12 +364,18 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="PCK tolerances (default 0.05 0.1 0.15; TSS 0.05)",
     )
-    parser.add_argument("--split", default="test", choices=("test", "val", "train", "all"), help="PF-PASCAL split")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "val", "train", "all", "trn"),
+        help="PF-PASCAL: test, val, train or all; SPair-71k: test, val or trn (default: test)",
+    )
     parser.add_argument(
         "--reference",
         default="bbox",
         choices=("bbox", "image", "keypoints"),
-        help="PF-PASCAL PCK reference length (default: object bounding box)",
+        help="PF-PASCAL and SPair-71k PCK reference length (default: object bounding box; SPair-71k measures it "
+        "in the target image)",
     )
     parser.add_argument(
         "--image-size",
@@ -448,6 +454,10 @@ def _eval_dataset(args: argparse.Namespace, aligners: dict):
             benchmarks.PFPascalDataset(args.data, split=args.split, reference=args.reference),
             f"PF-PASCAL ({args.split} split)",
         )
+    if args.benchmark == "spair":
+        from a2net.spair import SPairDataset
+
+        return SPairDataset(args.data, split=args.split, reference=args.reference), f"SPair-71k ({args.split} split)"
     if args.benchmark == "tss":
         return benchmarks.TSSDataset(args.data), "TSS"
     return benchmarks.CaltechDataset(args.data), "Caltech-101"
@@ -457,6 +467,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     """``a2net eval``: evaluate, print the tables, write the JSON report."""
     if args.data is None and args.benchmark != "synthetic":
         raise UsageError(f"--data: required for --benchmark {args.benchmark} (the dataset's folder)")
+    if args.benchmark == "spair" and args.split not in ("test", "val", "trn"):
+        raise UsageError(f"--split: expected test, val or trn (SPair-71k's splits), got {args.split!r}")
+    if args.benchmark == "pf-pascal" and args.split == "trn":
+        raise UsageError("--split: expected test, val, train or all (PF-PASCAL's splits), got 'trn'")
     from a2net.fileio import check_output_path
 
     check_output_path("--output", args.output)
@@ -495,6 +509,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     for mode, aligner in aligners.items():
         if args.benchmark in ("pf-willow", "pf-pascal"):
             results[mode] = evaluate_keypoints(aligner, dataset, alphas=args.alphas or KEYPOINT_ALPHAS, **common)
+        elif args.benchmark == "spair":
+            from a2net.spair import evaluate_spair
+
+            results[mode] = evaluate_spair(aligner, dataset, alphas=args.alphas or KEYPOINT_ALPHAS, **common)
         elif args.benchmark == "tss":
             results[mode] = evaluate_tss(aligner, dataset, alphas=args.alphas or TSS_ALPHAS, **common)
         elif args.benchmark == "caltech":
@@ -519,15 +537,21 @@ def _run_eval(args: argparse.Namespace) -> int:
         "torch_version": torch.__version__,
         "device": str(device),
         "image_size": list(input_size(next(iter(aligners.values())), common["image_size"])),
-        "per_class": args.benchmark in ("pf-pascal", "tss"),
+        "per_class": args.benchmark in ("pf-pascal", "spair", "tss"),
         "modes": results,
     }
     for key in ("reference_kind", "reference_description", "alphas", "pair_model", "grid_size"):
         if key in first:
             report[key] = first[key]
-    if args.benchmark == "pf-pascal":
+    if args.benchmark in ("pf-pascal", "spair"):
         report["split"] = args.split
-    print(format_results(report))
+    if args.benchmark == "spair":
+        from a2net.spair import format_spair
+
+        report["transfer"] = first["transfer"]
+        print(format_results(report) + "\n\n" + format_spair(report))
+    else:
+        print(format_results(report))
     written = write_json(args.output, report)
     print(f"wrote {written}")
     return 0

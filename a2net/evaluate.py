@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 #: Benchmarks of ``a2net eval``.
-BENCHMARKS = ("pf-willow", "pf-pascal", "tss", "caltech", "synthetic")
+BENCHMARKS = ("pf-willow", "pf-pascal", "spair", "tss", "caltech", "synthetic")
 #: PCK tolerances reported on the keypoint benchmarks (docs/design.md §8).
 KEYPOINT_ALPHAS = (0.05, 0.1, 0.15)
 #: TSS's tolerance.
