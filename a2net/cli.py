@@ -577,11 +577,27 @@ def _parse_points(text: str | None):
 
 
 def _add_align_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="source image (the one that is warped)")
-    parser.add_argument("target", help="target image")
+    parser.add_argument("source", nargs="?", help="source image (the one that is warped)")
+    parser.add_argument("target", nargs="?", help="target image")
     parser.add_argument(
-        "--out", required=True, help=f"figure to write ({', '.join(s.lstrip('.') for s in FIGURE_SUFFIXES)})"
+        "--out", default=None, help=f"figure to write ({', '.join(s.lstrip('.') for s in FIGURE_SUFFIXES)})"
     )
+    pairs = parser.add_argument_group("many pairs (instead of SOURCE TARGET --out)")
+    pairs.add_argument(
+        "--pairs",
+        default=None,
+        metavar="PAIRS.csv",
+        help="pair list: columns source,target[,target_points] (paths relative to the CSV's folder)",
+    )
+    pairs.add_argument("--out-dir", default=None, help="with --pairs: results.jsonl (resumed if present), figures/")
+    pairs.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="with --pairs: pairs per forward pass (default 8)"
+    )
+    pairs.add_argument(
+        "--num-workers", type=_non_negative_int, default=None, help="with --pairs: DataLoader workers (default 2)"
+    )
+    pairs.add_argument("--figures", action="store_true", help="with --pairs: one alignment figure per pair")
+    pairs.add_argument("--no-progress", action="store_true", help="with --pairs: no progress bar")
     parser.add_argument(
         "--checkpoint", default=None, help="checkpoint folder or model.safetensors (default: the embedded demo model)"
     )
@@ -624,7 +640,15 @@ def _add_align_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_align(args: argparse.Namespace) -> int:
-    """``a2net align``: align two images, print theta, write the figure."""
+    """``a2net align``: align two images, print theta, write the figure (or, with ``--pairs``,
+    align a pair list: :func:`_run_align_pairs`)."""
+    if args.pairs is not None:
+        return _run_align_pairs(args)
+    given = [f for f in ("--out-dir", "--batch-size", "--num-workers") if getattr(args, f[2:].replace("-", "_"))]
+    if given or args.figures:
+        raise UsageError(f"{(given or ['--figures'])[0]}: only with --pairs (aligning a pair list)")
+    if args.source is None or args.target is None or args.out is None:
+        raise UsageError("expected SOURCE TARGET --out FIGURE (one pair) or --pairs PAIRS.csv --out-dir DIR")
     from a2net.fileio import check_output_path
 
     out = _figure_path("--out", args.out)
@@ -681,6 +705,59 @@ def _run_align(args: argparse.Namespace) -> int:
         warped_out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(warped_out, buffer.getvalue())
         print(f"wrote {warped_out}")
+    return 0
+
+
+def _run_align_pairs(args: argparse.Namespace) -> int:
+    """``a2net align --pairs PAIRS.csv --out-dir DIR``: every pair of the list into DIR/results.jsonl."""
+    if args.source is not None:
+        raise UsageError("SOURCE TARGET: expected either SOURCE TARGET --out FIGURE or --pairs PAIRS.csv, got both")
+    for option in ("out", "warped_out", "source_points", "target_points"):
+        if getattr(args, option) is not None:
+            raise UsageError(f"--{option.replace('_', '-')}: not with --pairs (each pair's figure: --figures)")
+    if args.out_dir is None:
+        raise UsageError("--out-dir: required with --pairs (where results.jsonl goes)")
+    from a2net.errors import require_extra
+    from a2net.fileio import check_output_dir
+
+    check_output_dir("--out-dir", args.out_dir)
+    if args.figures:
+        require_extra("matplotlib", "--figures")
+
+    import torch
+
+    from a2net.batch import align_pairs
+    from a2net.inference import load_aligner
+
+    device = _device(args.device)
+    aligner = load_aligner(
+        args.checkpoint,
+        args.affine_checkpoint,
+        args.tps_checkpoint,
+        geometric_model=args.geometric_model,
+        device=device,
+    )
+    batch_size = 8 if args.batch_size is None else args.batch_size
+    workers = 2 if args.num_workers is None else args.num_workers
+    summary = align_pairs(
+        args.pairs,
+        args.out_dir,
+        aligner,
+        image_size=_input_size(aligner, args.image_size),
+        batch_size=batch_size,
+        num_workers=workers,
+        figures=args.figures,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{summary['pairs']} pairs: {summary['aligned']} aligned, {summary['failed']} failed, "
+        f"{summary['done_before']} done before -> {summary['results']}"
+    )
+    print(
+        f"{summary['pairs_per_s']:.1f} pairs/s ({summary['aligned'] + summary['failed']} pairs in "
+        f"{summary['seconds']:.1f} s; batch {batch_size}, {workers} workers, {device}, "
+        f"{torch.get_num_threads()} threads)"
+    )
     return 0
 
 
