@@ -243,22 +243,29 @@ def correlation_fwd_kernel(
     m_s = o_s < S
     m_t = o_t < T
     p_ss = p_sumsq + i_b64 * tl.num_programs(1) * T + o_t  # [BT], row i_s
-    if MATCH == "final":  # the column norm first: only a [BT] vector stays live through the GEMM
+    # Every scale is positive, so it commutes with the ReLU: the columns' scales (the target norms
+    # and, in the final pass, the match norms) are one [BT] vector, made before the GEMM so that
+    # only it stays live through the main loop.
+    b_col = tl.full((BLOCK_T,), 1.0, ACC)
+    if NORM_FEAT:
+        b_col = tl.load(p_inv_tgt + i_b64 * T + o_t, mask=m_t, other=0.0)  # [BT]
+    if MATCH == "final":
         b_total = tl.zeros((BLOCK_T,), dtype=ACC)
         for i in range(0, tl.num_programs(1)):
             b_total += tl.load(p_ss + i * T, mask=m_t, other=0.0)
         b_inv = 1.0 / tl.sqrt(b_total + eps)
         if i_s == 0:
             tl.store(p_inv_match + i_b64 * T + o_t, b_inv, mask=m_t)
+        b_col = b_col * b_inv
     p_a = p_src + i_b64 * stride_sb + block_offset(i_s, BLOCK_S, stride_ss) + (r_s[:, None] * stride_ss + o_c[None, :])
     p_b = p_tgt + i_b64 * stride_tb + block_offset(i_t, BLOCK_T, stride_tt) + (r_t[:, None] * stride_tt + o_c[None, :])
     acc = dot_nt_tile(
         p_a, p_b, m_s, m_t, C, BLOCK_S, BLOCK_T, BLOCK_C, EVEN_C, INPUT_PRECISION, DOT_FP32, ACC
     )  # [BS, BT]
     if NORM_FEAT:
-        b_as = tl.load(p_inv_src + i_b64 * S + o_s, mask=m_s, other=0.0)  # [BS]
-        b_bt = tl.load(p_inv_tgt + i_b64 * T + o_t, mask=m_t, other=0.0)  # [BT]
-        acc = acc * b_as[:, None] * b_bt[None, :]
+        acc = acc * tl.load(p_inv_src + i_b64 * S + o_s, mask=m_s, other=0.0)[:, None]
+    if NORM_FEAT or MATCH == "final":
+        acc = acc * b_col[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
     if MATCH == "tile":
@@ -267,8 +274,6 @@ def correlation_fwd_kernel(
         acc = acc * b_inv[None, :]
     if MATCH == "partials":
         tl.store(p_ss + i_s * T, tl.sum(acc * acc, axis=0), mask=m_t)
-    if MATCH == "final":
-        acc = acc * b_inv[None, :]
     if MATCH != "partials":
         p_o = p_out + i_b64 * S * T + block_offset(i_s, BLOCK_S, T) + (r_s[:, None] * T + o_t[None, :])  # [BS, BT]
         tl.store(p_o, acc.to(p_out.dtype.element_ty), mask=m_s[:, None] & m_t[None, :])
