@@ -11,7 +11,8 @@
 3. Every contraction kernel (the kernels ``perf/kernel_specs.py`` marks ``contraction``) at least
    50% of its roofline (``perf/roofline.py``: predicted over measured time) at 60x60, B=8, C=1024,
    O=128, forward and backward, tf32 and bf16. Kernel times come from :func:`profile` (the PyTorch
-   profiler's CUDA kernel times, summed per kernel name over the launches of one call).
+   profiler's CUDA kernel times, summed per kernel name over the launches of one call), which
+   gpu_check.sh runs with ``A2NET_AUTOTUNE=0``: the configs the roofline models (or the table's).
 
 Usage (the bench rows first, see perf/gpu_check.sh)::
 
