@@ -1,4 +1,4 @@
-"""Command line: ``a2net demo|train|eval|align|convert-official`` (also ``python -m a2net ...``).
+"""Command line: ``a2net demo|train|eval|align|export|convert-official`` (also ``python -m a2net ...``).
 
 Every command is a pair of functions here, ``_add_<command>_arguments(parser)`` and
 ``_run_<command>(args)``, over the library modules. The library is imported inside the
@@ -762,6 +762,67 @@ def _run_align_pairs(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# a2net export
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="the program to write (FILE.pt2, torch.export.save)")
+    parser.add_argument(
+        "--checkpoint", default=None, help="checkpoint folder or model.safetensors (default: the embedded demo model)"
+    )
+    parser.add_argument("--affine-checkpoint", default=None, help="with --tps-checkpoint: export affine+TPS")
+    parser.add_argument("--tps-checkpoint", default=None, help="with --affine-checkpoint: export affine+TPS")
+    parser.add_argument(
+        "--image-size",
+        type=_positive_int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="the program's input size (default: the model's)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default: the PyTorch reference, aten ops only) or cuda (the Triton kernels as a2net custom ops)",
+    )
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    """``a2net export``: write a torch.export program of the model, say what it expects."""
+    from a2net.fileio import check_output_path
+
+    out = check_output_path("--out", args.out, (".pt2",))
+    device = _device(args.device)
+
+    from a2net.export import export_aligner, graph_ops
+    from a2net.inference import input_size, load_aligner, mode_of
+
+    aligner = load_aligner(args.checkpoint, args.affine_checkpoint, args.tps_checkpoint, device=device)
+    size = _input_size(aligner, args.image_size) or input_size(aligner)
+    program = export_aligner(aligner, out, image_size=size, device=device)
+    ops = graph_ops(program)
+    custom = sorted(op for op in ops if op.startswith("a2net."))
+    mode = mode_of(aligner)
+    output = (
+        "(theta_affine (B, 6), theta_tps (B, 18))"
+        if mode == "affine+tps"
+        else f"theta (B, {6 if mode == 'affine' else 18})"
+    )
+    print(f"exported the {mode} aligner -> {out} ({out.stat().st_size / 2**20:.1f} MB)")
+    print(
+        f"inputs: source, target: (B, 3, {size[0]}, {size[1]}) float32 RGB in [0, 1] on {device}, any B >= 1 "
+        f"(ImageNet normalisation inside); output: {output}, target -> source"
+    )
+    print(
+        f"graph: {sum(ops.values())} op calls; a2net custom ops: "
+        + (", ".join(custom) if custom else "none (the PyTorch reference: runs with PyTorch alone)")
+    )
+    load = "import a2net.ops; " if custom else ""
+    print(f"load: {load}program = torch.export.load({str(out)!r}).module(); theta = program(source, target)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # a2net convert-official
 
 
@@ -809,6 +870,7 @@ _COMMANDS = {
     "train": ("train A2Net on synthetic pairs (self-supervised)", _add_train_arguments, _run_train),
     "eval": ("evaluate a model on a benchmark or on held-out synthetic pairs", _add_eval_arguments, _run_eval),
     "align": ("align a source image onto a target image and draw the result", _add_align_arguments, _run_align),
+    "export": ("export a trained model as a torch.export program (.pt2)", _add_export_arguments, _run_export),
     "convert-official": (
         "convert the authors' published *.pth.tar checkpoint",
         _add_convert_official_arguments,

@@ -1,0 +1,150 @@
+"""`a2net export`: a torch.export program that a fresh process loads with PyTorch alone and that
+gives the eager model's theta (within 1e-5, two batch sizes, affine and affine+TPS); the graph
+holds aten ops on the CPU path and the a2net custom ops on the Triton path; `a2net export`."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from a2net import TwoStageAligner, cli
+from a2net.checkpoint import load_model
+from a2net.export import export_aligner, graph_ops
+from a2net.model import normalize_images
+from tests.test_cli_errors import assert_error, run_cases
+from tests.test_evaluate import save_tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = (112, 112)
+
+# Loads a program and runs it on the saved inputs, in a process that has not imported a2net
+# (unless asked to register the custom ops); writes the outputs.
+RUNNER = r"""
+import sys
+import torch
+if sys.argv[4] == "ops":
+    import a2net.ops
+program = torch.export.load(sys.argv[1]).module()
+inputs = torch.load(sys.argv[2])
+outputs = [program(source, target) for source, target in inputs]
+torch.save(outputs, sys.argv[3])
+print("a2net imported:", any(name.split(".")[0] == "a2net" for name in sys.modules))
+"""
+
+
+def run_exported(tmp_path: Path, program: Path, inputs: list, register_ops: bool = False) -> tuple[list, str]:
+    torch.save(inputs, tmp_path / "inputs.pt")
+    process = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(program), str(tmp_path / "inputs.pt"), str(tmp_path / "outputs.pt")]
+        + ["ops" if register_ops else "plain"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == 0, process.stderr
+    return torch.load(tmp_path / "outputs.pt"), process.stdout
+
+
+def images(batch: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, *SIZE, generator=generator), torch.rand(batch, 3, *SIZE, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    return save_tiny_checkpoint(root / "affine", "affine"), save_tiny_checkpoint(root / "tps", "tps")
+
+
+def test_cpu_program_matches_the_eager_model_in_a_fresh_process(tmp_path, checkpoints):
+    model = load_model(checkpoints[0]).eval()
+    program = export_aligner(model, tmp_path / "affine.pt2")
+    assert not [op for op in graph_ops(program) if op.startswith("a2net.")]  # the PyTorch reference: aten only
+    inputs = [images(1, 0), images(5, 1)]
+    outputs, printed = run_exported(tmp_path, tmp_path / "affine.pt2", inputs)
+    assert "a2net imported: False" in printed
+    for (source, target), theta in zip(inputs, outputs, strict=True):
+        with torch.no_grad():
+            eager = model(normalize_images(source), normalize_images(target))
+        assert theta.shape == eager.shape == (source.shape[0], 6) and not theta.requires_grad
+        torch.testing.assert_close(theta, eager, atol=1e-5, rtol=0)
+    assert any(p.requires_grad for p in model.parameters())  # the export froze a copy, not the model
+    with pytest.raises(Exception, match="Guard failed"):  # another size than the exported one
+        program.module()(torch.rand(1, 3, 128, 112), torch.rand(1, 3, 128, 112))
+
+
+def test_two_stage_program_returns_both_thetas(tmp_path, checkpoints):
+    aligner = TwoStageAligner(load_model(checkpoints[0]), load_model(checkpoints[1])).eval()
+    export_aligner(aligner, tmp_path / "two.pt2")
+    inputs = [images(2, 2), images(3, 3)]
+    outputs, _ = run_exported(tmp_path, tmp_path / "two.pt2", inputs)
+    for (source, target), (theta_affine, theta_tps) in zip(inputs, outputs, strict=True):
+        with torch.no_grad():
+            eager_affine, eager_tps = aligner(normalize_images(source), normalize_images(target))
+        torch.testing.assert_close(theta_affine, eager_affine, atol=1e-5, rtol=0)
+        torch.testing.assert_close(theta_tps, eager_tps, atol=1e-5, rtol=0)
+
+
+def test_triton_path_keeps_the_custom_ops(tmp_path, checkpoints, monkeypatch):
+    """What a CUDA export holds, seen on CPU with the kernels in the interpreter: the fused
+    correlation+OAC and the attention pooling stay as a2net custom ops (no correlation tiles kept
+    for a backward pass); the file loads once ``a2net.ops`` registers them."""
+    monkeypatch.setenv("A2NET_BACKEND", "triton")
+    model = load_model(checkpoints[0]).eval()
+    program = export_aligner(model, tmp_path / "triton.pt2")
+    ops = graph_ops(program)
+    assert ops["a2net.correlation_oac.default"] == 1 and ops["a2net.attention_pool.default"] == 1
+    node = next(n for n in program.graph.nodes if str(n.target) == "a2net.correlation_oac.default")
+    assert node.args[-1] is False  # save_correlation: nothing kept for a backward pass
+    inputs = [images(2, 4)]
+    outputs, printed = run_exported(tmp_path, tmp_path / "triton.pt2", inputs, register_ops=True)
+    with torch.no_grad():
+        eager = model(normalize_images(inputs[0][0]), normalize_images(inputs[0][1]))
+    torch.testing.assert_close(outputs[0], eager, atol=1e-5, rtol=0)
+
+
+def test_export_command(tmp_path, checkpoints, capsys):
+    out = tmp_path / "models" / "affine.pt2"
+    assert cli.main(["export", "--checkpoint", str(checkpoints[0]), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "inputs: source, target: (B, 3, 112, 112) float32 RGB in [0, 1] on cpu" in printed
+    assert "a2net custom ops: none" in printed and out.is_file()
+    assert not [p for p in out.parent.iterdir() if p.name != "affine.pt2"]  # written atomically, no temp file
+    cases = [
+        (["export", "--out", tmp_path / "x.onnx"], 2, "--out", ".pt2"),
+        (["export", "--out", tmp_path / "x.pt2", "--device", "cuda"], 2, "--device", "CUDA"),
+        (["export", "--out", tmp_path / "x.pt2", "--image-size", "64", "64"], 2, "--image-size", "7x7"),
+        (["export", "--out", tmp_path / "x.pt2", "--checkpoint", tmp_path / "none"], 1, "no checkpoint"),
+        (["export", "--out", tmp_path / "x.pt2", "--affine-checkpoint", checkpoints[0]], 1, "tps_checkpoint"),
+    ]
+    if torch.cuda.is_available():
+        cases.pop(1)
+    results = run_cases(tmp_path, [case[0] for case in cases])
+    for (argv, code, *words), result in zip(cases, results, strict=True):
+        try:
+            assert_error(result, code, *words)
+        except AssertionError as err:
+            raise AssertionError(f"{argv}: {err}") from None
+    assert not (tmp_path / "x.pt2").exists()
+
+
+def test_export_help_imports_no_torch():
+    code = (
+        "import sys, contextlib, io\n"
+        "from a2net.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        main(['export', '--help'])\n"
+        "    except SystemExit as exit:\n"
+        "        assert exit.code == 0\n"
+        "print(json.dumps('torch' in sys.modules))\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", "import json\n" + code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert process.returncode == 0, process.stderr
+    assert json.loads(process.stdout) is False
