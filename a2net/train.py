@@ -295,6 +295,60 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
+class _GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch of all processes, over
+    any process group (``torch.nn.SyncBatchNorm`` needs CUDA; this one runs on gloo too). The
+    statistics are all-reduced with autograd (``torch.distributed.nn``), so the gradients are
+    those of one process holding the whole batch; the state_dict keys are BatchNorm's."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"input: expected at least 2 dimensions (B, C, ...), got shape {tuple(input.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return torch.nn.functional.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.full((1,), x.numel() // x.shape[1], dtype=x.dtype, device=x.device)
+        totals = all_reduce(torch.cat((x.sum(dims), count)))
+        n = totals[-1]
+        centred = x - (totals[:-1] / n).view(shape)
+        var = all_reduce(centred.square().sum(dims)) / n  # two passes, as BatchNorm: no cancellation
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = 1 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(totals[:-1] / n, momentum)
+                self.running_var.lerp_(var * n / (n - 1), momentum)
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        return out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
+
+
+def _sync_batch_norm(model: torch.nn.Module, device: torch.device) -> None:
+    """Replace every BatchNorm of ``model`` (in place, keeping its parameters and buffers) by one
+    normalising over the global batch: a run on N processes of B pairs then computes what one
+    process with N*B pairs computes (per-process statistics would differ, and each rank's
+    running averages would drift apart)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
+                continue
+            if device.type == "cuda":
+                synced = torch.nn.SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine)
+            else:
+                synced = _GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine)
+            synced.track_running_stats = child.track_running_stats
+            for key in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                setattr(synced, key, getattr(child, key))
+            synced.train(child.training)
+            setattr(parent, name, synced)
+
+
 def _rewind_metrics(path: Path, step: int) -> None:
     """Keep the complete lines of steps <= ``step`` (a killed run may have logged further, or half
     a line): a resumed run appends from ``step + 1`` and the file keeps one line per step."""
@@ -366,12 +420,13 @@ def train(
         )
     _check_data(options["data"])
     rank, local_rank, world = _distributed()
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None and world > 1:
+        device = torch.device("cuda", local_rank)  # one GPU per process, as torchrun numbers them
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     use_amp = amp and device.type == "cuda"
@@ -419,6 +474,7 @@ def train(
                 group[key] = value.to(device)
     net = model
     if world > 1:
+        _sync_batch_norm(model, device)
         device_ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if compile:
