@@ -490,8 +490,9 @@ class A2Net(nn.Module):
         if not torch.compiler.is_compiling():  # a data-dependent check: eager calls only
             check_finite("source_images", source_images)
             check_finite("target_images", target_images)
-        source = self.features(source_images)
-        target = self.features(target_images)
+        # channels-last features: the correlation kernels read channel-contiguous rows (docs/design.md §9)
+        source = self.features(source_images).contiguous(memory_format=torch.channels_last)
+        target = self.features(target_images).contiguous(memory_format=torch.channels_last)
         if target.shape[2] < 7 or target.shape[3] < 7:
             raise InputError(
                 f"target_images: expected feature maps of at least 7x7 (the encoder's 7x7 convolution; images of "

@@ -212,98 +212,176 @@ def correlation_specs(all_configs: bool = False) -> list[dict]:
     return specs
 
 
-def offset_aware_correlation_specs(all_configs: bool = False) -> list[dict]:
-    """:mod:`a2net.kernels.offset_aware_correlation` at 15x15 and 60x60 maps, O=128, B=32 (every
-    stride a runtime argument)."""
-    k = oac_kernels
+SIZES = (15, 30, 60)  # H = W of both maps: the paper's 15x15 and the larger images' maps
+
+
+def _meta(*shape: int, dtype: torch.dtype) -> torch.Tensor:
+    """A contiguous tensor without storage: its strides give the launchers' ``ALIGN`` / ``IDX64``."""
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+def _oac_types(ty: str, size: int, dtype: torch.dtype) -> dict:
+    """Argument types of the standalone OAC kernels on a contiguous correlation ``(B, S, H, W)``
+    (as :func:`a2net.ops.correlation` returns it), and the ``ALIGN`` its rows allow."""
     dims = {name: "i32" for name in ("B", "O", "Hs", "Ws", "Ht", "Wt")}
+    corr = _meta(BATCH, size * size, size, size, dtype=dtype)
+    return {
+        "fwd": {
+            "p_corr": ty,
+            "p_wpad": ty,
+            "p_bias": ty,
+            "p_out": ty,
+            **dims,
+            **_strides("c", "bsyx"),
+            "stride_wy": "i32:16",
+            "stride_wo": "i32:16",
+            "stride_bias": 1,
+            **_strides("o", "boyx"),
+        },
+        "bwd_corr": {
+            "p_grad": ty,
+            "p_wpad": ty,
+            "p_dcorr": ty,
+            "B": "i32",
+            "O_pad": "i32:16",
+            **{name: "i32" for name in ("Hs", "Ws", "Ht", "Wt")},
+            "stride_gb": "i32:16",
+            "stride_gt": "i32:16",
+            "stride_wy": "i32:16",
+            "stride_wx": "i32:16",
+            **_strides("c", "bsyx"),
+        },
+        "align": oac_kernels.vector_width(corr),
+    }
+
+
+def _weight_types(ty: str, acc: str, padded: bool) -> dict:
+    """Argument types of the dW kernel; ``padded``: the fused op's saved correlation (rows padded
+    to whole column blocks), else a contiguous correlation. The gradient's rows are padded in both."""
+    strides = "i32:16" if padded else "i32"
+    return {
+        "p_grad": ty,
+        "p_corr": ty,
+        "p_sched": "*i32",
+        "p_partial": acc,
+        **{name: "i32" for name in ("O", "Hs", "Ws", "Ht", "Wt")},
+        "stride_gb": "i32:16",
+        "stride_go": "i32:16",
+        "stride_gy": "i32:16",
+        "stride_gx": 1,
+        "stride_cb": strides,
+        "stride_cs": strides,
+        "stride_cy": strides,
+        "stride_cx": 1,
+        "stride_pc": "i32:16",
+    }
+
+
+def _reduce_spec(name: str, acc: str, ty: str, bx: int) -> dict:
+    k = oac_kernels
+    types = {
+        "p_partial": acc,
+        "p_group_chunks": "*i32",
+        "p_dweight": ty,
+        **{n: "i32" for n in ("O", "Dh", "Dw", "Wt", "n_xt", "n_k")},
+        "stride_pc": "i32:16",
+    }
+    flags = {"BLOCK_O": k.WEIGHT_REDUCE_BLOCK_O, "BX": bx}
+    return _spec(name, k.offset_weight_reduce_kernel, types, flags, k.WEIGHT_REDUCE_WARPS)
+
+
+def offset_aware_correlation_specs(all_configs: bool = False) -> list[dict]:
+    """:mod:`a2net.kernels.offset_aware_correlation` at H=W in (15, 30, 60), O=128, B=32, on a
+    contiguous correlation ``(B, S, H, W)``: its rows of ``W`` elements are 16-byte aligned only at
+    60 (fp32), so ``ALIGN`` is what those strides allow. The contraction kernels' main loops (the
+    weight slices of the forward / ``dcorr``, the ``dW`` items) are held to the tiling criteria;
+    the ``dW`` kernel on a contiguous correlation (``[...,contiguous,...]``: its correlation tiles
+    are masked along the targets, so they load as scalars) is listed without that gate, and gated
+    on the zero-padded rows the fused op saves (``[...,padded,...]``)."""
+    k = oac_kernels
     specs = []
-    for size in (15, 60):
-        n_split, _ = k.offset_tile_batch_split(BATCH, OAC_CHANNELS, (2 * size - 1, 2 * size - 1))
+    for size in SIZES:
         for dtype in DTYPES:
-            ty, partial = _pointers(dtype)
-            dweight = partial if n_split > 1 else ty
-            dots = {"UPCAST": False, "INPUT_PRECISION": "tf32"}
-            kernels = [
+            ty, acc = _pointers(dtype)
+            tag = f"{TRITON_DTYPE[dtype]},H{size}"
+            types = _oac_types(ty, size, dtype)
+            dots = {"UPCAST": False, "INPUT_PRECISION": dot_options(dtype, "tf32")["INPUT_PRECISION"], "IDX64": False}
+            tiling = k.oac_tiling(size, size, OAC_CHANNELS).kwargs()
+            flags = {"ALIGN": types["align"], **dots, **tiling}
+            for name, kernel, kernel_types, kernel_flags in (
                 (
                     "offset_aware_correlation_fwd",
                     k.offset_aware_correlation_fwd_kernel,
-                    {
-                        "p_corr": ty,
-                        "p_weight": ty,
-                        "p_bias": ty,
-                        "p_out": ty,
-                        **dims,
-                        **_strides("c", "bsyx", ""),
-                        **_strides("w", "oyx", ""),
-                        "stride_bias": "i32",
-                        **_strides("o", "boyx", ""),
-                    },
-                    {"HAS_BIAS": True, **dots},
+                    types["fwd"],
+                    {"HAS_BIAS": True},
                 ),
                 (
                     "offset_aware_correlation_bwd_corr",
                     k.offset_aware_correlation_bwd_corr_kernel,
-                    {
-                        "p_grad": ty,
-                        "p_weight": ty,
-                        "p_dcorr": ty,
-                        **dims,
-                        **_strides("g", "boyx", ""),
-                        **_strides("w", "oyx", ""),
-                        **_strides("c", "bsyx", ""),
-                    },
-                    dots,
-                ),
-                (
-                    "offset_aware_correlation_bwd_weight",
-                    k.offset_aware_correlation_bwd_weight_kernel,
-                    {
-                        "p_grad": ty,
-                        "p_corr": ty,
-                        "p_dweight": dweight,
-                        **dims,
-                        "batch_per_split": "i32",
-                        **_strides("g", "boyx", ""),
-                        **_strides("c", "bsyx", ""),
-                        **_strides("d", "no", ""),
-                    },
-                    dots,
-                ),
-                (
-                    "offset_aware_correlation_bwd_bias",
-                    k.offset_aware_correlation_bwd_bias_kernel,
-                    {
-                        "p_grad": ty,
-                        "p_dbias": partial,
-                        "O": "i32",
-                        "Ht": "i32",
-                        "Wt": "i32",
-                        **_strides("g", "boyx", ""),
-                        "stride_dn": "i32",
-                    },
+                    types["bwd_corr"],
                     {},
                 ),
-                (
-                    "offset_aware_correlation_bwd_reduce",
-                    k.offset_aware_correlation_bwd_reduce_kernel,
-                    {"p_partial": partial, "p_out": ty, "N": "i32", "n_split": "i32", "stride_pn": "i32"},
-                    {},
-                ),
-            ]  #
-            for name, kernel, types, constexprs in kernels:
+            ):
                 for i, cfg in enumerate(_configs(kernel, all_configs)):
                     specs.append(
                         _spec(
-                            f"{name}[{TRITON_DTYPE[dtype]},H{size},cfg{i}]",
+                            f"{name}[{tag},cfg{i}]",
                             kernel.fn,
-                            types,
-                            {**constexprs, **cfg.kwargs},
+                            kernel_types,
+                            {**flags, **kernel_flags, **cfg.kwargs},
                             cfg.num_warps,
                             cfg.num_stages,
-                            contraction=name.endswith(("_fwd", "_bwd_corr", "_bwd_weight")),
+                            contraction=True,
                         )
-                    )  #
+                    )
+            weight = k.weight_tiling(size, size, OAC_CHANNELS, dtype)
+            for layout, align in (("contiguous", types["align"]), ("padded", 16 // dtype.itemsize)):
+                padded = layout == "padded"
+                flags = {"CORR_PADDED": padded, "ALIGN": align, **dots, "BLOCK_O": weight.block_o}
+                for i, cfg in enumerate(_configs(k.offset_aware_correlation_bwd_weight_kernel, all_configs)):
+                    specs.append(
+                        _spec(
+                            f"offset_aware_correlation_bwd_weight[{tag},{layout},cfg{i}]",
+                            k.offset_aware_correlation_bwd_weight_kernel.fn,
+                            _weight_types(ty, acc, padded),
+                            {**flags, "BX": weight.bx, "RT": weight.rt, **cfg.kwargs},
+                            cfg.num_warps,
+                            cfg.num_stages,
+                            contraction=padded,
+                        )
+                    )
+            specs.append(_reduce_spec(f"offset_weight_reduce[{tag}]", acc, ty, weight.bx))
+            bias_types = {
+                "p_grad": ty,
+                "p_dbias": acc,
+                "O": "i32",
+                "T": "i32",
+                **_strides("g", "bot"),
+                "stride_dn": "i32",
+            }
+            for i, cfg in enumerate(_configs(k.offset_aware_correlation_bwd_bias_kernel, all_configs)):
+                specs.append(
+                    _spec(
+                        f"offset_aware_correlation_bwd_bias[{tag},cfg{i}]",
+                        k.offset_aware_correlation_bwd_bias_kernel.fn,
+                        bias_types,
+                        cfg.kwargs,
+                        cfg.num_warps,
+                        cfg.num_stages,
+                    )
+                )
+            reduce_types = {"p_partial": acc, "p_out": ty, "N": "i32", "n_split": "i32", "stride_pn": "i32"}
+            for i, cfg in enumerate(_configs(k.offset_aware_correlation_bwd_reduce_kernel, all_configs)):
+                specs.append(
+                    _spec(
+                        f"offset_aware_correlation_bwd_reduce[{tag},cfg{i}]",
+                        k.offset_aware_correlation_bwd_reduce_kernel.fn,
+                        reduce_types,
+                        cfg.kwargs,
+                        cfg.num_warps,
+                        cfg.num_stages,
+                    )
+                )
     return specs
 
 
@@ -353,18 +431,24 @@ def attention_pool_specs(all_configs: bool = False) -> list[dict]:
 
 def correlation_oac_specs(all_configs: bool = False) -> list[dict]:
     """:mod:`a2net.kernels.correlation_oac`: C=1024, O=128, B=32, feature normalisation on, H=W in
-    (15, 30, 60); the feature-gradient kernel too (off the default training path)."""
+    (15, 30, 60), channels-last feature maps (the model's; row strides multiples of 16), the
+    forward as in training (``SAVE`` where the maps have at most 32x32 positions); the weight
+    gradient from the saved correlation (15, 30: the standalone ``dW`` kernel with the target
+    scale) and recomputing it (all sizes; the path above 32x32), with their reduction; the
+    feature-gradient kernel too (off the default training path)."""
     k = fused_kernels
+    oac = oac_kernels
     dims = {name: "i32" for name in ("C", "O", "Hs", "Ws", "Ht", "Wt")}
+    maps = {f"stride_{m}{d}": "i32:16" for m in "st" for d in "byx"}
     specs = []
     for dtype in DTYPES:
         ty, acc = _pointers(dtype)
         dot = {**dot_options(dtype, "tf32"), "DOT_FP32": False}
-        oac_dot = {"OAC_FP32": False, "OAC_PRECISION": dot["INPUT_PRECISION"]}
-        for size in (15, 30, 60):
+        features = {"ALIGN": 16 // dtype.itemsize, "IDX64": False, "EVEN_C": True, "BLOCK_C": k.BLOCK_C}
+        for size in SIZES:
             tag = f"{TRITON_DTYPE[dtype]},H{size}"
-            block_x, block_o = k.column_block(size), k.output_block(OAC_CHANNELS)
-            maps = {**_strides("s", "bcyx"), **_strides("t", "bcyx")}
+            sizes = (size,) * 4
+            save = k.saves_correlation(sizes, dtype, True)
             fwd_types = {
                 "p_src": ty,
                 "p_tgt": ty,
@@ -374,49 +458,77 @@ def correlation_oac_specs(all_configs: bool = False) -> list[dict]:
                 "p_bias": ty,
                 "p_out": ty,
                 "p_inv_match": acc,
+                "p_corr": ty,
                 **dims,
                 **maps,
-                "stride_wo": "i32",
-                "stride_wy": "i32",
+                "stride_wy": "i32:16",
+                "stride_wo": "i32:16",
                 "stride_bias": 1,
                 **_strides("o", "boyx"),
+                "stride_cb": "i32:16",
+                "stride_cs": "i32:16",
+                "stride_cy": "i32:16",
                 "eps": "fp32",
-            }  #
-            flags = {
-                "NORM_FEAT": True,
-                "HAS_BIAS": True,
-                "BLOCK_O": block_o,
-                "BLOCK_XS": block_x,
-                "BLOCK_XT": block_x,
-            }  #
-            for i, cfg in enumerate(_configs(k.correlation_oac_fwd_kernel, all_configs)):
-                specs.append(
-                    _spec(
-                        f"correlation_oac_fwd[{tag},cfg{i}]",
-                        k.correlation_oac_fwd_kernel.fn,
-                        fwd_types,
-                        {**flags, **dot, **oac_dot, **cfg.kwargs},
-                        cfg.num_warps,
-                        cfg.num_stages,
-                        contraction=True,
+            }
+            oac_dot = {"OAC_FP32": False, "OAC_PRECISION": dot["INPUT_PRECISION"]}
+            # training (relu(c) saved where the maps allow it), and inference where that differs
+            for mode, saving in (("", save), (",inference", False)) if save else (("", False),):
+                tiling = k.forward_tiling(size, size, OAC_CHANNELS, dtype, saving)
+                flags = {"NORM_FEAT": True, "HAS_BIAS": True, "SAVE": saving, **features, **tiling.kwargs()}
+                for i, cfg in enumerate(_configs(k.correlation_oac_fwd_kernel, all_configs)):
+                    specs.append(
+                        _spec(
+                            f"correlation_oac_fwd[{tag}{mode},cfg{i}]",
+                            k.correlation_oac_fwd_kernel.fn,
+                            fwd_types,
+                            {**flags, **dot, **oac_dot, **cfg.kwargs},
+                            cfg.num_warps,
+                            cfg.num_stages,
+                            contraction=True,
+                        )
                     )
-                )  #
+            if save:
+                weight = oac.weight_tiling(size, size, OAC_CHANNELS, dtype)
+                saved = {
+                    "CORR_PADDED": True,
+                    "UPCAST": False,
+                    "INPUT_PRECISION": dot["INPUT_PRECISION"],
+                    "ALIGN": 16 // dtype.itemsize,
+                    "IDX64": False,
+                    "BLOCK_O": weight.block_o,
+                    "BX": weight.bx,
+                    "RT": weight.rt,
+                }
+                for i, cfg in enumerate(_configs(oac.offset_aware_correlation_bwd_weight_kernel, all_configs)):
+                    specs.append(
+                        _spec(
+                            f"offset_aware_correlation_bwd_weight[{tag},saved,cfg{i}]",
+                            oac.offset_aware_correlation_bwd_weight_kernel.fn,
+                            _weight_types(ty, acc, True),
+                            {**saved, **cfg.kwargs},
+                            cfg.num_warps,
+                            cfg.num_stages,
+                            contraction=True,
+                        )
+                    )
+                specs.append(_reduce_spec(f"offset_weight_reduce[{tag},saved]", acc, ty, weight.bx))
+            weight = k.weight_tiling(OAC_CHANNELS)
             weight_types = {
                 "p_src": ty,
                 "p_tgt": ty,
-                "p_inv_src": acc,
-                "p_inv_tgt": acc,
-                "p_inv_match": acc,
+                "p_sscale": acc,
                 "p_grad": ty,
+                "p_sched": "*i32",
                 "p_partial": acc,
-                "B": "i32",
                 **dims,
-                "batch_per_split": "i32",
                 **maps,
-                **_strides("g", "boyx"),
-                "stride_pn": "i32",
-            }  #
-            weight_flags = {"NORM_FEAT": True, "BLOCK_O": block_o, "BLOCK_X": block_x}
+                "stride_gb": "i32:16",
+                "stride_go": "i32:16",
+                "stride_gy": "i32:16",
+                "stride_gx": 1,
+                "stride_pc": "i32:16",
+            }
+            weight_flags = {"NORM_FEAT": True, **features, "BLOCK_O": weight.block_o, "BX": weight.bx}
             for i, cfg in enumerate(_configs(k.correlation_oac_bwd_weight_kernel, all_configs)):
                 specs.append(
                     _spec(
@@ -428,37 +540,21 @@ def correlation_oac_specs(all_configs: bool = False) -> list[dict]:
                         cfg.num_stages,
                         contraction=True,
                     )
-                )  #
-            specs.append(
-                _spec(
-                    f"correlation_oac_bwd_weight_reduce[{tag}]",
-                    k.correlation_oac_bwd_weight_reduce_kernel,
-                    {
-                        "p_partial": acc,
-                        "p_dweight": ty,
-                        "O": "i32",
-                        "Dh": "i32",
-                        "Dw": "i32",
-                        "Wt": "i32",
-                        "n_xt": "i32",
-                        "n_k": "i32",
-                        "n_split": "i32",
-                        "stride_pn": "i32",
-                    },
-                    {"BLOCK_X": block_x, "BLOCK": k.REDUCE_BLOCK},
-                    k.REDUCE_WARPS,
                 )
-            )  #
+            specs.append(_reduce_spec(f"offset_weight_reduce[{tag},recompute]", acc, ty, weight.bx))
+            corr_tiling = oac.oac_tiling(size, size, OAC_CHANNELS)
             corr_types = {
-                **fwd_types,
+                **{n: t for n, t in fwd_types.items() if not n.startswith(("p_corr", "stride_c", "eps", "stride_wo"))},
                 "p_grad": ty,
                 "p_dcorr": ty,
                 "p_dot_src": acc,
                 "p_dot_tgt": acc,
-                **_strides("g", "boyx"),
-            }  #
-            del corr_types["eps"]
-            corr_flags = {**flags, "BLOCK_O": k.output_block(OAC_CHANNELS, k.BWD_CORR_BLOCK_O)}
+                "O_pad": "i32:16",
+                "stride_wx": "i32:16",
+                "stride_gb": "i32:16",
+                "stride_gt": "i32:16",
+            }
+            corr_flags = {"NORM_FEAT": True, "HAS_BIAS": True, **features, **corr_tiling.kwargs()}
             for i, cfg in enumerate(_configs(k.correlation_oac_bwd_corr_kernel, all_configs)):
                 specs.append(
                     _spec(
@@ -470,7 +566,7 @@ def correlation_oac_specs(all_configs: bool = False) -> list[dict]:
                         cfg.num_stages,
                         contraction=True,
                     )
-                )  #
+                )
     return specs
 
 

@@ -7,6 +7,10 @@ the interpreter bf16 tiles are cast to fp32 before every dot (``DOT_FP32`` / ``O
 loads, stores and the fp32 epilogues are exercised, the native bf16 dots only compile (kernel
 report). float64 runs through the same kernels (fp64 dots), which the gradcheck uses.
 
+The weight gradient has two paths: from the ``relu(c)`` the forward saves (maps of at most
+``SAVED_CORRELATION_MAX`` positions, every case here by default) and recomputing the correlation
+(forced by lowering that threshold in ``recompute_weight_grad``).
+
 Degenerate sizes are kept out of the *feature*-gradient comparison in 16/32-bit on purpose (as in
 tests/test_kernel_correlation.py): with one source position (S=1) the match-normalised output is
 ``r / sqrt(r^2 + eps) ~ 1``, and with one channel (C=1) a normalised correlation column does not
@@ -21,6 +25,7 @@ import pytest
 import torch
 
 import a2net.kernels.correlation_oac as kernel_module
+import a2net.kernels.offset_aware_correlation as oac_kernels
 from a2net import reference
 from a2net.ops import TRITON_CALLS, correlation, offset_aware_correlation
 from a2net.ops.correlation_oac import correlation_oac
@@ -28,10 +33,11 @@ from tests.helpers import DEVICE, assert_close_to_reference
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
 
-# (B, (Hs, Ws, Ht, Wt), C, O, dtype, normalize_features): a covering list, not a product. C=17
-# ends on a partial channel block, C=64 spans several; O=130 takes two output-channel programs;
-# widths above 16 take 32-column blocks, 40/35 two of them (three diagonals in dW); the paper's
-# 15x15 once; B=20 splits the batch of the weight gradient.
+# (B, (Hs, Ws, Ht, Wt), C, O, dtype, normalize_features): a covering list, not a product. C=17 and
+# 40 end on a partial channel block (the masked tail), C=32/64 do not; O=130 takes two
+# output-channel programs; widths 17-32 take 32-column blocks, 33-64 64-column ones, 70/66 two of
+# them (three diagonals in dW); maps 5x7 vs 9x6 differ in both sizes; the paper's 15x15 once;
+# bf16 from 17 columns on takes the 128x128 tiles.
 CASES = [
     (1, (1, 1, 1, 1), 1, 1, torch.float64, True),
     (3, (1, 1, 1, 1), 17, 16, torch.float32, False),
@@ -45,6 +51,9 @@ CASES = [
     (1, (2, 40, 1, 35), 17, 16, torch.float32, True),
     (20, (2, 3, 3, 2), 5, 130, torch.float32, True),
     (1, (15, 15, 15, 15), 64, 128, torch.float32, True),
+    (2, (5, 7, 9, 6), 40, 16, torch.float32, True),
+    (2, (5, 7, 9, 6), 32, 16, torch.bfloat16, True),
+    (1, (2, 70, 3, 66), 17, 16, torch.float32, True),
 ]
 
 
@@ -107,9 +116,16 @@ def test_matches_unfused_reference(triton_backend, case):
 
 
 @pytest.fixture
+def recompute_weight_grad(monkeypatch):
+    """The weight gradient recomputes the correlation (as above 32x32) instead of reading it."""
+    monkeypatch.setattr(kernel_module, "SAVED_CORRELATION_MAX", 0)
+
+
+@pytest.fixture
 def narrow_blocks(monkeypatch):
     """16-column blocks for every width, so small maps span several blocks (and diagonals)."""
-    monkeypatch.setattr(kernel_module, "MAX_BLOCK_X", 16)
+    monkeypatch.setattr(oac_kernels, "MAX_BLOCK_X", 16)
+    monkeypatch.setattr(kernel_module, "WEIGHT_BLOCK_X", 16)
 
 
 @pytest.mark.parametrize(
@@ -167,20 +183,106 @@ def test_single_feature_gradient(triton_backend, which):
     (got,) = torch.autograd.grad(correlation_oac(source, target, weight, bias, input_precision="ieee"), (needs,), grad)
     _, ref_grads = reference_grads((source, target, weight, bias), grad, True)
     assert_close_to_reference(got, ref_grads[0 if which == "source" else 1], torch.float32, f"grad {which}")
-    saved = torch.ops.a2net.correlation_oac(source, target, weight, bias, True, "ieee")
+    saved = torch.ops.a2net.correlation_oac(source, target, weight, bias, True, "ieee", False)
+    assert saved[4].numel() == 0  # no correlation kept when not asked for
     grads = torch.ops.a2net.correlation_oac_backward(
         grad, source, target, weight, bias, *saved, True, "ieee", which == "source", which == "target", False, False
     )
     assert [g.numel() == 0 for g in grads] == [which != "source", which != "target", True, True]
 
 
-def test_weight_gradient_is_deterministic(triton_backend):
+@pytest.mark.parametrize("path", ["saved", "recompute"])
+def test_weight_gradient_is_deterministic(triton_backend, monkeypatch, path):
+    """Two backward runs give bit-identical weight gradients, with several chunks per group reduced."""
+    if path == "recompute":
+        monkeypatch.setattr(kernel_module, "SAVED_CORRELATION_MAX", 0)
+    monkeypatch.setattr(oac_kernels, "WEIGHT_TARGET_PROGRAMS", 64)
     source, target, weight, bias, grad = make_inputs(5, (5, 7, 5, 7), 6, 16, torch.float32, seed=6)
-    n_diag = 1  # 7 columns: one 16-column block per map
-    assert kernel_module.diagonal_batch_split(5, 9 * n_diag)[0] > 1  # several batch splits
+    tiling = oac_kernels.weight_tiling(7, 7, 16, torch.float32) if path == "saved" else kernel_module.weight_tiling(16)
+    schedule = oac_kernels.weight_schedule(5, (5, 7, 5, 7), tiling.bx, tiling.rt if path == "saved" else 1)
+    assert schedule.n_chunks > len(schedule.group_chunks) - 1  # some group has several chunks
     weight.requires_grad_()
     runs = [torch.autograd.grad(correlation_oac(source, target, weight, bias), (weight,), grad)[0] for _ in range(2)]
     assert torch.equal(runs[0], runs[1]), "two backward runs differ"
+    _, ref_grads = reference_grads((source, target, weight, bias), grad, True)
+    assert_close_to_reference(runs[0], ref_grads[2], torch.float32, "grad weight")
+
+
+@pytest.mark.parametrize("path", ["saved", "recompute"])
+@pytest.mark.parametrize(
+    "sizes,c,dtype,norm",
+    [
+        ((5, 7, 9, 6), 17, torch.float32, True),
+        ((2, 70, 3, 66), 8, torch.float32, False),
+        ((3, 5, 4, 4), 16, torch.bfloat16, True),
+    ],
+    ids=["5x7to9x6", "2x70to3x66-nonorm", "bf16"],
+)  #
+def test_weight_gradient_paths(triton_backend, monkeypatch, path, sizes, c, dtype, norm):
+    """The weight gradient from the saved relu(c) and from the recomputed correlation: each path
+    runs (the other is forbidden) and matches the reference."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"the {path} path should not call this")
+
+    if path == "saved":
+        monkeypatch.setattr(kernel_module, "correlation_oac_bwd_weight", forbidden)
+    else:
+        monkeypatch.setattr(kernel_module, "SAVED_CORRELATION_MAX", 0)
+        monkeypatch.setattr(kernel_module, "offset_aware_correlation_bwd_weight", forbidden)
+    source, target, weight, bias, grad = make_inputs(2, sizes, c, 16, dtype, seed=13)
+    weight.requires_grad_()
+    out = correlation_oac(source, target, weight, bias, normalize_features=norm, input_precision="ieee")
+    (dweight,) = torch.autograd.grad(out, (weight,), grad)
+    _, ref_grads = reference_grads((source, target, weight, bias), grad, norm)
+    assert_close_to_reference(dweight, ref_grads[2], dtype, "grad weight")
+
+
+def test_saved_correlation_layout(triton_backend):
+    """The forward keeps relu(c) (no match normalisation) in 16-byte aligned rows, only when asked."""
+    b, sizes = 2, (3, 4, 5, 6)
+    source, target, weight, bias, _ = make_inputs(b, sizes, 5, 16, torch.float32, seed=14)
+    *_, inv_match, corr = torch.ops.a2net.correlation_oac(source, target, weight, bias, True, "ieee", True)
+    assert corr.shape == kernel_module.saved_correlation_shape(b, sizes) == (b, 12, 5, 16)
+    expected = reference.correlation(source.double(), target.double(), True, True, False)
+    torch.testing.assert_close(corr[..., :6].double(), expected, rtol=1e-5, atol=1e-6)
+    assert not corr[..., 6:].any()
+    half = [t.half() for t in (source, target, weight, bias)]
+    assert torch.ops.a2net.correlation_oac(*half, False, "ieee", True)[4].numel() == 0  # fp16 unnormalised
+
+
+def test_weight_schedule_is_balanced():
+    """The chunks of the paper's shapes (GPU schedule): no program above 1.5x the mean work."""
+    for b, size, tiling in (
+        (32, 15, oac_kernels.weight_tiling(15, 15, 128, torch.bfloat16)),  # saved path at 15x15
+        (32, 32, oac_kernels.weight_tiling(32, 32, 128, torch.bfloat16)),
+        (8, 60, kernel_module.weight_tiling(128)),  # recompute path above 32x32
+        (1, 33, kernel_module.weight_tiling(128)),
+    ):
+        rt = tiling.rt if size <= 32 else 1
+        schedule = oac_kernels.weight_schedule(b, (size,) * 4, tiling.bx, rt, 528)
+        assert schedule.max_over_mean <= 1.5, (b, size, schedule.max_over_mean)
+        assert int(schedule.chunks[:, 2].sum()) == schedule.items
+
+
+def test_int64_offsets(triton_backend, monkeypatch):
+    """The 64-bit index path (IDX64), forced on small maps, gives the same values and gradients."""
+    monkeypatch.setattr(oac_kernels, "IDX64_THRESHOLD", 16)
+    check_case(2, (3, 5, 4, 6), 17, 16, torch.float32, True, seed=15)
+    monkeypatch.setattr(kernel_module, "SAVED_CORRELATION_MAX", 0)
+    check_case(2, (3, 5, 4, 6), 17, 16, torch.float32, True, seed=16)
+
+
+def test_int64_decision_and_unsupported_sizes():
+    """Launcher decisions at real sizes (meta tensors, nothing allocated): the (B, S, T) gradient
+    of 216x216 maps needs 64-bit offsets, 215x215 not; a map of 2^31 elements is refused."""
+    meta = {"device": "meta"}
+    assert oac_kernels.needs_int64(torch.empty(1, 216 * 216, 216 * 216, **meta))
+    assert not oac_kernels.needs_int64(torch.empty(1, 215 * 215, 215 * 215, **meta))
+    assert not oac_kernels.needs_int64(torch.empty(2**20, 15 * 15, 15, 15, **meta))  # the batch stride is 64-bit anyway
+    huge = torch.empty(1, 2048, 1024, 1024, **meta)
+    with pytest.raises(ValueError, match="source"):
+        kernel_module.correlation_oac_fwd(huge, huge, torch.empty(8, 2047, 2047, **meta), None, True, "ieee", 1e-6)
 
 
 def test_empty_batch(triton_backend):
@@ -243,15 +345,15 @@ def test_gradcheck_float64(triton_backend):
 
 def test_opcheck_forward(triton_backend):
     source, target, weight, bias, _ = make_inputs(2, (3, 4, 2, 5), 6, 16, torch.float32, seed=10)
-    for b_, norm in ((bias, True), (None, False)):
+    for b_, norm, save in ((bias, True, True), (None, False, False)):
         args = [t.clone().requires_grad_() for t in (source, target, weight)]
-        torch.library.opcheck(torch.ops.a2net.correlation_oac.default, (*args, b_, norm, "ieee"))
+        torch.library.opcheck(torch.ops.a2net.correlation_oac.default, (*args, b_, norm, "ieee", save))
 
 
 def test_opcheck_backward(triton_backend):
     source, target, weight, bias, grad = make_inputs(2, (3, 4, 2, 5), 6, 16, torch.float32, seed=11)
-    for b_, norm in ((bias, True), (None, False)):
-        saved = torch.ops.a2net.correlation_oac(source, target, weight, b_, norm, "ieee")
+    for b_, norm, save in ((bias, True, True), (None, False, False)):
+        saved = torch.ops.a2net.correlation_oac(source, target, weight, b_, norm, "ieee", save)
         for need in ((True, True, True, b_ is not None), (False, False, True, False), (True, False, False, False)):
             torch.library.opcheck(
                 torch.ops.a2net.correlation_oac_backward.default,

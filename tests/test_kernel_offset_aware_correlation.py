@@ -19,7 +19,8 @@ from tests.helpers import DEVICE, assert_close_to_reference
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
 
 # (B, (Hs, Ws, Ht, Wt), O, dtype, bias): a covering list, not a product. O in {1, 16, 128}; the
-# paper's 15x15 -> 15x15 twice (interpreter time); Wt = 18, 20 > BLOCK_T spans several target tiles.
+# paper's 15x15 -> 15x15 twice (interpreter time); widths 17-32 take 32-column blocks, 70/66 two
+# 64-column blocks (three diagonals in dW); maps 5x7 vs 9x6 differ in both sizes.
 CASES = [
     (1, (1, 1, 1, 1), 1, torch.float32, True),
     (3, (1, 1, 1, 1), 16, torch.float16, False),
@@ -32,8 +33,10 @@ CASES = [
     (3, (6, 5, 2, 18), 1, torch.float16, True),
     (1, (15, 15, 15, 15), 128, torch.float32, True),
     (3, (15, 15, 15, 15), 16, torch.bfloat16, True),
-    # several channel and batch blocks in every kernel, several batch elements per dW split
+    # several channel blocks in every kernel, several batch elements per dW chunk
     (20, (2, 3, 3, 2), 130, torch.float32, True),
+    (2, (5, 7, 9, 6), 16, torch.float32, True),
+    (1, (2, 70, 3, 66), 16, torch.float32, False),
 ]
 
 
@@ -113,10 +116,14 @@ def test_only_requested_gradients_are_computed(triton_backend, monkeypatch):
     assert_close_to_reference(dweight, ref_dweight, torch.float32, "grad weight")
 
 
-def test_weight_gradient_is_deterministic(triton_backend):
-    # B=5 at this size splits the batch over several dW programs (partial sums + reduction)
+def test_weight_gradient_is_deterministic(triton_backend, monkeypatch):
+    """Two backward runs give bit-identical gradients, with the dW items cut into several chunks
+    per (offset row, diagonal) group (partial sums reduced in a fixed order)."""
+    monkeypatch.setattr(oac_kernels, "WEIGHT_TARGET_PROGRAMS", 64)
     corr, weight, bias = _inputs(5, (5, 7, 5, 7), 16, torch.float32)
-    assert oac_kernels.offset_tile_batch_split(5, 16, (9, 13))[0] > 1
+    tiling = oac_kernels.weight_tiling(7, 7, 16, torch.float32)
+    schedule = oac_kernels.weight_schedule(5, (5, 7, 5, 7), tiling.bx, tiling.rt)
+    assert schedule.n_chunks > len(schedule.group_chunks) - 1  # some group has several chunks
     leaves = (weight.requires_grad_(), bias.requires_grad_())
     runs = []
     for _ in range(2):
@@ -124,6 +131,36 @@ def test_weight_gradient_is_deterministic(triton_backend):
         runs.append(torch.autograd.grad(out, leaves, torch.ones_like(out)))
     for first, second in zip(*runs, strict=True):
         assert torch.equal(first, second), "two backward runs differ"
+
+
+def test_int64_offsets(triton_backend, monkeypatch):
+    """The 64-bit index path (IDX64), forced on small maps, gives the same values and gradients."""
+    monkeypatch.setattr(oac_kernels, "IDX64_THRESHOLD", 16)
+    corr, weight, bias = _inputs(2, (3, 5, 4, 6), 16, torch.float32)
+    assert oac_kernels.needs_int64(corr)
+    leaves = [t.requires_grad_() for t in (corr, weight, bias)]
+    out = offset_aware_correlation(corr, weight, bias, (3, 5), input_precision="ieee")
+    grad_out = torch.randn(out.shape, generator=torch.Generator(DEVICE).manual_seed(2))
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    ref, ref_grads = _reference(corr, weight, bias, (3, 5), grad_out)
+    assert_close_to_reference(out.detach(), ref, torch.float32, "output")
+    for name, grad, ref_grad in zip(("corr", "weight", "bias"), grads, ref_grads, strict=True):
+        assert_close_to_reference(grad, ref_grad, torch.float32, f"grad {name}")
+
+
+def test_padded_weight_layout():
+    """Every weight entry sits at (dy + RT - 1, dx + n_xt*BX - Wt) of the padded copy, zeros around."""
+    sizes = (5, 7, 9, 6)
+    weight = torch.randn(3, 13, 12)
+    tiling = oac_kernels.oac_tiling(7, 6, 3)
+    left = tiling.bx - 6
+    for channels_last in (False, True):
+        wpad = oac_kernels.padded_weight(weight, sizes, tiling, channels_last)
+        inner = wpad.permute(0, 2, 1) if channels_last else wpad  # (rows, O, cols)
+        assert inner.shape[1] % tiling.block_o == 0 and inner.shape[2] % 16 == 0
+        body = inner[tiling.rt - 1 : tiling.rt - 1 + 13, :3, left : left + 12]
+        torch.testing.assert_close(body, weight.permute(1, 0, 2))
+        assert torch.count_nonzero(inner) == torch.count_nonzero(weight)
 
 
 def test_empty_batch(triton_backend):

@@ -8,13 +8,18 @@ tiles of it are computed on chip and contracted with the OAC weights at once
 
 Registered ops (``S = Hs*Ws``, ``T = Ht*Wt``):
 
-* ``a2net::correlation_oac(source, target, weight, bias?, normalize_features, input_precision)
-  -> (out, inv_source, inv_target, inv_match)``: ``out`` ``(B, O, Ht, Wt)`` in the input dtype,
-  then what the backward needs, in the accumulation dtype (fp32; fp64 for fp64 inputs): the
-  inverse feature norms ``(B, S)``, ``(B, T)`` (empty without ``normalize_features``) and the
-  inverse match norms ``(B, T)``. The public function returns ``out`` only;
+* ``a2net::correlation_oac(source, target, weight, bias?, normalize_features, input_precision,
+  save_correlation) -> (out, inv_source, inv_target, inv_match, corr)``: ``out`` ``(B, O, Ht, Wt)``
+  in the input dtype, then what the backward needs, in the accumulation dtype (fp32; fp64 for
+  fp64 inputs): the inverse feature norms ``(B, S)``, ``(B, T)`` (empty without
+  ``normalize_features``) and the inverse match norms ``(B, T)``; then ``corr``, ``relu(c)``
+  ``(B, S, Ht, Wp)`` in the input dtype when ``save_correlation`` is set and the maps have at
+  most 32x32 positions (the weight gradient then reads it instead of recomputing the
+  correlation; ``S*Ht*Wp*e`` bytes per pair, ``Wp`` = ``Wt`` rounded up to whole column blocks:
+  0.11 MB in bf16 at 15x15, 2.1 MB at 32x32), else empty. The public function returns ``out``
+  only and asks for ``corr`` when the weight requires grad;
 * ``a2net::correlation_oac_backward(grad, source, target, weight, bias?, out, inv_source,
-  inv_target, inv_match, normalize_features, input_precision, need_source, need_target,
+  inv_target, inv_match, corr, normalize_features, input_precision, need_source, need_target,
   need_weight, need_bias) -> (grad_source, grad_target, grad_weight, grad_bias)``: a gradient not
   asked for is not computed and comes back as an empty tensor (``None`` to autograd). The
   feature-map gradients (the only part that writes a ``(B, S, T)`` buffer) run only when a
@@ -39,24 +44,32 @@ def _correlation_oac_op(
     bias: torch.Tensor | None,
     normalize_features: bool,
     input_precision: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton forward: ``(out, inv_source, inv_target, inv_match)``; see :func:`correlation_oac`."""
+    save_correlation: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton forward: ``(out, inv_source, inv_target, inv_match, corr)``; see :func:`correlation_oac`."""
     from a2net.kernels.correlation_oac import correlation_oac_fwd
 
     TRITON_CALLS["correlation_oac"] += 1
-    return correlation_oac_fwd(source, target, weight, bias, normalize_features, input_precision, reference.EPS)
+    return correlation_oac_fwd(
+        source, target, weight, bias, normalize_features, input_precision, reference.EPS, save_correlation
+    )
 
 
 @_correlation_oac_op.register_fake
-def _correlation_oac_fake(source, target, weight, bias, normalize_features, input_precision):
+def _correlation_oac_fake(source, target, weight, bias, normalize_features, input_precision, save_correlation):
+    from a2net.kernels.correlation_oac import saved_correlation_shape, saves_correlation
+
     b, _, hs, ws = source.shape
     ht, wt = target.shape[2:]
+    sizes = (hs, ws, ht, wt)
     acc = accumulation_dtype(source.dtype)
     out = source.new_empty((b, weight.shape[0], ht, wt))
     inv_src = source.new_empty((b, hs * ws) if normalize_features else (0,), dtype=acc)
     inv_tgt = source.new_empty((b, ht * wt) if normalize_features else (0,), dtype=acc)
     inv_match = source.new_empty((b, ht * wt), dtype=acc)
-    return out, inv_src, inv_tgt, inv_match
+    save = save_correlation and saves_correlation(sizes, source.dtype, normalize_features)
+    corr = source.new_empty(saved_correlation_shape(b, sizes) if save else (0,))
+    return out, inv_src, inv_tgt, inv_match, corr
 
 
 @torch.library.custom_op("a2net::correlation_oac_backward", mutates_args=())
@@ -70,6 +83,7 @@ def _correlation_oac_backward_op(
     inv_source: torch.Tensor,
     inv_target: torch.Tensor,
     inv_match: torch.Tensor,
+    corr: torch.Tensor,
     normalize_features: bool,
     input_precision: str,
     need_source: bool,
@@ -91,6 +105,7 @@ def _correlation_oac_backward_op(
         inv_source,
         inv_target,
         inv_match,
+        corr,
         normalize_features,
         input_precision,
         need_source,
@@ -111,6 +126,7 @@ def _correlation_oac_backward_fake(
     inv_source,
     inv_target,
     inv_match,
+    corr,
     normalize_features,
     input_precision,
     need_source,
@@ -127,15 +143,15 @@ def _correlation_oac_backward_fake(
 
 
 def _setup_context(ctx, inputs, output):
-    source, target, weight, bias, normalize_features, input_precision = inputs
-    out, inv_src, inv_tgt, inv_match = output
-    ctx.mark_non_differentiable(inv_src, inv_tgt, inv_match)
-    ctx.save_for_backward(source, target, weight, bias, out, inv_src, inv_tgt, inv_match)
+    source, target, weight, bias, normalize_features, input_precision, _ = inputs
+    out, inv_src, inv_tgt, inv_match, corr = output
+    ctx.mark_non_differentiable(inv_src, inv_tgt, inv_match, corr)
+    ctx.save_for_backward(source, target, weight, bias, out, inv_src, inv_tgt, inv_match, corr)
     ctx.flags = (normalize_features, input_precision)
     ctx.has_bias = bias is not None
 
 
-def _backward(ctx, grad_out, _grad_inv_src, _grad_inv_tgt, _grad_inv_match):
+def _backward(ctx, grad_out, _grad_inv_src, _grad_inv_tgt, _grad_inv_match, _grad_corr):
     need_source, need_target, need_weight, need_bias = ctx.needs_input_grad[:4]
     need_bias = need_bias and ctx.has_bias
     dsrc, dtgt, dweight, dbias = torch.ops.a2net.correlation_oac_backward(
@@ -146,6 +162,7 @@ def _backward(ctx, grad_out, _grad_inv_src, _grad_inv_tgt, _grad_inv_match):
         dtgt if need_target else None,
         dweight if need_weight else None,
         dbias if need_bias else None,
+        None,
         None,
         None,
     )
@@ -167,8 +184,10 @@ def correlation_oac(
     ``out[b, o, yt, xt] = bias[o] + sum_{ys, xs} weight[o, ys-yt+Ht-1, xs-xt+Wt-1] *
     corr[b, ys*Ws+xs, yt, xt]`` with ``corr = correlation(source, target, normalize_features,
     relu=True, normalize_matches=True)``. The Triton path computes tiles of ``corr`` on chip and
-    contracts them at once: nothing of size ``(Hs*Ws) * (Ht*Wt)`` is written, except in the
-    backward when ``source`` or ``target`` requires grad. The weight gradient is deterministic.
+    contracts them at once: nothing of size ``(Hs*Ws) * (Ht*Wt)`` is written, except ``relu(c)``
+    for the weight gradient at maps of at most 32x32 positions (when ``weight`` requires grad) and
+    the backward's ``dcorr`` when ``source`` or ``target`` requires grad. The weight gradient is
+    deterministic. Maps that are not channels-last are copied to channels-last first.
 
     Args:
         source: ``(B, C, Hs, Ws)`` source feature map (fp32, fp16 or bf16 on the Triton path).
@@ -193,8 +212,9 @@ def correlation_oac(
     check_flag("normalize_features", normalize_features)
     check_choice("input_precision", input_precision, INPUT_PRECISIONS)
     if use_triton(source):
-        out, _, _, _ = torch.ops.a2net.correlation_oac(
-            source, target, weight, bias, normalize_features, input_precision
+        save = torch.is_grad_enabled() and weight.requires_grad  # relu(c) for the weight gradient
+        out, *_ = torch.ops.a2net.correlation_oac(
+            source, target, weight, bias, normalize_features, input_precision, save
         )
         return out
     corr = reference.correlation(source, target, normalize_features, relu=True, normalize_matches=True)
