@@ -29,7 +29,9 @@ Steps count from 1. The data of step ``s`` is a function of ``(seed, s)`` only
 (:class:`a2net.synthetic.StepBatchSampler`), so ``--resume`` continues from ``last/`` and, on CPU,
 reaches the same weights as an uninterrupted run, bit for bit. Launched by ``torchrun`` with
 several processes, training uses DistributedDataParallel, each rank taking its share of every
-step's global batch (``--batch-size`` is per process).
+step's global batch (``--batch-size`` is per process), one GPU per process (NCCL) or gloo on CPU;
+the BatchNorm statistics are those of the global batch, so N processes compute what one process
+with the N-fold batch computes.
 
 The options of ``a2net train`` (:mod:`a2net.cli`) are the keys of :data:`DEFAULTS`;
 :func:`resolve_options` combines them with a preset and, when resuming, with the stored run.
