@@ -25,13 +25,12 @@ leave at most a half-written last line: the next run detects it and rewrites the
 (atomically), so nothing complete is lost and nothing is recomputed. ``DIR/run.json`` records
 the model (a SHA-256 of its weights) and the input size; a run with another model or size in the
 same folder is refused rather than mixed in. Figures (``--figures``, ``DIR/figures/``) are written
-atomically before their pair's line.
+atomically before their pair's line, for the pairs aligned by a run that asks for them.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -44,6 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from a2net.checkpoint import _weights_sha256
 from a2net.errors import InputError, InputNotFoundError, UsageError, require_extra
 from a2net.fileio import atomic_write, check_output_dir, fsync_dir
 from a2net.images import load_image
@@ -207,15 +207,6 @@ def read_results(path) -> tuple[list[dict], int]:
     return records, broken
 
 
-def _weights_sha256(model: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
 def _check_run(out_dir: Path, run: dict) -> bool:
     """Compare with the run recorded in ``out_dir``; True if none is recorded yet."""
     path = out_dir / RUN_FILE
@@ -291,7 +282,7 @@ def align_pairs(
     mode = mode_of(model)
     model.eval()
     device = model_device(model)
-    run = {"mode": mode, "image_size": list(size), "weights_sha256": _weights_sha256(model)}
+    run = {"mode": mode, "image_size": list(size), "weights_sha256": _weights_sha256(model.state_dict())}
     fresh = _check_run(out_dir, run)
 
     results = out_dir / RESULTS_FILE

@@ -644,9 +644,9 @@ def _run_align(args: argparse.Namespace) -> int:
     align a pair list: :func:`_run_align_pairs`)."""
     if args.pairs is not None:
         return _run_align_pairs(args)
-    given = [f for f in ("--out-dir", "--batch-size", "--num-workers") if getattr(args, f[2:].replace("-", "_"))]
-    if given or args.figures:
-        raise UsageError(f"{(given or ['--figures'])[0]}: only with --pairs (aligning a pair list)")
+    for option in ("out_dir", "batch_size", "num_workers", "figures"):
+        if getattr(args, option) is not None and getattr(args, option) is not False:
+            raise UsageError(f"--{option.replace('_', '-')}: only with --pairs (aligning a pair list)")
     if args.source is None or args.target is None or args.out is None:
         raise UsageError("expected SOURCE TARGET --out FIGURE (one pair) or --pairs PAIRS.csv --out-dir DIR")
     from a2net.fileio import check_output_path
