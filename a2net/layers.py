@@ -184,7 +184,10 @@ class CorrelationOAC(OffsetAwareCorrelation):
     correlation is never written to memory: tiles are computed on chip, ReLU'd, their squared
     norms accumulated per target, and contracted with the OAC weight at once (the match
     normalisation is a per-target scale at the end). At 60x60 maps that saves the 52 MB per pair
-    of the correlation, and the backward recomputes tiles instead of keeping it.
+    of the correlation. For the weight gradient the forward keeps ``relu(c)`` when the maps have at
+    most 32x32 positions (0.11 MB per pair in bf16 at 15x15) and the backward recomputes the
+    correlation tiles above that. Feature maps are best handed over channels-last (the kernels
+    read channel-contiguous rows; others are copied).
 
     Args:
         source_size, target_size, out_channels, bias, input_precision: see

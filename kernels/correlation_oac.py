@@ -98,16 +98,14 @@ from a2net.kernels.offset_aware_correlation import (
 
 FWD_CONFIGS = [
     triton.Config({"OAC_CHUNK": 32}, num_warps=8, num_stages=3),
-    triton.Config({"OAC_CHUNK": 32}, num_warps=8, num_stages=2),
+    triton.Config({"OAC_CHUNK": 32}, num_warps=8, num_stages=4),
+    triton.Config({"OAC_CHUNK": 16}, num_warps=8, num_stages=3),
 ]
 BWD_WEIGHT_CONFIGS = [
     triton.Config({}, num_warps=8, num_stages=3),
-    triton.Config({}, num_warps=8, num_stages=2),
+    triton.Config({}, num_warps=8, num_stages=4),
 ]
-BWD_CORR_CONFIGS = [
-    triton.Config({"OAC_CHUNK": 32}, num_warps=8, num_stages=3),
-    triton.Config({"OAC_CHUNK": 32}, num_warps=8, num_stages=2),
-]
+BWD_CORR_CONFIGS = [triton.Config({"OAC_CHUNK": 16}, num_warps=8, num_stages=2)]  # the others spill on sm_80
 
 BLOCK_C = 32  # channels per step of the correlation tiles (a 128-byte fp32 / 64-byte bf16 row)
 WEIGHT_BLOCK_X = 64  # column block of the recomputing dW kernel: 64-row correlation tiles (wgmma)
@@ -796,7 +794,7 @@ def correlation_oac_bwd_weight(
         p_tgt=tgt,
         p_sscale=sscale,
         p_grad=g,
-        p_sched=schedule.chunks.to(dev),
+        p_sched=schedule.on(dev)[0],
         p_partial=partial,
         C=c,
         O=o,

@@ -75,10 +75,7 @@ BWD_CORR_CONFIGS = [
     triton.Config({"OAC_CHUNK": 32}, num_warps=8, num_stages=2),
     triton.Config({"OAC_CHUNK": 16}, num_warps=8, num_stages=3),
 ]
-BWD_WEIGHT_CONFIGS = [
-    triton.Config({}, num_warps=8, num_stages=3),
-    triton.Config({}, num_warps=8, num_stages=2),
-]
+BWD_WEIGHT_CONFIGS = [triton.Config({}, num_warps=8, num_stages=3)]  # 2 or 4 stages spill somewhere
 BWD_BIAS_CONFIGS = [
     triton.Config({"BLOCK_O": 16, "BLOCK_T": 128}, num_warps=4, num_stages=2),
     triton.Config({"BLOCK_O": 32, "BLOCK_T": 128}, num_warps=4, num_stages=2),
@@ -96,7 +93,8 @@ MAX_BLOCK_O = 128  # output channels per program (the paper's O); more -> severa
 #: many chunks (4 per SM of an H100), fewer items per chunk while the longest chunk is above
 #: WEIGHT_MAX_OVER_MEAN times the mean. The interpreter runs one program after another: there
 #: every program costs a fixed overhead, so it takes few, long chunks.
-WEIGHT_TARGET_PROGRAMS = 1 if INTERPRET else 528
+GPU_WEIGHT_PROGRAMS = 528
+WEIGHT_TARGET_PROGRAMS = 1 if INTERPRET else GPU_WEIGHT_PROGRAMS
 WEIGHT_MAX_OVER_MEAN = 1.25
 INT32_LIMIT = 2**31  # a buffer the kernels address with 32-bit offsets must be smaller
 #: Offsets inside one batch element at or above this are computed in 64 bits (``IDX64``); tests
@@ -659,11 +657,15 @@ def oac_tiling(ws: int, wt: int, o: int) -> Tiling:
     return Tiling(bx, rows, rows, output_block(o))
 
 
-def weight_tiling(ws: int, wt: int, o: int, dtype: torch.dtype) -> Tiling:
+def weight_tiling(ws: int, wt: int, o: int, dtype: torch.dtype, padded: bool = True) -> Tiling:
     """Tiles of the ``dW`` kernel: items of ``rt`` target rows, :data:`TILE_POSITIONS` targets (128
-    for 16-bit 16-column blocks, so every thread loads 16 bytes of the ``[targets, BX]`` tile)."""
+    for 16-bit 16-column blocks, so every thread loads 16 bytes of the ``[targets, BX]`` tile); half
+    as many on a correlation whose rows are not ``padded`` (its masked scalar loads hold more
+    registers)."""
     bx = column_block(max(ws, wt))
     targets = 2 * TILE_POSITIONS if bx == 16 and dtype.itemsize == 2 else TILE_POSITIONS
+    if not padded:
+        targets //= 2
     return Tiling(bx, 1, max(1, targets // bx), output_block(o))
 
 
@@ -739,6 +741,16 @@ class WeightSchedule:
     @property
     def n_chunks(self) -> int:
         return int(self.chunks.shape[0])
+
+    def on(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(chunks, group_chunks)`` on ``device``, copied once per device (a copy from the host
+        inside a CUDA-graph capture would fail; the first call happens before)."""
+        return _on_device(self.chunks, device), _on_device(self.group_chunks, device)
+
+
+@functools.lru_cache(maxsize=256)
+def _on_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    return tensor.to(device)
 
 
 def group_items(b: int, sizes: tuple, bx: int, rt: int) -> torch.Tensor:
@@ -938,7 +950,7 @@ def reduce_weight_partials(
     block_o = output_block(o, WEIGHT_REDUCE_BLOCK_O)
     offset_weight_reduce_kernel[(dh, triton.cdiv(o, block_o))](
         p_partial=partial,
-        p_group_chunks=schedule.group_chunks.to(partial.device),
+        p_group_chunks=schedule.on(partial.device)[1],
         p_dweight=dweight,
         O=o,
         Dh=dh,
@@ -974,7 +986,7 @@ def offset_aware_correlation_bwd_weight(
     sizes = (hs, ws, ht, wt)
     if b == 0:
         return corr.new_zeros(o, hs + ht - 1, ws + wt - 1)
-    tiling = weight_tiling(ws, wt, o, corr.dtype)
+    tiling = weight_tiling(ws, wt, o, corr.dtype, corr_padded)
     schedule = weight_schedule(b, sizes, tiling.bx, tiling.rt)
     partial = empty(schedule.n_chunks, o, 2 * tiling.bx, dtype=accumulation_dtype(corr.dtype), device=corr.device)
     grad = padded_target_rows(grad_out, triton.cdiv(wt, tiling.bx) * tiling.bx, target_scale)
@@ -986,7 +998,7 @@ def offset_aware_correlation_bwd_weight(
         sizes=_sizes(corr, o),
         p_grad=grad,
         p_corr=corr,
-        p_sched=schedule.chunks.to(corr.device),
+        p_sched=schedule.on(corr.device)[0],
         p_partial=partial,
         O=o,
         Hs=hs,

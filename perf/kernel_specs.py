@@ -334,9 +334,9 @@ def offset_aware_correlation_specs(all_configs: bool = False) -> list[dict]:
                             contraction=True,
                         )
                     )
-            weight = k.weight_tiling(size, size, OAC_CHANNELS, dtype)
             for layout, align in (("contiguous", types["align"]), ("padded", 16 // dtype.itemsize)):
                 padded = layout == "padded"
+                weight = k.weight_tiling(size, size, OAC_CHANNELS, dtype, padded)
                 flags = {"CORR_PADDED": padded, "ALIGN": align, **dots, "BLOCK_O": weight.block_o}
                 for i, cfg in enumerate(_configs(k.offset_aware_correlation_bwd_weight_kernel, all_configs)):
                     specs.append(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
 
 import a2net.kernels.correlation_oac as kernel_module
 import a2net.kernels.offset_aware_correlation as oac_kernels
@@ -260,7 +261,7 @@ def test_weight_schedule_is_balanced():
         (1, 33, kernel_module.weight_tiling(128)),
     ):
         rt = tiling.rt if size <= 32 else 1
-        schedule = oac_kernels.weight_schedule(b, (size,) * 4, tiling.bx, rt, 528)
+        schedule = oac_kernels.weight_schedule(b, (size,) * 4, tiling.bx, rt, oac_kernels.GPU_WEIGHT_PROGRAMS)
         assert schedule.max_over_mean <= 1.5, (b, size, schedule.max_over_mean)
         assert int(schedule.chunks[:, 2].sum()) == schedule.items
 
@@ -314,6 +315,18 @@ def test_non_contiguous_inputs(triton_backend):
     assert_close_to_reference(out.detach(), ref, torch.float32, "output")
     for name, g, ref_g in zip(("source", "target", "weight", "bias"), grads, ref_grads, strict=False):
         assert_close_to_reference(g, ref_g, torch.float32, f"grad {name}")
+
+
+def test_channels_last_maps_are_read_in_place():
+    """Maps with unit channel stride (channels-last, or a permuted view of one) are not copied;
+    NCHW maps are, to channels-last."""
+    x = torch.randn(2, 8, 5, 6)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert kernel_module.channels_last(cl) is cl
+    view = cl.transpose(2, 3)  # the authors' source layout: still channel-contiguous
+    assert kernel_module.channels_last(view) is view
+    copied = kernel_module.channels_last(x)
+    assert copied.stride(1) == 1 and torch.equal(copied, x)
 
 
 def test_expanded_grad(triton_backend):
@@ -414,3 +427,28 @@ def test_bad_inputs(triton_backend, kwargs, match):
     }  #
     with pytest.raises(ValueError, match=match):
         correlation_oac(**args)
+
+
+def test_roofline_costs_follow_the_launchers():
+    """perf/roofline_oac.py: one entry per launch with the launchers' tiles; executed FLOPs cover
+    the useful ones; the 60x60 bf16 forward's correlation tiles reach 64 FLOP per operand byte."""
+    from perf import roofline_oac
+
+    keys = {"name", "flops", "useful_flops", "hbm_bytes", "l2_bytes", "programs", "max_over_mean"}
+    shape = {"B": 8, "C": 1024, "O": 128, "H": 60, "W": 60}
+    for op in roofline_oac.OPS:
+        for pass_ in ("fwd", "bwd"):
+            need = {"source": True, "target": True, "corr": True}
+            for entry in roofline_oac.costs(op, pass_, shape, "bf16", need):
+                assert keys <= set(entry), entry["name"]
+                assert entry["flops"] >= entry["useful_flops"] >= 0 and entry["programs"] >= 1, entry["name"]
+                assert entry["max_over_mean"] >= 1.0 - 1e-9, entry["name"]
+    (fwd,) = [e for e in roofline_oac.costs("correlation_oac", "fwd", shape, "bf16", {}) if e["tensor"]]
+    tiling = kernel_module.forward_tiling(60, 60, 128, torch.bfloat16)
+    assert fwd["programs"] == 8 * triton.cdiv(60, tiling.rt) * triton.cdiv(60, tiling.bx)
+    assert fwd["correlation_intensity"] >= 64
+    names = [e["name"] for e in roofline_oac.costs("correlation_oac", "bwd", {**shape, "H": 15, "W": 15}, "bf16", {})]
+    assert "offset_aware_correlation_bwd_weight_kernel" in names  # the saved path at 15x15
+    assert "correlation_oac_bwd_weight_kernel" in [
+        e["name"] for e in roofline_oac.costs("correlation_oac", "bwd", shape, "bf16", {})
+    ]
