@@ -314,6 +314,10 @@ def table(cases, dtypes, ops, passes, per_kernel: bool, channels: int = 1024, ou
                         if "forward only" not in str(exc):
                             rows.append([label, dtype, op, pass_, "(all)", "n/a", "", "", "", "", "", ""])
                         continue
+                    except Exception as exc:  # perf/roofline_oac.py failing must not hide the other rows
+                        error = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
+                        rows.append([label, dtype, op, pass_, "(all)", error, "", "", "", "", "", ""])
+                        continue
                     listed = [(e["name"], [e]) for e in merge_by_name(entries)] if per_kernel else []
                     for name, group in [*listed, ("(all)", entries)]:
                         h100, bound100 = summarise(group, H100, dtype)
