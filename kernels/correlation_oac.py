@@ -15,7 +15,7 @@ it, counted by the benchmarks); the model hands them channels-last maps.
 Forward (:func:`correlation_oac_fwd_kernel`), one program per (batch element, target tile of
 ``RT`` rows x ``BX`` columns, block of output channels), looping over source tiles of ``RS`` rows x
 ``BX`` columns (column blocks inside rows when a map is wider than ``BX``; :func:`forward_tiling`:
-64x64 tiles at 15x15, 128x128 in 16 bits and 64x128 in fp32 from 30x30 on):
+64x64 tiles up to 16 columns and when saving ``relu(c)``, else 128x128 in 16 bits, 64x128 in fp32):
 
 * the correlation tile ``c[t, s]`` ``[N_T, M_S]`` is a ``tl.dot`` over channels (targets the M
   dimension), scaled by the inverse feature norms; ``R = relu(c)``, whose squared row sums
@@ -50,8 +50,9 @@ Backward (``g`` the incoming gradient, ``Y = out - bias``, ``R = relu(c)``):
 * Only when a feature map needs a gradient (the paper freezes the backbone, so the default
   training path skips this), :func:`correlation_oac_bwd_corr_kernel`, on the forward's tiling
   (64x64 tiles), recomputes the correlation tiles, with ``q_t = sum_o g[o, t] Y[o, t] / n_t`` and
-  ``P[t, s] = sum_o W[o, off(s, t)] g[o, t]`` (:func:`oac_transpose_tile`: ``tl.dot`` s against
-  the channel-contiguous padded weight, un-skewed by a gather): ``dc = (P - q_t c) / n_t`` where
+  ``P[t, s] = sum_o W[o, off(s, t)] g[o, t]``
+  (:func:`a2net.kernels.offset_aware_correlation.oac_transpose_tile`: products against the
+  channel-contiguous padded weight, un-skewed by a gather): ``dc = (P - q_t c) / n_t`` where
   ``c > 0``. ``dc`` (B, S, T) is written (the one (HW)^2 buffer, on this path only) with the
   feature-norm dots, and the correlation's backward GEMMs
   (:func:`a2net.kernels.correlation.correlation_bwd_features`) finish.

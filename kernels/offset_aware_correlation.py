@@ -22,20 +22,23 @@ rows above, ``RS-1`` below, ``n_xt*BX - Wt`` columns on the left) so every slice
 times the useful OAC products (zeros of the skew), the price of tensor-core products.
 
 * forward (:func:`offset_aware_correlation_fwd_kernel`): one program per (batch element, target
-  tile, block of output channels); correlation tiles ``[N_T, M_S]`` are read contiguous along the
-  targets (16-byte vectors when the correlation's rows are 16-byte aligned), skewed in registers;
+  tile, block of output channels); correlation tiles ``[N_T, M_S]`` are read coalesced along the
+  targets (a whole source tile per program step; the map's edge masks them along the targets, so
+  they load element-wide), skewed in registers; the main loop (weight slices) is 16-byte ``cp.async``;
 * ``dcorr`` (:func:`offset_aware_correlation_bwd_corr_kernel`): the same tiles, ``Q[n, k] =
-  sum_o g[o, n] W[o, dy, dx0 + k]`` per relative row (a dot against the transposed weight slice),
-  un-skewed into ``[N_T, M_S]`` by a gather and stored contiguous along the targets
-  (:func:`oac_transpose_tile`); every element written once;
+  sum_o g[o, n] W[o, dy, dx0 + k]`` per relative row (a dot against the channel-contiguous padded
+  weight; ``g`` copied channels-last), un-skewed into ``[N_T, M_S]`` by a gather and stored along
+  the targets (:func:`oac_transpose_tile`); every element written once;
 * ``dW`` (:func:`offset_aware_correlation_bwd_weight_kernel`): targets are grouped by offset row
   ``dy`` and *diagonal* ``k`` (source column block minus target column block): all the
   ``(b, target rows, column block)`` items of a group map to the same ``[O, 2*BX]`` window of
-  ``dW``, accumulated in registers as ``g[O, N_T] @ G[N_T, 2*BX]``. The items of every group are
-  cut into chunks of at most ``L`` items (:func:`weight_schedule`), one program per chunk, so no
-  program does more than about 1.25x the mean work; :func:`offset_weight_reduce_kernel` adds the
-  chunks of the two diagonals that overlap each column, in a fixed order: deterministic, no
-  atomics.
+  ``dW``, accumulated in registers as ``g[O, N_T] @ G[N_T, 2*BX]`` (two ``[O, BX]`` halves). The
+  items of every group are cut into chunks of at most ``L`` items (:func:`weight_schedule`), one
+  program per chunk, so no program does more than about 1.25x the mean work;
+  :func:`offset_weight_reduce_kernel` adds the chunks of the two diagonals that overlap each
+  column, in a fixed order: deterministic, no atomics. ``g`` is copied into zero-padded rows
+  (:func:`padded_target_rows`) and loads unmasked in 16-byte vectors; so does the correlation when
+  its rows are padded the same way (the fused op's saved one).
 * ``dbias`` sums ``g`` per batch element, then :func:`offset_aware_correlation_bwd_reduce_kernel`.
 
 Offsets: batch offsets are 64-bit; offsets inside one batch element are 32-bit unless the
@@ -658,14 +661,16 @@ def oac_tiling(ws: int, wt: int, o: int) -> Tiling:
 
 
 def weight_tiling(ws: int, wt: int, o: int, dtype: torch.dtype, padded: bool = True) -> Tiling:
-    """Tiles of the ``dW`` kernel: items of ``rt`` target rows, :data:`TILE_POSITIONS` targets (128
-    for 16-bit 16-column blocks, so every thread loads 16 bytes of the ``[targets, BX]`` tile); half
-    as many on a correlation whose rows are not ``padded`` (its masked scalar loads hold more
-    registers)."""
+    """Tiles of the ``dW`` kernel: items of ``rt`` target rows. On zero-padded rows (unmasked
+    vector loads) :data:`TILE_POSITIONS` targets, 128 for 16-bit 16-column blocks (so every thread
+    loads 16 bytes of the ``[targets, BX]`` tile); on other correlations (masked, narrower loads
+    that hold more registers) column blocks of at most 32 and 64 targets in 16 bits, 32 in fp32."""
     bx = column_block(max(ws, wt))
-    targets = 2 * TILE_POSITIONS if bx == 16 and dtype.itemsize == 2 else TILE_POSITIONS
-    if not padded:
-        targets //= 2
+    if padded:
+        targets = 2 * TILE_POSITIONS if bx == 16 and dtype.itemsize == 2 else TILE_POSITIONS
+    else:
+        bx = min(bx, 32)
+        targets = TILE_POSITIONS if dtype.itemsize == 2 else TILE_POSITIONS // 2
     return Tiling(bx, 1, max(1, targets // bx), output_block(o))
 
 
