@@ -297,11 +297,28 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """The sum of a tensor over the processes, differentiable: the gradient of each process's
+    input is the sum of the gradients of every process's output."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        total = x.clone()
+        torch.distributed.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        torch.distributed.all_reduce(total)
+        return total
+
+
 class _GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics are those of the global batch of all processes, over
     any process group (``torch.nn.SyncBatchNorm`` needs CUDA; this one runs on gloo too). The
-    statistics are all-reduced with autograd (``torch.distributed.nn``), so the gradients are
-    those of one process holding the whole batch; the state_dict keys are BatchNorm's."""
+    statistics are all-reduced with autograd, so the gradients are those of one process holding
+    the whole batch; the state_dict keys are BatchNorm's."""
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
@@ -312,15 +329,13 @@ class _GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
             return torch.nn.functional.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
-        from torch.distributed.nn.functional import all_reduce
-
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         count = torch.full((1,), x.numel() // x.shape[1], dtype=x.dtype, device=x.device)
-        totals = all_reduce(torch.cat((x.sum(dims), count)))
+        totals = _AllReduceSum.apply(torch.cat((x.sum(dims), count)))
         n = totals[-1]
         centred = x - (totals[:-1] / n).view(shape)
-        var = all_reduce(centred.square().sum(dims)) / n  # two passes, as BatchNorm: no cancellation
+        var = _AllReduceSum.apply(centred.square().sum(dims)) / n  # two passes, as BatchNorm: no cancellation
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1

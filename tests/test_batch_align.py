@@ -176,7 +176,7 @@ def test_a_sigkill_loses_no_complete_line(tmp_path, model_dir):
     """A real SIGKILL while pairs are being written; the rerun keeps every complete line as it
     was, repairs a cut one, and ends with exactly one ok line per pair."""
     pytest.importorskip("matplotlib")
-    pairs = make_pairs(tmp_path, n=10, broken=False)
+    pairs = make_pairs(tmp_path, n=8, broken=False)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "a2net", "align", "--pairs", str(pairs), "--out-dir", str(out)]
     command += ["--checkpoint", str(model_dir), "--device", "cpu", "--no-progress", "--batch-size", "1"]
@@ -184,7 +184,7 @@ def test_a_sigkill_loses_no_complete_line(tmp_path, model_dir):
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     results = out / batch.RESULTS_FILE
     deadline = time.monotonic() + 120
-    while not results.exists() or results.read_text().count("\n") < 3:
+    while not results.exists() or results.read_text().count("\n") < 2:
         assert process.poll() is None, process.stderr.read().decode()
         assert time.monotonic() < deadline, "no result lines in time"
         time.sleep(0.01)
@@ -193,10 +193,10 @@ def test_a_sigkill_loses_no_complete_line(tmp_path, model_dir):
     process.stderr.close()
     before = results.read_bytes()
     complete = before[: before.rfind(b"\n") + 1].decode().splitlines()
-    assert 3 <= len(complete) < 10
+    assert 2 <= len(complete) < 8
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
     after = results.read_text().splitlines()
     assert after[: len(complete)] == complete
     records = [json.loads(line) for line in after]
-    assert sorted(r["row"] for r in records) == list(range(1, 11)) and {r["status"] for r in records} == {"ok"}
+    assert sorted(r["row"] for r in records) == list(range(1, 9)) and {r["status"] for r in records} == {"ok"}
     assert not [p for p in (out / batch.FIGURES_DIR).iterdir() if p.name.startswith(".")]  # no temp figure

@@ -20,26 +20,28 @@ from tests.test_evaluate import save_tiny_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (112, 112)
 
-# Loads a program and runs it on the saved inputs, in a process that has not imported a2net
+# Loads programs and runs each on its saved inputs, in a process that has not imported a2net
 # (unless asked to register the custom ops); writes the outputs.
 RUNNER = r"""
 import sys
 import torch
-if sys.argv[4] == "ops":
+if sys.argv[1] == "ops":
     import a2net.ops
-program = torch.export.load(sys.argv[1]).module()
-inputs = torch.load(sys.argv[2])
-outputs = [program(source, target) for source, target in inputs]
+outputs = []
+for program, inputs in torch.load(sys.argv[2]):
+    module = torch.export.load(program).module()
+    outputs.append([module(source, target) for source, target in inputs])
 torch.save(outputs, sys.argv[3])
 print("a2net imported:", any(name.split(".")[0] == "a2net" for name in sys.modules))
 """
 
 
-def run_exported(tmp_path: Path, program: Path, inputs: list, register_ops: bool = False) -> tuple[list, str]:
-    torch.save(inputs, tmp_path / "inputs.pt")
+def run_exported(tmp_path: Path, jobs: list, register_ops: bool = False) -> tuple[list, str]:
+    """Run ``[(program path, [(source, target), ...]), ...]`` in a fresh process."""
+    torch.save([(str(program), inputs) for program, inputs in jobs], tmp_path / "jobs.pt")
     process = subprocess.run(
-        [sys.executable, "-c", RUNNER, str(program), str(tmp_path / "inputs.pt"), str(tmp_path / "outputs.pt")]
-        + ["ops" if register_ops else "plain"],
+        [sys.executable, "-c", RUNNER, "ops" if register_ops else "plain", str(tmp_path / "jobs.pt")]
+        + [str(tmp_path / "outputs.pt")],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -60,29 +62,29 @@ def checkpoints(tmp_path_factory):
     return save_tiny_checkpoint(root / "affine", "affine"), save_tiny_checkpoint(root / "tps", "tps")
 
 
-def test_cpu_program_matches_the_eager_model_in_a_fresh_process(tmp_path, checkpoints):
+def test_cpu_programs_match_the_eager_models_in_a_fresh_process(tmp_path, checkpoints):
+    """An affine model at batch sizes 1 and 5, affine+TPS (both thetas) at 2 and 3, loaded by a
+    process that only has PyTorch."""
     model = load_model(checkpoints[0]).eval()
     program = export_aligner(model, tmp_path / "affine.pt2")
     assert not [op for op in graph_ops(program) if op.startswith("a2net.")]  # the PyTorch reference: aten only
-    inputs = [images(1, 0), images(5, 1)]
-    outputs, printed = run_exported(tmp_path, tmp_path / "affine.pt2", inputs)
+    assert any(p.requires_grad for p in model.parameters())  # the export froze a copy, not the model
+    with pytest.raises(Exception, match="Guard failed"):  # another size than the exported one
+        program.module()(torch.rand(1, 3, 128, 112), torch.rand(1, 3, 128, 112))
+    aligner = TwoStageAligner(model, load_model(checkpoints[1])).eval()
+    export_aligner(aligner, tmp_path / "two.pt2")
+    jobs = [
+        (tmp_path / "affine.pt2", [images(1, 0), images(5, 1)]),
+        (tmp_path / "two.pt2", [images(2, 2), images(3, 3)]),
+    ]
+    (affine, two), printed = run_exported(tmp_path, jobs)
     assert "a2net imported: False" in printed
-    for (source, target), theta in zip(inputs, outputs, strict=True):
+    for (source, target), theta in zip(jobs[0][1], affine, strict=True):
         with torch.no_grad():
             eager = model(normalize_images(source), normalize_images(target))
         assert theta.shape == eager.shape == (source.shape[0], 6) and not theta.requires_grad
         torch.testing.assert_close(theta, eager, atol=1e-5, rtol=0)
-    assert any(p.requires_grad for p in model.parameters())  # the export froze a copy, not the model
-    with pytest.raises(Exception, match="Guard failed"):  # another size than the exported one
-        program.module()(torch.rand(1, 3, 128, 112), torch.rand(1, 3, 128, 112))
-
-
-def test_two_stage_program_returns_both_thetas(tmp_path, checkpoints):
-    aligner = TwoStageAligner(load_model(checkpoints[0]), load_model(checkpoints[1])).eval()
-    export_aligner(aligner, tmp_path / "two.pt2")
-    inputs = [images(2, 2), images(3, 3)]
-    outputs, _ = run_exported(tmp_path, tmp_path / "two.pt2", inputs)
-    for (source, target), (theta_affine, theta_tps) in zip(inputs, outputs, strict=True):
+    for (source, target), (theta_affine, theta_tps) in zip(jobs[1][1], two, strict=True):
         with torch.no_grad():
             eager_affine, eager_tps = aligner(normalize_images(source), normalize_images(target))
         torch.testing.assert_close(theta_affine, eager_affine, atol=1e-5, rtol=0)
@@ -100,11 +102,11 @@ def test_triton_path_keeps_the_custom_ops(tmp_path, checkpoints, monkeypatch):
     assert ops["a2net.correlation_oac.default"] == 1 and ops["a2net.attention_pool.default"] == 1
     node = next(n for n in program.graph.nodes if str(n.target) == "a2net.correlation_oac.default")
     assert node.args[-1] is False  # save_correlation: nothing kept for a backward pass
-    inputs = [images(2, 4)]
-    outputs, printed = run_exported(tmp_path, tmp_path / "triton.pt2", inputs, register_ops=True)
+    source, target = images(2, 4)
+    [[theta]], _ = run_exported(tmp_path, [(tmp_path / "triton.pt2", [(source, target)])], register_ops=True)
     with torch.no_grad():
-        eager = model(normalize_images(inputs[0][0]), normalize_images(inputs[0][1]))
-    torch.testing.assert_close(outputs[0], eager, atol=1e-5, rtol=0)
+        eager = model(normalize_images(source), normalize_images(target))
+    torch.testing.assert_close(theta, eager, atol=1e-5, rtol=0)
 
 
 def test_export_command(tmp_path, checkpoints, capsys):
