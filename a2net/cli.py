@@ -869,7 +869,11 @@ _COMMANDS = {
     "demo": ("align held-out bundled photos with the embedded trained model", _add_demo_arguments, _run_demo),
     "train": ("train A2Net on synthetic pairs (self-supervised)", _add_train_arguments, _run_train),
     "eval": ("evaluate a model on a benchmark or on held-out synthetic pairs", _add_eval_arguments, _run_eval),
-    "align": ("align a source image onto a target image and draw the result", _add_align_arguments, _run_align),
+    "align": (
+        "align a source image onto a target image and draw the result, or a list of pairs (--pairs)",
+        _add_align_arguments,
+        _run_align,
+    ),
     "export": ("export a trained model as a torch.export program (.pt2)", _add_export_arguments, _run_export),
     "convert-official": (
         "convert the authors' published *.pth.tar checkpoint",
