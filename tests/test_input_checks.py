@@ -130,7 +130,9 @@ def test_image_files_that_are_not_images(tmp_path):
 def test_missing_extra_names_the_install_command(monkeypatch):
     import sys
 
+    # a None entry makes the import fail; both, since an earlier test may have imported skimage.data
     monkeypatch.setitem(sys.modules, "skimage", None)
+    monkeypatch.setitem(sys.modules, "skimage.data", None)
     with pytest.raises(MissingExtraError, match=r"the demo needs scikit-image, .*pip install 'a2net\[data\]'"):
         require_extra("skimage.data", "the demo")
     assert issubclass(MissingExtraError, ImportError)
