@@ -15,7 +15,8 @@ it, counted by the benchmarks); the model hands them channels-last maps.
 Forward (:func:`correlation_oac_fwd_kernel`), one program per (batch element, target tile of
 ``RT`` rows x ``BX`` columns, block of output channels), looping over source tiles of ``RS`` rows x
 ``BX`` columns (column blocks inside rows when a map is wider than ``BX``; :func:`forward_tiling`:
-64x64 tiles up to 16 columns and when saving ``relu(c)``, else 128x128 in 16 bits, 64x128 in fp32):
+64x64 tiles up to 16 columns and when saving ``relu(c)``, else 128x128 in 16 bits on sm_90 and
+64x128 otherwise; the launcher reads the device's compute capability):
 
 * the correlation tile ``c[t, s]`` ``[N_T, M_S]`` is a ``tl.dot`` over channels (targets the M
   dimension), scaled by the inverse feature norms; ``R = relu(c)``, whose squared row sums
@@ -34,7 +35,7 @@ Forward (:func:`correlation_oac_fwd_kernel`), one program per (batch element, ta
 The target tile is read again for every source tile (Triton keeps no tile in shared memory across
 a loop; at C=1024 a 128-target bf16 tile, 256 KB, would not fit anyway): the operand intensity of
 the correlation is ``2*N_T*M_S / ((N_T + M_S) * e)`` FLOP per byte loaded, 64 at 128x128 in bf16,
-21 at 64x128 in fp32 (perf/roofline_oac.py).
+43 at 64x128 in bf16 (sm_80), 21 at 64x128 in fp32 (perf/roofline_oac.py).
 
 Backward (``g`` the incoming gradient, ``Y = out - bias``, ``R = relu(c)``):
 
@@ -112,6 +113,13 @@ BLOCK_C = 32  # channels per step of the correlation tiles (a 128-byte fp32 / 64
 WEIGHT_BLOCK_X = 64  # column block of the recomputing dW kernel: 64-row correlation tiles (wgmma)
 #: Maps of at most this many positions (both) keep relu(c) for the weight gradient (32x32).
 SAVED_CORRELATION_MAX = 32 * 32
+#: Major compute capability where the forward takes 128-target 16-bit tiles: Hopper's, the one with
+#: ``wgmma`` (operands from shared memory). With register operands (sm_80's and sm_120's
+#: ``mma.sync``) or sm_100's instructions that tile spills.
+WGMMA_MAJOR = 9
+#: Compute capability whose tiles the launchers pick off a GPU: the widest tiles, so the
+#: interpreter tests cover them.
+DEFAULT_ARCH = 90
 
 
 # ---------------------------------------------------------------------------------------------
@@ -562,14 +570,27 @@ def correlation_oac_bwd_corr_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
-def forward_tiling(ws: int, wt: int, o: int, dtype: torch.dtype, save: bool = False) -> Tiling:
-    """Tiles of :func:`correlation_oac_fwd_kernel`: 64 targets x 64 sources for maps up to 16
-    columns (the paper's 15x15: 128 programs at B=32) and when the forward saves ``relu(c)``; from
-    17 columns on 128 x 128 in 16 bits, 64 x 128 in fp32: the largest tiles that compile without
-    spills (Triton 3.6 and 3.8, sm_90)."""
+def device_arch(device: torch.device) -> int:
+    """Compute capability ``10 * major + minor`` of ``device`` (90 for sm_90), the one whose tiles
+    the launchers pick; :data:`DEFAULT_ARCH` off a GPU (the interpreter, CPU tensors)."""
+    if INTERPRET or device.type != "cuda":
+        return DEFAULT_ARCH
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
+def forward_tiling(
+    ws: int, wt: int, o: int, dtype: torch.dtype, save: bool = False, arch: int = DEFAULT_ARCH
+) -> Tiling:
+    """Tiles of :func:`correlation_oac_fwd_kernel` on compute capability ``arch`` (as
+    :func:`device_arch`): 64 targets x 64 sources for maps up to 16 columns (the paper's 15x15: 128
+    programs at B=32) and when the forward saves ``relu(c)``; from 17 columns on 64 x 128, and
+    128 x 128 in 16 bits on sm_90 (:data:`WGMMA_MAJOR`; elsewhere that tile spills, e.g. sm_80
+    under Triton 3.6): the largest tiles that compile without spills (Triton 3.6 and 3.8, sm_80
+    and sm_90)."""
     bx = column_block(max(ws, wt))
     small = bx == 16 or save
-    targets = 64 if small or dtype.itemsize > 2 else 128
+    targets = 128 if not small and dtype.itemsize <= 2 and arch // 10 == WGMMA_MAJOR else 64
     sources = 64 if small else 128
     return Tiling(bx, sources // bx, targets // bx, output_block(o))
 
@@ -708,7 +729,7 @@ def correlation_oac_fwd(
     src, tgt = channels_last(source), channels_last(target)
     if save:
         corr[..., wt:].zero_()  # the padding columns: never read as data, never left as NaN
-    tiling = forward_tiling(ws, wt, o, source.dtype, save)
+    tiling = forward_tiling(ws, wt, o, source.dtype, save, device_arch(dev))
     wpad = padded_weight(weight, sizes, tiling)
     n_tiles = triton.cdiv(ht, tiling.rt) * triton.cdiv(wt, tiling.bx)
     launch(

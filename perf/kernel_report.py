@@ -39,7 +39,9 @@ compiled and listed, flagged, but do not change the exit status.
 A spec module (``perf/kernel_specs.py``, or the ``--module`` ones) has ``SPECS``, a dict
 ``group -> lister``: ``lister(all_configs=False)`` returns the group's specs (one group per op,
 each row of the report names its group); a module that does not exist or has no ``SPECS`` is
-skipped with a note. Specs are dicts with ``name``, ``fn`` (the raw ``triton.JITFunction``),
+skipped with a note; a lister that also takes ``arch`` is called once per architecture compiled
+(``lister(all_configs=..., arch=90)``: that architecture's specs, e.g. tiles chosen by compute
+capability), the others once for all. Specs are dicts with ``name``, ``fn`` (the raw ``triton.JITFunction``),
 ``signature`` (non-constexpr argument -> type string such as ``"*fp32"`` or ``"i32"``),
 ``constexprs`` (constexpr argument -> value), ``num_warps``, ``num_stages`` and optionally
 ``contraction`` (bool, default False). Pointer arguments are compiled as 16-byte aligned
@@ -63,6 +65,7 @@ import contextlib
 import dataclasses
 import importlib
 import importlib.util
+import inspect
 import io
 import json
 import os
@@ -564,16 +567,26 @@ def load_module(target: str):
         raise
 
 
-def collect_specs(lister, all_configs: bool) -> list[tuple[dict, bool]]:
-    """``[(spec, is_default)]`` of a group's lister: its default specs, plus the others if asked."""
-    defaults = list(lister(all_configs=False))
+def takes_arch(lister) -> bool:
+    """Whether a spec lister takes ``arch`` (it lists each architecture's own specs)."""
+    try:
+        return "arch" in inspect.signature(lister).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def collect_specs(lister, all_configs: bool, arch: int | None = None) -> list[tuple[dict, bool]]:
+    """``[(spec, is_default)]`` of a group's lister: its default specs, plus the others if asked;
+    ``arch``: the architecture to list for (passed on only to a lister that takes it)."""
+    kw = {"arch": arch} if arch is not None and takes_arch(lister) else {}
+    defaults = list(lister(all_configs=False, **kw))
     names = [s["name"] for s in defaults]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate spec names: {sorted({n for n in names if names.count(n) > 1})}")
     if not all_configs:
         return [(s, True) for s in defaults]
     default_names = set(names)
-    specs = list(lister(all_configs=True))
+    specs = list(lister(all_configs=True, **kw))
     listed = {s["name"] for s in specs}
     out = [(s, bool(s.get("default", s["name"] in default_names))) for s in specs]
     out += [(s, True) for s in defaults if s["name"] not in listed]
@@ -622,12 +635,13 @@ def run_report(modules=SPEC_MODULES, archs=DEFAULT_ARCHS, all_configs=False, log
             continue
         for group, lister in module.SPECS.items():
             try:
-                specs = collect_specs(lister, all_configs)
+                per_arch = takes_arch(lister)
+                shared = None if per_arch else collect_specs(lister, all_configs)
+                listed = [(arch, collect_specs(lister, all_configs, arch) if per_arch else shared) for arch in archs]
             except Exception as exc:
                 failed.append((group, f"listing its specs failed: {type(exc).__name__}: {exc}"))
                 continue
-            for arch in archs:
-                work += [(group, spec, default, arch) for spec, default in specs]
+            work += [(group, spec, default, arch) for arch, specs in listed for spec, default in specs]
 
     rows, done = [], {}
     for i, (group, spec, default, arch) in enumerate(work, 1):

@@ -8,9 +8,11 @@ maps, in fp32 (tf32 dots) and bf16. Specs are compiled for a GPU, not for the in
 
 :data:`SPECS` maps each op (named as in :mod:`a2net.ops`) to a function
 ``(all_configs: bool = False) -> list[dict]``: the default (first) config of every autotuned
-kernel, or all of them. Each dict has ``name`` (``<kernel>[<dtype>,<shape>,cfg<i>]``), ``fn``,
+kernel, or all of them. A lister that also takes ``arch`` (a compute capability such as 90) lists
+that architecture's specs (the fused forward's tiles depend on it; the report asks for each
+architecture it compiles). Each dict has ``name`` (``<kernel>[<dtype>,<shape>,cfg<i>]``), ``fn``,
 ``signature`` (runtime argument -> type such as ``"*fp32"`` or ``"i32"``), ``constexprs``,
-``num_warps`` and ``num_stages``.
+``num_warps``, ``num_stages`` and ``contraction``.
 """
 
 from __future__ import annotations
@@ -429,9 +431,10 @@ def attention_pool_specs(all_configs: bool = False) -> list[dict]:
     return specs
 
 
-def correlation_oac_specs(all_configs: bool = False) -> list[dict]:
-    """:mod:`a2net.kernels.correlation_oac`: C=1024, O=128, B=32, feature normalisation on, H=W in
-    (15, 30, 60), channels-last feature maps (the model's; row strides multiples of 16), the
+def correlation_oac_specs(all_configs: bool = False, arch: int = 90) -> list[dict]:
+    """:mod:`a2net.kernels.correlation_oac` on compute capability ``arch`` (the forward's tiles
+    depend on it): C=1024, O=128, B=32, feature normalisation on, H=W in (15, 30, 60),
+    channels-last feature maps (the model's; row strides multiples of 16), the
     forward as in training (``SAVE`` where the maps have at most 32x32 positions); the weight
     gradient from the saved correlation (15, 30: the standalone ``dW`` kernel with the target
     scale) and recomputing it (all sizes; the path above 32x32), with their reduction; the
@@ -473,7 +476,7 @@ def correlation_oac_specs(all_configs: bool = False) -> list[dict]:
             oac_dot = {"OAC_FP32": False, "OAC_PRECISION": dot["INPUT_PRECISION"]}
             # training (relu(c) saved where the maps allow it), and inference where that differs
             for mode, saving in (("", save), (",inference", False)) if save else (("", False),):
-                tiling = k.forward_tiling(size, size, OAC_CHANNELS, dtype, saving)
+                tiling = k.forward_tiling(size, size, OAC_CHANNELS, dtype, saving, arch)
                 flags = {"NORM_FEAT": True, "HAS_BIAS": True, "SAVE": saving, **features, **tiling.kwargs()}
                 for i, cfg in enumerate(_configs(k.correlation_oac_fwd_kernel, all_configs)):
                     specs.append(

@@ -49,6 +49,7 @@ from a2net.kernels import offset_aware_correlation as oac
 ELEMENT_BYTES = {"tf32": 4, "fp32": 4, "bf16": 2}
 TORCH_DTYPES = {"tf32": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16}
 SMS = 132  # H100 SXM and H200
+ARCH = 90  # their compute capability: the tiles the launchers pick there
 L2_SIZE = 50e6
 OPS = ("correlation_oac", "offset_aware_correlation")
 #: What the model's backward needs with a frozen backbone; ``channels_last``: feature maps handed
@@ -206,7 +207,7 @@ def fused_costs(pass_: str, shape: dict, dtype: str, need: dict) -> list[dict]:
     save = need["weight"] and fused.saves_correlation(sizes, tdtype, True)
     out = []
     if pass_ == "fwd":
-        tiling = fused.forward_tiling(ws, wt, o, tdtype, save)
+        tiling = fused.forward_tiling(ws, wt, o, tdtype, save, ARCH)
         bx, n_t, m_s, bo = tiling.bx, tiling.targets, tiling.sources, tiling.block_o
         n_o = triton.cdiv(o, bo)
         tiles = triton.cdiv(ht, tiling.rt) * triton.cdiv(wt, bx)

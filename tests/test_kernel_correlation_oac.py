@@ -252,6 +252,39 @@ def test_saved_correlation_layout(triton_backend):
     assert torch.ops.a2net.correlation_oac(*half, False, "ieee", True)[4].numel() == 0  # fp16 unnormalised
 
 
+def test_forward_tiling_follows_the_architecture(monkeypatch):
+    """128-target 16-bit tiles only on sm_90 (wgmma), 64 targets elsewhere; the launcher asks the
+    device's compute capability, and off a GPU takes sm_90's tiles."""
+    for arch, targets in ((80, 64), (86, 64), (90, 128), (100, 64), (120, 64)):
+        tiling = kernel_module.forward_tiling(60, 60, 128, torch.bfloat16, arch=arch)
+        assert (tiling.targets, tiling.sources) == (targets, 128), arch
+        assert kernel_module.forward_tiling(60, 60, 128, torch.float32, arch=arch).targets == 64
+        assert kernel_module.forward_tiling(15, 15, 128, torch.bfloat16, arch=arch).targets == 64
+    assert kernel_module.forward_tiling(60, 60, 128, torch.bfloat16).targets == 128  # DEFAULT_ARCH
+    assert kernel_module.device_arch(torch.device("cpu")) == kernel_module.DEFAULT_ARCH == 90
+    monkeypatch.setattr(kernel_module, "INTERPRET", False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    assert kernel_module.device_arch(torch.device("cuda", 0)) == 86
+
+
+def test_sm80_tiling_in_the_launcher(triton_backend, monkeypatch):
+    """The launcher's tiles come from the device's architecture: sm_80's 64-target 16-bit tiles
+    (two target rows of a 32-column block) give the reference's values and gradients."""
+    seen = []
+    tiling = kernel_module.forward_tiling
+
+    def recording(*args, **kwargs):
+        seen.append(tiling(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(kernel_module, "SAVED_CORRELATION_MAX", 0)  # saving takes 64x64 tiles anyway
+    monkeypatch.setattr(kernel_module, "device_arch", lambda device: 80)
+    monkeypatch.setattr(kernel_module, "forward_tiling", recording)
+    check_case(1, (3, 20, 5, 18), 17, 16, torch.bfloat16, True, seed=17)
+    assert seen and all((t.bx, t.rt, t.rs) == (32, 2, 4) for t in seen), seen
+    assert tiling(20, 18, 16, torch.bfloat16, arch=90).rt == 4
+
+
 def test_weight_schedule_is_balanced():
     """The chunks of the paper's shapes (GPU schedule): no program above 1.5x the mean work."""
     for b, size, tiling in (

@@ -166,11 +166,17 @@ EXPECTED_SPECS = {
 }
 
 
+def _listings(lister, all_configs: bool):
+    """The lister's specs for each architecture the report compiles (once when it takes no arch)."""
+    if not kernel_report.takes_arch(lister):
+        return [lister(all_configs)]
+    return [lister(all_configs, arch=arch) for arch in kernel_report.DEFAULT_ARCHS]
+
+
 @pytest.mark.parametrize("op", list(kernel_specs.SPECS))
 def test_kernel_specs_cover_every_argument(op):
     lister = kernel_specs.SPECS[op]
-    for all_configs in (False, True):
-        specs = lister(all_configs)
+    for specs in [specs for all_configs in (False, True) for specs in _listings(lister, all_configs)]:
         names = [s["name"] for s in specs]
         assert names and len(names) == len(set(names))
         for spec in specs:
@@ -180,6 +186,33 @@ def test_kernel_specs_cover_every_argument(op):
     names = [s["name"] for s in lister()]
     for prefix in EXPECTED_SPECS[op]:
         assert any(n.startswith(prefix) for n in names), prefix
+
+
+def test_specs_per_architecture():
+    """The fused forward's specs carry each architecture's tiles (128 targets in bf16 only on
+    sm_90); the report lists per architecture only the listers that take ``arch``."""
+
+    def tiles(arch):
+        (spec,) = [
+            s
+            for s in kernel_specs.correlation_oac_specs(arch=arch)
+            if s["name"] == "correlation_oac_fwd[bf16,H60,cfg0]"
+        ]
+        c = spec["constexprs"]
+        return c["RT"] * c["BX"], c["RS"] * c["BX"]
+
+    assert tiles(80) == (64, 128) and tiles(90) == (128, 128)
+    assert kernel_report.takes_arch(kernel_specs.correlation_oac_specs)
+    assert not kernel_report.takes_arch(toy_specs)
+    calls = []
+
+    def per_arch(all_configs=False, arch=90):
+        calls.append(arch)
+        return [{"name": f"k{arch}"}]
+
+    assert kernel_report.collect_specs(per_arch, False, 80) == [({"name": "k80"}, True)]
+    assert kernel_report.collect_specs(toy_specs, False, 80) == [(s, True) for s in toy_specs()]
+    assert calls == [80]
 
 
 #: TEMPORARY, until the OAC-family tiling lands (remove it then): the default rows of these kernels
