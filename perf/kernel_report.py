@@ -22,15 +22,17 @@ Each compiled config is one row of the table:
   architecture's maximum (sm_80: 166912 bytes, sm_90: 232448 bytes).
 * From the PTX (:func:`ptx_stats`): ``wgmma`` (Hopper ``wgmma.mma_async``), ``mma`` (Ampere-style
   ``mma.sync``) and ``fma`` (``fma.rn.*``) instruction counts, and ``loads``: the narrowest global
-  load of the *main loops* (the loops whose own body holds the matrix instructions: ``wgmma``,
-  ``mma.sync``, or ``fma`` when there are neither), one of ``tma`` (``cp.async.bulk``),
-  ``cp.async.16`` / ``.8`` / ``.4`` (asynchronous copies of that many bytes) or ``ld.global.<bytes>``
-  (plain loads; ``ld.global.4`` and narrower are scalar loads). ``-`` when no loop loads.
+  load of the *main loops* (the innermost loops of the matrix instructions: ``wgmma``,
+  ``mma.sync``, or ``fma`` when there are neither; the loops are read from LLVM's loop comments,
+  :func:`ptx_loops`), one of ``tma`` (``cp.async.bulk``), ``cp.async.16`` / ``.8`` / ``.4``
+  (asynchronous copies of that many bytes) or ``ld.global.<bytes>`` (plain loads;
+  ``ld.global.4`` and narrower are scalar loads). ``-`` when no main loop loads.
 
 A *contraction* kernel (a GEMM-like kernel whose spec says ``"contraction": True``) is held to its
 tiling: on sm_90 it must use ``wgmma`` and no ``mma.sync``, and on every architecture its main-loop
 loads must be 16 bytes wide or more (16-byte ``cp.async`` or TMA: a narrower one is a scalar or
-near-scalar copy, the sign of operand rows that are not contiguous or not 16-byte aligned).
+near-scalar copy, the sign of operand rows that are not contiguous or not 16-byte aligned). A
+contraction with matrix instructions but no main-loop load found fails too.
 
 Exit status: 0 when every *default* config compiles, does not spill, fits in shared memory and,
 for a contraction, meets its tiling; 1 otherwise. With ``--all-configs`` the other configs are
@@ -246,8 +248,11 @@ def parse_ptxas_log(text: str, function: str | None = None) -> dict[str, int]:
     return out
 
 
-_LOOP_HEADER = re.compile(r"^(\$L\w+):.*Loop Header")
-_BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$L\w+)\s*;")
+_BLOCK = re.compile(r"^(?:\$L__(BB\w+):|\s*//\s*%bb\.\d+:)")  # a labelled or fall-through basic block
+_COMMENT_ONLY = re.compile(r"^\s*//")
+_HEADER = re.compile(r"=>\s*This (?:Inner )?Loop Header")
+_IN_LOOP = re.compile(r"in Loop: Header=(BB\w+)")
+_PARENT_LOOP = re.compile(r"Parent Loop (BB\w+)")
 _WGMMA = re.compile(r"\bwgmma\.mma_async\b")
 _MMA_SYNC = re.compile(r"\bmma\.sync\b")
 _FMA = re.compile(r"\bfma\.rn\b")
@@ -258,17 +263,50 @@ _LD_GLOBAL = re.compile(r"\bld\.global((?:\.[\w:]+)*)")
 _TMA_BYTES = 128
 
 
-def ptx_loops(lines: list[str]) -> list[tuple[int, int]]:
-    """``(first, last)`` line ranges of the loops of a PTX listing: from a label LLVM marks as a loop
-    header to the last branch back to it."""
-    loops = []
-    for i, line in enumerate(lines):
-        m = _LOOP_HEADER.match(line)
+def ptx_loops(lines: list[str]) -> dict[str, dict]:
+    """The loops of a PTX listing, from the comments LLVM writes at each basic block: a loop's header
+    block says ``=>This Loop Header`` (``=>  This Inner Loop Header`` for an innermost loop) and
+    names its enclosing loops (``Parent Loop BB0_2 Depth=1``), each other block of a loop says
+    ``in Loop: Header=BB0_2 Depth=1`` (its innermost loop). These comments sit on the block's label
+    line or on the comment-only lines right after it (a nested loop's header: ``$L__BB0_4: //
+    %.lr.ph``, then ``// Parent Loop BB0_2 Depth=1``, then ``// =>  This Inner Loop Header: Depth=2``),
+    and they hold wherever the blocks are placed (a latch laid out before its header included).
+
+    Returns ``{header: {"parent": header or None, "own": [line indices]}}`` (headers named as
+    ``BB0_2``): ``own`` are the lines of the loop's own body, those of its nested loops excluded.
+    """
+    loops: dict[str, dict] = {}
+    current = None  # innermost loop of the block being read
+    i = 0
+    while i < len(lines):
+        m = _BLOCK.match(lines[i])
         if m is None:
+            if lines[i].startswith("}"):  # end of the function
+                current = None
+            elif current is not None:
+                loops[current]["own"].append(i)
+            i += 1
             continue
-        back = [j for j in range(i + 1, len(lines)) if (b := _BRANCH.search(lines[j])) and b.group(1) == m.group(1)]
-        if back:
-            loops.append((i, back[-1]))
+        comments = [lines[i]]
+        j = i + 1
+        while j < len(lines) and _COMMENT_ONLY.match(lines[j]) and not _BLOCK.match(lines[j]):
+            comments.append(lines[j])
+            j += 1
+        text = "\n".join(comments)
+        parents = _PARENT_LOOP.findall(text)
+        member = _IN_LOOP.search(text)
+        if m.group(1) and _HEADER.search(text):
+            current = m.group(1)
+            loops.setdefault(current, {"parent": None, "own": []})["parent"] = parents[-1] if parents else None
+            for outer, inner in zip(parents, parents[1:], strict=False):  # outermost first
+                loops.setdefault(inner, {"parent": None, "own": []})["parent"] = outer
+        else:
+            current = member.group(1) if member else None
+            if current is not None:
+                loops.setdefault(current, {"parent": None, "own": []})
+        if current is not None:
+            loops[current]["own"] += range(i, j)
+        i = j
     return loops
 
 
@@ -297,9 +335,13 @@ def ptx_stats(ptx: str) -> dict:
     ``wgmma.mma_async``, ``mma.sync`` and ``fma.rn.*`` instructions; ``load_counts`` maps each load
     kind (``tma``, ``cp.async.<bytes>``, ``ld.global.<bytes>``) found in the main loops to its
     count, and ``loads`` is the narrowest of them (a plain load before an asynchronous copy of the
-    same width), None when the main loops load nothing. The main loops are the loops whose own
-    body (nested loops excluded) holds ``wgmma`` or ``mma.sync`` instructions, or ``fma`` ones when
-    the kernel has no matrix instruction.
+    same width), None when the main loops load nothing.
+
+    The main loops are the innermost loops of the matrix instructions (``wgmma`` or ``mma.sync``,
+    ``fma`` when the kernel has neither): loops whose own body (:func:`ptx_loops`, nested loops
+    excluded) holds some and none of whose nested loops does. They are the GEMMs' K loops; an
+    outer loop around one (over tiles, with a smaller product per tile) is not judged by its
+    per-tile loads (scales, the pipeline's prologue).
     """
     lines = ptx.splitlines()
     counts = {
@@ -309,14 +351,17 @@ def ptx_stats(ptx: str) -> dict:
     }
     matrix = (_WGMMA, _MMA_SYNC) if counts["wgmma"] or counts["mma_sync"] else (_FMA,)
     loops = ptx_loops(lines)
+    holding = {h for h, loop in loops.items() if any(rx.search(lines[i]) for i in loop["own"] for rx in matrix)}
+    enclosing = set()  # loops with a matrix loop nested inside
+    for header in holding:
+        parent = loops[header]["parent"]
+        while parent is not None and parent not in enclosing:
+            enclosing.add(parent)
+            parent = loops.get(parent, {}).get("parent")
     kinds: dict[str, int] = {}
     order: dict[str, tuple] = {}
-    for first, last in loops:
-        inner = [(a, b) for a, b in loops if first < a and b <= last and (a, b) != (first, last)]
-        own = [i for i in range(first, last + 1) if not any(a <= i <= b for a, b in inner)]
-        if not any(rx.search(lines[i]) for i in own for rx in matrix):
-            continue
-        for i in own:
+    for header in holding - enclosing:
+        for i in loops[header]["own"]:
             kind = _load_kind(lines[i])
             if kind is not None:
                 kinds[kind[0]] = kinds.get(kind[0], 0) + 1
@@ -344,6 +389,8 @@ def tiling_problems(row: Row) -> list[str]:
     width = load_bytes(row.loads)
     if width is not None and width < 16:
         problems.append(f"main-loop loads {row.loads} (< 16 bytes)")
+    if width is None and (row.wgmma or row.mma_sync):
+        problems.append("no main-loop loads found")
     return problems
 
 
