@@ -19,14 +19,23 @@ Forward:
   the launcher makes for any other strides; a channels-last input is read in place).
 * :func:`correlation_fwd_kernel`, the batched GEMM ``(S x C) @ (C x T)`` with the scales, the ReLU
   and the match normalisation in its epilogue; ``[BLOCK_S, BLOCK_T]`` tiles, sources as the M
-  dimension. The output is written once, final. When a column of sources fits one block
-  (S <= :data:`MAX_FUSED_S`, the paper's 15x15) the column norm is complete in the tile
-  (``MATCH="tile"``). Above that the kernel runs twice over the same tiles: ``MATCH="partials"``
-  computes each tile and stores only its column sums of squares per ``(s-block, t)``;
-  ``MATCH="final"`` recomputes the tile, sums the partials of its column in block order (every
-  program of a column adds the same numbers in the same order: deterministic, no atomics) and
-  stores ``r / n_t``. That trades a second GEMM (``2 B S T C`` FLOPs) for the ``2 B S T`` elements
-  a rescale pass would re-read and re-write.
+  dimension. When a column of sources fits one block (S <= :data:`MAX_FUSED_S`, the paper's
+  15x15) the column norm is complete in the tile (``MATCH="tile"``) and the output is written
+  once, final. Above that the column norm needs every ``s``-block, and the launcher picks one of
+  two designs per call (:func:`recompute_matches`):
+
+  - rescale (``MATCH="scaled"``, then :func:`correlation_normalize_matches_kernel`): one GEMM pass
+    stores each tile over its own partial column norm (bounded by 1, so 16-bit outputs cannot
+    overflow even without feature normalisation) and the column sums of squares per
+    ``(s-block, t)``; a second, memory-bound pass re-reads and re-writes the output once,
+    rescaled by ``sqrt(partial) / n_t``: ``2 B S T e`` extra bytes;
+  - recompute (``MATCH="partials"``, then ``MATCH="final"``): the first GEMM pass stores only the
+    column sums of squares, the second recomputes the tile and stores ``r / n_t``, the output
+    written once: ``2 B S T C`` extra FLOPs.
+
+  Recomputation wins below ``C = peak FLOP/s * e / HBM bytes/s`` (about 590 channels on H100 in
+  tf32 and bf16): at the paper's C=1024 the rescale. Either way the partials of a column are summed
+  in block order by every program that needs them (deterministic, no atomics).
 
 Backward (``g`` the incoming gradient, ``n_t`` the column norm, ``r = relu(c)``):
 
@@ -73,6 +82,10 @@ MAX_BLOCK_C = 64
 POS_PAD = 64
 #: Largest dynamic shared memory a config may ask for (sm_80's; sm_90 has 232448).
 SHARED_LIMIT = 166912
+#: The split match normalisation's cost model (:func:`recompute_matches`): dense peaks of an H100
+#: SXM by the dots' operand kind (``"fp32"``: CUDA cores, the ieee dots) and its HBM bandwidth.
+PEAK_FLOPS = {"tf32": 495e12, "tf32x3": 165e12, "bf16": 990e12, "fp16": 990e12, "fp32": 67e12, "fp64": 67e12}
+HBM_BYTES_PER_S = 3.35e12
 #: fp32 accumulator elements per thread: the default config holds at most ``MAX_ACC_DEFAULT`` (it
 #: never spills); larger tiles, up to ``MAX_ACC_SEARCH``, are candidates of the search only (which
 #: compiles them and drops those that spill).
@@ -103,6 +116,8 @@ assert all(POS_PAD % c.kwargs["BLOCK_K"] == 0 for c in BWD_CONFIGS)
 # Memory-bound kernels: fixed blocks (the prep blocks divide POS_PAD, so their grids cover the padding).
 NORM_BLOCK_N, NORM_BLOCK_C, NORM_WARPS = 64, 32, 4
 PREP_BLOCK_S, PREP_BLOCK_T, PREP_WARPS = 32, 64, 8
+# The rescale pass rewrites the output in place: never tuned (a benchmark run would rescale again).
+RESCALE_BLOCK_S, RESCALE_BLOCK_T, RESCALE_WARPS = 64, 32, 4
 OPERAND_BLOCK_R, OPERAND_BLOCK_K, OPERAND_WARPS = 32, 64, 4
 
 
@@ -230,7 +245,8 @@ def correlation_fwd_kernel(
     ``"tile"`` (the whole column in the tile: writes ``out`` and ``inv_match`` (B, T));
     ``"partials"`` (writes only ``sumsq`` (B, cdiv(S, BS), T), the column sums of squares of each
     ``s``-block); ``"final"`` (reads them, writes ``out`` and, from the first ``s``-block,
-    ``inv_match``).
+    ``inv_match``); ``"scaled"`` (writes ``sumsq`` and ``out`` over each tile's own partial column
+    norm, which :func:`correlation_normalize_matches_kernel` then rescales).
     """
     i_t, i_s, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     ACC: tl.constexpr = tl.float64 if FP64 else tl.float32
@@ -274,9 +290,58 @@ def correlation_fwd_kernel(
         acc = acc * b_inv[None, :]
     if MATCH == "partials":
         tl.store(p_ss + i_s * T, tl.sum(acc * acc, axis=0), mask=m_t)
+    if MATCH == "scaled":
+        b_ss = tl.sum(acc * acc, axis=0)  # [BT]
+        tl.store(p_ss + i_s * T, b_ss, mask=m_t)
+        # over the tile's own partial norm: |value| <= 1 whatever the input scale (0 where all are 0)
+        acc = acc * tl.where(b_ss > 0.0, 1.0 / tl.sqrt(tl.maximum(b_ss, 1e-30)), 0.0)[None, :]
     if MATCH != "partials":
         p_o = p_out + i_b64 * S * T + block_offset(i_s, BLOCK_S, T) + (r_s[:, None] * T + o_t[None, :])  # [BS, BT]
         tl.store(p_o, acc.to(p_out.dtype.element_ty), mask=m_s[:, None] & m_t[None, :])
+
+
+@triton.jit
+def correlation_normalize_matches_kernel(
+    p_out,
+    p_sumsq,
+    p_inv_match,
+    S,
+    T,
+    block_s,
+    n_sblocks,
+    eps,
+    BLOCK_S: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    FP64: tl.constexpr,
+):
+    """The rescale pass of the split match normalisation, in place on ``out`` (B, S, T) as
+    ``MATCH="scaled"`` left it; grid ``(cdiv(T, BT), B)``, each program one column block over all
+    ``s``. ``BLOCK_S`` divides the GEMM's ``s``-block ``block_s``, so a step lies in one block.
+
+    ``out = v * sqrt(sumsq[s-block]) / sqrt(sum_blocks sumsq + eps)``, ``inv_match`` (B, T) =
+    ``1 / sqrt(sum_blocks sumsq + eps)``; the partials of ``sumsq`` (B, n_sblocks, T) are summed in
+    block order (deterministic).
+    """
+    i_t, i_b = tl.program_id(0), tl.program_id(1)
+    i_b64 = i_b.to(tl.int64)
+    ACC: tl.constexpr = tl.float64 if FP64 else tl.float32
+    r_s = tl.arange(0, BLOCK_S)
+    o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    m_t = o_t < T
+    p_ss = p_sumsq + i_b64 * n_sblocks * T + o_t  # [BT], block 0
+    b_total = tl.zeros((BLOCK_T,), dtype=ACC)
+    for i in range(0, n_sblocks):
+        b_total += tl.load(p_ss + i * T, mask=m_t, other=0.0)
+    b_inv = 1.0 / tl.sqrt(b_total + eps)  # [BT]
+    tl.store(p_inv_match + i_b64 * T + o_t, b_inv, mask=m_t)
+    # rows s0.. of the step: the pointers move (64-bit), s0 * T passes 2^31 from about 216x216 maps on
+    p_o = p_out + i_b64 * S * T + (r_s[:, None] * T + o_t[None, :])  # [BS, BT]
+    for s0 in range(0, S, BLOCK_S):
+        b_scale = tl.sqrt(tl.load(p_ss + (s0 // block_s) * T, mask=m_t, other=0.0)) * b_inv  # [BT]
+        m_o = ((s0 + r_s) < S)[:, None] & m_t[None, :]
+        b_o = tl.load(p_o, mask=m_o, other=0.0).to(ACC)
+        tl.store(p_o, (b_o * b_scale[None, :]).to(p_out.dtype.element_ty), mask=m_o)
+        p_o += BLOCK_S * T
 
 
 # ----------------------------------------------------------------------------------------------
@@ -482,11 +547,33 @@ def padded(n: int) -> int:
     return triton.cdiv(n, POS_PAD) * POS_PAD
 
 
-def match_mode(normalize_matches: bool, S: int) -> tuple[str, ...]:
-    """The forward GEMM's ``MATCH`` passes: ``("none",)``, ``("tile",)`` or ``("partials", "final")``."""
+def dot_kind(dtype: torch.dtype, input_precision: str) -> str:
+    """The key of :data:`PEAK_FLOPS` for dots of ``dtype`` operands: ``"tf32"``/``"tf32x3"``/``"fp32"``
+    (ieee) for fp32 by ``input_precision``, else the dtype's name."""
+    if dtype == torch.float32:
+        return "fp32" if input_precision == "ieee" else input_precision
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}[dtype]
+
+
+def recompute_matches(C: int, dtype: torch.dtype, input_precision: str) -> bool:
+    """Whether the split match normalisation recomputes the GEMM rather than rescaling the output.
+
+    Recomputing costs ``2 B S T C`` FLOPs, ``2 B S T C / peak_flops``; the rescale pass re-reads and
+    re-writes the output, ``2 B S T e / hbm_bandwidth`` (``e`` the element size). Recomputation is
+    the cheaper below ``C = peak_flops * e / hbm_bandwidth`` (:data:`PEAK_FLOPS`,
+    :data:`HBM_BYTES_PER_S`: 591 channels in tf32 and bf16, 80 with ieee fp32 dots).
+    """
+    return C * HBM_BYTES_PER_S < PEAK_FLOPS[dot_kind(dtype, input_precision)] * dtype.itemsize
+
+
+def match_mode(normalize_matches: bool, S: int, C: int, dtype: torch.dtype, input_precision: str) -> tuple[str, ...]:
+    """The forward GEMM's ``MATCH`` passes: ``("none",)``, ``("tile",)``, ``("partials", "final")``
+    (recompute) or ``("scaled",)`` (followed by the rescale pass); :func:`recompute_matches`."""
     if not normalize_matches:
         return ("none",)
-    return ("tile",) if fused_block_s(S) is not None else ("partials", "final")
+    if fused_block_s(S) is not None:
+        return ("tile",)
+    return ("partials", "final") if recompute_matches(C, dtype, input_precision) else ("scaled",)
 
 
 def _prep(x: torch.Tensor, normalize: bool, copy: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -578,10 +665,11 @@ def correlation_fwd(
         inv_src, inv_tgt = inv_s, inv_t
     block_s = fused_block_s(S) or SPLIT_BLOCK_S
     n_sblocks = triton.cdiv(S, block_s)
-    passes = match_mode(normalize_matches, S)
+    passes = match_mode(normalize_matches, S, C, source.dtype, input_precision)
     if normalize_matches:
         inv_match = empty(B, T, dtype=acc_dtype, device=dev)
-    sumsq = empty(B, n_sblocks, T, dtype=acc_dtype, device=dev) if "partials" in passes else out
+    split = passes[0] in ("partials", "scaled")
+    sumsq = empty(B, n_sblocks, T, dtype=acc_dtype, device=dev) if split else out
     unused = out  # placeholder pointer for buffers a disabled code path never touches
     for mode in passes:
         launch(
@@ -611,6 +699,21 @@ def correlation_fwd(
             BLOCK_S=block_s,
             EVEN_C=C % MAX_BLOCK_C == 0,
             **dot_options(source.dtype, input_precision),
+        )
+    if "scaled" in passes:
+        correlation_normalize_matches_kernel[(triton.cdiv(T, RESCALE_BLOCK_T), B)](
+            p_out=out,
+            p_sumsq=sumsq,
+            p_inv_match=inv_match,
+            S=S,
+            T=T,
+            block_s=block_s,
+            n_sblocks=n_sblocks,
+            eps=eps,
+            BLOCK_S=min(RESCALE_BLOCK_S, block_s),
+            BLOCK_T=RESCALE_BLOCK_T,
+            FP64=source.dtype == torch.float64,
+            num_warps=RESCALE_WARPS,
         )
     return out, inv_src, inv_tgt, inv_match
 

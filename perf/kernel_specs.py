@@ -76,9 +76,11 @@ def _default_first(kernel, args: dict, all_configs: bool) -> list:
 
 def correlation_specs(all_configs: bool = False) -> list[dict]:
     """:mod:`a2net.kernels.correlation`: the paper's default flags (all on), C=1024, H=W in (15, 30,
-    60): the column norm in the tile at 15, the two passes (partials, final) above; NCHW feature
-    maps (copied to channels-last by the prep kernel); the backward's prep, operand and GEMM
-    kernels (the GEMM is the same code for either map)."""
+    60): the column norm in the tile at 15; above, the GEMM passes of both split designs (the
+    launcher picks by the channel count, :func:`a2net.kernels.correlation.recompute_matches`:
+    partials + final when recomputing, scaled + the rescale kernel at C=1024); NCHW feature maps
+    (copied to channels-last by the prep kernel); the backward's prep, operand and GEMM kernels
+    (the GEMM is the same code for either map)."""
     k = corr_kernels
     specs = []
     for dtype in DTYPES:
@@ -123,7 +125,9 @@ def correlation_specs(all_configs: bool = False) -> list[dict]:
                 "stride_tt": "i32:16",
                 "eps": "fp32",
             }
-            for mode in k.match_mode(True, s):
+            # every pass a launch at this size can take: few channels recompute, many rescale
+            modes = [*k.match_mode(True, s, 1, dtype, "tf32"), *k.match_mode(True, s, 1 << 20, dtype, "tf32")]
+            for mode in dict.fromkeys(modes):
                 flags = {"NORM_FEAT": True, "RELU": True, "MATCH": mode, "BLOCK_S": block_s, "EVEN_C": True}
                 configs = _default_first(k.correlation_fwd_kernel, {**probe, "BLOCK_S": block_s}, all_configs)
                 for i, cfg in enumerate(configs):
@@ -138,6 +142,25 @@ def correlation_specs(all_configs: bool = False) -> list[dict]:
                             contraction=True,
                         )
                     )
+            if "scaled" in modes:
+                specs.append(
+                    _spec(
+                        f"correlation_normalize_matches[{tag}]",
+                        k.correlation_normalize_matches_kernel,
+                        {
+                            "p_out": ty,
+                            "p_sumsq": acc,
+                            "p_inv_match": acc,
+                            "S": "i32",
+                            "T": "i32:16" if s % 16 == 0 else "i32",  # as Triton specialises it (60x60)
+                            "block_s": "i32:16",
+                            "n_sblocks": "i32",
+                            "eps": "fp32",
+                        },
+                        {"BLOCK_S": min(k.RESCALE_BLOCK_S, block_s), "BLOCK_T": k.RESCALE_BLOCK_T, "FP64": False},
+                        k.RESCALE_WARPS,
+                    )
+                )
             specs.append(
                 _spec(
                     f"correlation_bwd_prep[{tag}]",

@@ -51,6 +51,8 @@ from a2net.kernels import correlation as corr
 L2_BANDWIDTH = 10e12
 ELEMENT_BYTES = {"tf32": 4, "fp32": 4, "bf16": 2}
 TORCH_DTYPES = {"tf32": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16}
+#: The dots' ``input_precision`` of each dtype label (``"fp32"``: exact fp32, ieee).
+PRECISIONS = {"tf32": "tf32", "fp32": "ieee", "bf16": "tf32"}
 #: The ops modelled here, and those ``perf/roofline_oac.py`` models.
 OPS = ("correlation", "correlation_gemm")
 OAC_OPS = ("offset_aware_correlation", "correlation_oac")
@@ -149,9 +151,11 @@ def correlation_costs(pass_: str, shape: dict, dtype: str, need: dict | None = N
         features = b * (s + (t if t * c * e <= l2_size / 2 else n_s * t)) * c * e
         norms = b * (s + t) * 4
         operands = progs * (block_s + block_t) * c_pad * e
-        for mode in corr.match_mode(True, s):
-            writes = b * n_s * t * 4 if mode == "partials" else b * s * t * e + b * t * 4
-            reads = b * n_s * t * 4 if mode == "final" else 0
+        partials = b * n_s * t * 4  # the column sums of squares per s-block of a split column
+        passes = corr.match_mode(True, s, c, TORCH_DTYPES[dtype], PRECISIONS[dtype])
+        for mode in passes:
+            writes = {"partials": partials, "scaled": b * s * t * e + partials}.get(mode, b * s * t * e + b * t * 4)
+            reads = partials if mode == "final" else 0
             l2 = operands + (progs * n_s * block_t * 4 if mode == "final" else 0)
             out.append(
                 kernel(
@@ -163,6 +167,14 @@ def correlation_costs(pass_: str, shape: dict, dtype: str, need: dict | None = N
                     progs,
                     waves(progs),
                 )
+            )
+        if "scaled" in passes:  # the rescale pass: the output read and written again
+            progs = b * triton.cdiv(t, corr.RESCALE_BLOCK_T)
+            steps = triton.cdiv(s, min(corr.RESCALE_BLOCK_S, block_s))
+            rescale = 2 * b * s * t * e + partials + b * t * 4
+            l2 = rescale + progs * (n_s + steps) * corr.RESCALE_BLOCK_T * 4  # partials: summed, then per step
+            out.append(
+                kernel("correlation_normalize_matches_kernel", 2 * b * s * t, 0, rescale, l2, progs, tensor=False)
             )
     if pass_ in ("bwd", "fwd+bwd") and (need["source"] or need["target"]):
         s_pad, t_pad = corr.padded(s), corr.padded(t)

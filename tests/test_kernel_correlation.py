@@ -107,12 +107,15 @@ def test_matches_reference(triton_backend, case):
     check_against_reference(source, target, grad, dtype, FLAGS[flags])
 
 
-@pytest.fixture
-def small_split(monkeypatch):
-    """Split the source dimension into 16-row blocks, so that small maps take the two-pass
-    match normalisation (several blocks and a partial last one)."""
+@pytest.fixture(params=["rescale", "recompute"])
+def small_split(request, monkeypatch):
+    """Split the source dimension into 16-row blocks, so that small maps take the split match
+    normalisation (several blocks and a partial last one), by either design (forced: the launcher
+    picks by the channel count, :func:`kernel_module.recompute_matches`)."""
     monkeypatch.setattr(kernel_module, "MAX_FUSED_S", 8)
     monkeypatch.setattr(kernel_module, "SPLIT_BLOCK_S", 16)
+    monkeypatch.setattr(kernel_module, "recompute_matches", lambda *args: request.param == "recompute")
+    return request.param
 
 
 @pytest.mark.parametrize(
@@ -143,6 +146,18 @@ def test_split_deterministic(triton_backend, small_split):
     source, target, _ = make_inputs(2, (5, 7, 5, 7), 17, torch.float32, seed=3)
     first = correlation(source, target)
     assert torch.equal(first, correlation(source, target))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_split_odd_sizes_both_designs(triton_backend, small_split, dtype):
+    """Both split designs at odd sizes: 37 sources (three 16-row blocks, the last partial) against
+    5x3 targets, 3 channels (one partial channel block); without feature normalisation the
+    correlations pass fp16's range (~1e5 > 65504), which neither design may store unnormalised."""
+    source, target, grad = make_inputs(3, (37, 1, 5, 3), 3, dtype, seed=12)
+    source, target = source * 200, target * 200
+    assert (source.double().flatten(2).transpose(1, 2) @ target.double().flatten(2)).max() > 65504
+    check_against_reference(source, target, grad, dtype, FLAGS["relu-match"])
+    check_against_reference(source, target, grad, dtype, FLAGS["all"])
 
 
 def test_empty_batch(triton_backend):
@@ -267,27 +282,58 @@ def test_bad_inputs(triton_backend, kwargs, match):
 
 
 @pytest.mark.parametrize(
-    "normalize_matches,size,passes",
-    [(True, (15, 15), ("tile",)), (True, (17, 16), ("partials", "final")), (False, (17, 16), ("none",))],
-    ids=["fused", "split", "no-match-norm"],
+    "normalize_matches,size,c,passes",
+    [
+        (True, (15, 15), 8, ("tile",)),
+        (True, (17, 16), 8, ("partials", "final")),
+        (True, (17, 16), 96, ("scaled", "rescale")),
+        (False, (17, 16), 96, ("none",)),
+    ],
+    ids=["fused", "split-recompute", "split-rescale", "no-match-norm"],
 )
-def test_forward_writes_the_output_once(triton_backend, monkeypatch, normalize_matches, size, passes):
-    """The match normalisation never re-reads the output: one GEMM pass writes it, final (a split
-    column first runs a pass that writes only the column sums of squares)."""
+def test_forward_passes(triton_backend, monkeypatch, normalize_matches, size, c, passes):
+    """The passes the launcher runs: the column norm in the tile; above MAX_FUSED_S sources, with
+    few channels (ieee fp32 dots: below 80) a GEMM pass writing only the column sums of squares
+    then one recomputing the tile and writing the output once, with more a GEMM pass writing
+    scaled tiles then the rescale pass."""
     seen = []
-    real = kernel_module.launch
+    real_launch, real_rescale = kernel_module.launch, kernel_module.correlation_normalize_matches_kernel
 
     def recording(kernel, grid, **kwargs):
         seen.append(kwargs["MATCH"])
-        return real(kernel, grid, **kwargs)
+        return real_launch(kernel, grid, **kwargs)
+
+    class Rescale:
+        def __getitem__(self, grid):
+            seen.append("rescale")
+            return real_rescale[grid]
 
     monkeypatch.setattr(kernel_module, "launch", recording)
-    assert kernel_module.match_mode(normalize_matches, size[0] * size[1]) == passes
-    source, target, _ = make_inputs(1, (*size, 3, 5), 8, torch.float32, seed=10)
+    monkeypatch.setattr(kernel_module, "correlation_normalize_matches_kernel", Rescale())
+    expected = tuple(p for p in passes if p != "rescale")
+    assert kernel_module.match_mode(normalize_matches, size[0] * size[1], c, torch.float32, "ieee") == expected
+    source, target, _ = make_inputs(1, (*size, 3, 5), c, torch.float32, seed=10)
     out = correlation(source, target, True, True, normalize_matches, input_precision="ieee")
     assert tuple(seen) == passes
     ref = reference.correlation(source.double(), target.double(), True, True, normalize_matches)
     assert_close_to_reference(out, ref, torch.float32)
+
+
+def test_recompute_matches_model():
+    """Recomputing the GEMM (2 C FLOPs an output element) against rescaling the output (2 e bytes
+    an element): recomputation below C = peak_flops * e / HBM bandwidth, ~591 in tf32 and bf16."""
+    for dtype, precision, limit in (
+        (torch.float32, "tf32", 591),
+        (torch.bfloat16, "tf32", 591),
+        (torch.float16, "ieee", 591),
+        (torch.float32, "ieee", 80),
+        (torch.float32, "tf32x3", 197),
+    ):
+        assert kernel_module.recompute_matches(limit - 1, dtype, precision), (dtype, precision)
+        assert not kernel_module.recompute_matches(limit + 1, dtype, precision), (dtype, precision)
+    assert not kernel_module.recompute_matches(1024, torch.bfloat16, "tf32")  # the paper's C: rescale
+    assert kernel_module.match_mode(True, 3600, 1024, torch.float32, "tf32") == ("scaled",)
+    assert kernel_module.match_mode(True, 3600, 256, torch.float32, "tf32") == ("partials", "final")
 
 
 def test_channels_last_maps_are_read_in_place():

@@ -154,6 +154,8 @@ EXPECTED_SPECS = {
         "correlation_fwd[fp32,H15,tile,cfg0]",
         "correlation_fwd[bf16,H60,partials,cfg0]",
         "correlation_fwd[bf16,H60,final,cfg0]",
+        "correlation_fwd[bf16,H60,scaled,cfg0]",
+        "correlation_normalize_matches[fp32,H60]",
         "correlation_bwd_features[fp32,H30,cfg0]",
     ],
     "offset_aware_correlation": [],

@@ -525,9 +525,19 @@ def test_roofline_correlation_follows_the_launchers():
     # 15x15: one 256-row block of sources (the column norm in the tile), T padded to the block
     assert gemm["useful_flops"] == 2 * 32 * 225 * 225 * 1024 < gemm["flops"] == 2 * 32 * 256 * 256 * 1024
     large = roofline.costs("correlation", "fwd+bwd", {"B": 8, "C": 1024, "H": 60, "W": 60}, "bf16")
-    passes = [e for e in large if e["name"] == "correlation_fwd_kernel"]
-    assert len(passes) == len(corr.match_mode(True, 3600)) == 2  # partials, then final: recomputed
-    assert passes[0]["hbm_bytes"] < passes[1]["hbm_bytes"]  # only the final pass writes the output
+    # 60x60 at C=1024: the split match normalisation rescales (one GEMM pass, then the rescale pass)
+    assert corr.match_mode(True, 3600, 1024, torch.bfloat16, "tf32") == ("scaled",)
+    names = [e["name"] for e in large]
+    assert names.count("correlation_fwd_kernel") == 1
+    assert names.index("correlation_normalize_matches_kernel") == names.index("correlation_fwd_kernel") + 1
+    rescale = large[names.index("correlation_normalize_matches_kernel")]
+    assert rescale["hbm_bytes"] >= 2 * 8 * 3600 * 3600 * 2 and not rescale["tensor"]  # the output read and written
+    # with few channels it recomputes: two GEMM passes, only the second writing the output
+    few = roofline.costs("correlation", "fwd", {"B": 8, "C": 256, "H": 60, "W": 60}, "bf16")
+    passes = [e for e in few if e["name"] == "correlation_fwd_kernel"]
+    assert len(passes) == len(corr.match_mode(True, 3600, 256, torch.bfloat16, "tf32")) == 2
+    assert passes[0]["hbm_bytes"] < passes[1]["hbm_bytes"]
+    assert "correlation_normalize_matches_kernel" not in [e["name"] for e in few]
     assert {e["name"] for e in large} >= {"correlation_bwd_prep_kernel", "correlation_bwd_features_kernel"}
     for e in large:
         seconds, bound = roofline.predict(e, roofline.H100, "bf16")
