@@ -30,6 +30,7 @@ from a2net import geometry
 from a2net.fileio import atomic_write
 from a2net.inference import (
     as_image,
+    inference_defaults,
     input_size,
     load_aligner,
     mode_of,
@@ -119,7 +120,16 @@ class Alignment:
 
 
 def align(
-    source, target, model=None, image_size=None, source_points=None, target_points=None, device=None
+    source,
+    target,
+    model=None,
+    image_size=None,
+    source_points=None,
+    target_points=None,
+    device=None,
+    iterations: int | None = None,
+    symmetric: bool | None = None,
+    refine: bool | None = None,
 ) -> Alignment:
     """Align ``source`` onto ``target``.
 
@@ -132,6 +142,11 @@ def align(
         source_points, target_points: optional ``(2, N)`` 1-based pixel keypoints of each image.
         device: where to run a model given by path or None (default: CUDA when available).
             A model passed in runs where it is.
+        iterations, symmetric, refine: the inference options of
+            :func:`a2net.inference.predict_chain` (composed passes, both directions averaged,
+            photometric refinement); None takes the model's
+            (:func:`a2net.inference.inference_defaults`: those its checkpoint names, else one
+            plain pass).
     Returns:
         an :class:`Alignment`; ``warped`` is the source resampled at the target's resolution.
 
@@ -145,6 +160,7 @@ def align(
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = load_aligner(checkpoint=model, device=device)
     mode = mode_of(model)
+    options = inference_defaults(model, iterations, symmetric, refine)
     source_image, target_image = as_image(source, "source"), as_image(target, "target")
     source_points = _as_points(source_points, "source_points")
     target_points = _as_points(target_points, "target_points")
@@ -158,7 +174,7 @@ def align(
     with torch.no_grad():
         src = normalize_images(source_image[None].to(run_on), size=size)
         tgt = normalize_images(target_image[None].to(run_on), size=size)
-        chain = [theta.detach().float().cpu() for theta in predict_chain(model, src, tgt)]
+        chain = [theta.detach().float().cpu() for theta in predict_chain(model, src, tgt, **options)]
         warped = warp_chain(source_image[None], chain, tuple(target_image.shape[1:]))[0]
     transferred = None
     if target_points is not None:

@@ -23,8 +23,9 @@ fsynced. Running the same command again skips every pair that has an ``ok`` line
 paths and points) and retries the failed ones (their old error lines are dropped). A kill can
 leave at most a half-written last line: the next run detects it and rewrites the file without it
 (atomically), so nothing complete is lost and nothing is recomputed. ``DIR/run.json`` records
-the model (a SHA-256 of its weights) and the input size; a run with another model or size in the
-same folder is refused rather than mixed in. Figures (``--figures``, ``DIR/figures/``) are written
+the model (a SHA-256 of its weights), the input size and the inference options
+(:func:`a2net.inference.inference_defaults`); a run with another model, size or options in the same
+folder is refused rather than mixed in. Figures (``--figures``, ``DIR/figures/``) are written
 atomically before their pair's line, for the pairs aligned by a run that asks for them.
 """
 
@@ -47,7 +48,16 @@ from a2net.checkpoint import _weights_sha256
 from a2net.errors import InputError, InputNotFoundError, UsageError, require_extra
 from a2net.fileio import atomic_write, check_output_dir, fsync_dir
 from a2net.images import load_image
-from a2net.inference import input_size, mode_of, model_device, predict_chain, transfer_points, warp_chain
+from a2net.inference import (
+    DEFAULT_INFERENCE,
+    inference_defaults,
+    input_size,
+    mode_of,
+    model_device,
+    predict_chain,
+    transfer_points,
+    warp_chain,
+)
 from a2net.model import normalize_images
 
 __all__ = ["FIGURES_DIR", "RESULTS_FILE", "RUN_FILE", "PairListDataset", "align_pairs", "read_pairs", "read_results"]
@@ -220,9 +230,11 @@ def _check_run(out_dir: Path, run: dict) -> bool:
         raise InputError(
             f"--out-dir: {str(path)!r} is not the run record a2net writes; remove it or use another --out-dir"
         )
-    for key in ("weights_sha256", "mode", "image_size"):
+    # a record without inference options is of a version that made one plain pass
+    stored.setdefault("inference", DEFAULT_INFERENCE)
+    for key in ("weights_sha256", "mode", "image_size", "inference"):
         if stored.get(key) != run[key]:
-            what = "model weights" if key == "weights_sha256" else key.replace("_", " ")
+            what = {"weights_sha256": "model weights", "inference": "inference options"}.get(key, key.replace("_", " "))
             raise UsageError(
                 f"--out-dir: {str(out_dir)!r} holds results of another run ({what} {stored.get(key)!r}, now "
                 f"{run[key]!r}); use another --out-dir so that results are not mixed"
@@ -247,6 +259,7 @@ def align_pairs(
     num_workers: int = 2,
     figures: bool = False,
     progress: bool = True,
+    inference: dict | None = None,
     log=print,
 ) -> dict:
     """Align every pair of a pair list into ``out_dir/results.jsonl`` (module docstring).
@@ -260,6 +273,8 @@ def align_pairs(
         num_workers: ``DataLoader`` worker processes reading the images (0: in this process).
         figures: write the alignment figure of every pair.
         progress: show a tqdm bar on stderr.
+        inference: ``{"iterations", "symmetric", "refine"}`` (any of them) over the model's
+            (:func:`a2net.inference.inference_defaults`), as in :func:`a2net.align`.
         log: where the summary lines go.
     Returns:
         ``{"pairs", "done_before", "aligned", "failed", "seconds", "pairs_per_s", "results"}``:
@@ -282,7 +297,13 @@ def align_pairs(
     mode = mode_of(model)
     model.eval()
     device = model_device(model)
-    run = {"mode": mode, "image_size": list(size), "weights_sha256": _weights_sha256(model.state_dict())}
+    options = inference_defaults(model, **(inference or {}))
+    run = {
+        "mode": mode,
+        "image_size": list(size),
+        "inference": options,
+        "weights_sha256": _weights_sha256(model.state_dict()),
+    }
     fresh = _check_run(out_dir, run)
 
     results = out_dir / RESULTS_FILE
@@ -327,7 +348,7 @@ def align_pairs(
                 lines[item["index"]] = _record(todo[item["index"]], status="error", error=item["error"])
             if batch["items"]:
                 with torch.no_grad():
-                    chain = predict_chain(model, batch["source"].to(device), batch["target"].to(device))
+                    chain = predict_chain(model, batch["source"].to(device), batch["target"].to(device), **options)
                 chain = [theta.detach().to("cpu", torch.float64) for theta in chain]
                 share = (time.perf_counter() - began) / len(batch["items"])
                 for i, item in enumerate(batch["items"]):

@@ -1,6 +1,7 @@
 """The evaluation benchmarks (docs/design.md §8): readers of PF-WILLOW, PF-PASCAL, TSS and
-Caltech-101 (real image pairs with annotations), plus the Middlebury ``.flo`` format and a batching
-``collate``. (The synthetic training pairs are :mod:`a2net.synthetic`.)
+Caltech-101 (real image pairs with annotations), the bundled stereo pair with its disparity ground
+truth (:func:`stereo_pair`), plus the Middlebury ``.flo`` format and a batching ``collate``. (The
+synthetic training pairs are :mod:`a2net.synthetic`.)
 
 Every dataset is a ``torch.utils.data.Dataset`` whose items are dicts. Common keys:
 
@@ -54,13 +55,19 @@ __all__ = [
     "PASCAL_CLASSES",
     "PFPascalDataset",
     "PFWillowDataset",
+    "STEREO_POINTS",
+    "STEREO_SEED",
     "TSSDataset",
     "TSS_SUBSETS",
     "collate",
     "read_flo",
+    "stereo_pair",
     "write_flo",
 ]
 
+#: Size and seed of the fixed random sample of the stereo pair's correspondences (:func:`stereo_pair`).
+STEREO_POINTS = 5000
+STEREO_SEED = 0
 #: The float32 tag that opens a Middlebury ``.flo`` file ("PIEH" read as a float).
 FLO_MAGIC = 202021.25
 #: PF-PASCAL's ``class`` column is 1-based in this (PASCAL VOC) order.
@@ -660,3 +667,49 @@ def _stack_images(key: str, images: list[torch.Tensor], size) -> torch.Tensor:
     return torch.cat(
         [F.interpolate(image.unsqueeze(0), size=size, mode="bilinear", align_corners=True) for image in images]
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The bundled stereo pair
+
+
+def stereo_pair(n_points: int | None = STEREO_POINTS, seed: int = STEREO_SEED) -> dict:
+    """scikit-image's rectified stereo pair ``stereo_motorcycle`` with ground-truth
+    correspondences from the disparity map of its left view (docs/design.md §8).
+
+    Left pixel ``(x, y)`` with a finite disparity ``d`` matches right pixel ``(x - d, y)``. The
+    right view is the *target* and the left view the *source*, so that theta (target -> source)
+    must carry target point ``(x - d, y)`` to source point ``(x, y)``. Every left pixel whose
+    match lies inside the right view (``x - d >= 1``, 1-based pixels: array column ``c`` is
+    ``x = c + 1``) gives one correspondence; ``n_points`` of them (332,144 in all) are drawn
+    without replacement by ``numpy.random.default_rng(seed)`` and kept in image order.
+
+    Args:
+        n_points: sample size (at most the number of correspondences), or None for all of them.
+        seed: seed of the sample.
+    Returns:
+        ``{"source", "target"}``: the left and the right view ``(3, 500, 741)`` float32 in
+        [0, 1]; ``{"source_points", "target_points"}``: ``(2, N)`` float64 1-based pixels, point
+        ``i`` of the right view matching point ``i`` of the left view.
+    """
+    if n_points is not None and (isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 1):
+        raise ValueError(f"n_points: expected an int >= 1 or None, got {n_points!r}")
+    from a2net.images import to_tensor
+
+    left, right, disparity = require_extra("skimage.data", "the stereo pair (scikit-image's)").stereo_motorcycle()
+    rows, cols = np.nonzero(np.isfinite(disparity))
+    d = disparity[rows, cols].astype(np.float64)
+    x_left, y = cols + 1.0, rows + 1.0
+    x_right = x_left - d
+    inside = x_right >= 1.0
+    x_left, x_right, y = x_left[inside], x_right[inside], y[inside]
+    if n_points is not None:
+        pick = np.random.default_rng(seed).choice(x_left.size, size=min(n_points, x_left.size), replace=False)
+        pick = np.sort(pick)
+        x_left, x_right, y = x_left[pick], x_right[pick], y[pick]
+    return {
+        "source": to_tensor(left, "stereo left view"),
+        "target": to_tensor(right, "stereo right view"),
+        "source_points": torch.from_numpy(np.stack((x_left, y))),
+        "target_points": torch.from_numpy(np.stack((x_right, y))),
+    }

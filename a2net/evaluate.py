@@ -1,5 +1,5 @@
-"""Evaluation on the semantic alignment benchmarks (docs/design.md §8) and on held-out synthetic
-pairs (``a2net eval``).
+"""Evaluation on the semantic alignment benchmarks (docs/design.md §8), on held-out synthetic
+pairs and on real photos with a known answer (``a2net eval``).
 
 Every ``evaluate_*`` function takes a model — an :class:`a2net.A2Net` (mode ``"affine"`` or
 ``"tps"``) or a :class:`a2net.TwoStageAligner` (``"affine+tps"``) — and a dataset of
@@ -28,9 +28,14 @@ NaN (``null`` in JSON) and left out of the means; ``scored`` counts the others.
 * synthetic (the held-out pairs of :func:`a2net.synthetic.heldout_synthetic_pairs`): a grid of
   target points mapped by the true and by the predicted theta, PCK with ``L = max(H, W)`` of the
   pair images (:func:`a2net.metrics.synthetic_pck`), next to the identity transformation as a
-  baseline.
+  baseline;
+* real photos (``stereo-demo``, :func:`evaluate_stereo_demo`): the bundled stereo pair against its
+  disparity map (:func:`evaluate_stereo`), every bundled photo aligned onto itself
+  (:func:`evaluate_self_alignment`), and the held-out synthetic pairs.
 
-The models run through the helpers of :mod:`a2net.inference`. ``a2net eval`` (:mod:`a2net.cli`)
+The models run through the helpers of :mod:`a2net.inference`, with the inference options the
+model's checkpoint names unless ``inference`` overrides some
+(:func:`a2net.inference.inference_defaults`). ``a2net eval`` (:mod:`a2net.cli`)
 prints :func:`format_results` and writes the report with :func:`a2net.fileio.write_json`.
 """
 
@@ -46,28 +51,50 @@ import torch
 from torch import nn
 
 from a2net import geometry, metrics, synthetic
-from a2net.benchmarks import collate
-from a2net.inference import input_size, mode_of, model_device, predict_chain, transfer_points, warp_chain
+from a2net.benchmarks import STEREO_POINTS, collate, stereo_pair
+from a2net.inference import (
+    inference_defaults,
+    input_size,
+    mode_of,
+    model_device,
+    predict_chain,
+    transfer_points,
+    warp_chain,
+)
 from a2net.model import normalize_images
 
 __all__ = [
     "BENCHMARKS",
     "KEYPOINT_ALPHAS",
+    "SELF_ALIGNMENT_GOAL",
+    "SELF_ALIGNMENT_GRID",
+    "STEREO_ALPHAS",
     "TSS_ALPHAS",
     "evaluate_caltech",
     "evaluate_keypoints",
+    "evaluate_self_alignment",
+    "evaluate_stereo",
+    "evaluate_stereo_demo",
     "evaluate_synthetic",
     "evaluate_tss",
     "default_pair_model",
     "format_results",
+    "format_stereo_demo",
 ]
 
 #: Benchmarks of ``a2net eval``.
-BENCHMARKS = ("pf-willow", "pf-pascal", "spair", "tss", "caltech", "synthetic")
+BENCHMARKS = ("pf-willow", "pf-pascal", "spair", "tss", "caltech", "synthetic", "stereo-demo")
 #: PCK tolerances reported on the keypoint benchmarks (docs/design.md §8).
 KEYPOINT_ALPHAS = (0.05, 0.1, 0.15)
 #: TSS's tolerance.
 TSS_ALPHAS = (0.05,)
+#: PCK tolerances of the stereo pair, fractions of ``max(H, W)`` of the source view.
+STEREO_ALPHAS = (0.05, 0.1)
+#: Points per side of the grid of :func:`evaluate_self_alignment`.
+SELF_ALIGNMENT_GRID = 7
+#: What the embedded model must achieve on every bundled photo aligned onto itself: at most this
+#: mean displacement, in percent of the image diagonal.
+SELF_ALIGNMENT_GOAL = 1.0
 #: What each reference length kind is, for the reports.
 REFERENCE_DESCRIPTIONS = {
     "keypoints": "longest side of the bounding box of the source keypoints",
@@ -100,12 +127,22 @@ def _check_batch_size(batch_size) -> int:
 
 
 def _batches(
-    model: nn.Module, dataset, image_size, batch_size: int, device, num_workers: int, progress: bool, desc: str
+    model: nn.Module,
+    dataset,
+    image_size,
+    batch_size: int,
+    device,
+    num_workers: int,
+    progress: bool,
+    desc: str,
+    inference: dict | None = None,
 ):
     """Yield ``(batch, chain)``: the collated batch (images resized to the network input) and the
-    predicted thetas (:func:`a2net.inference.predict_chain`) in float64 on the CPU."""
+    predicted thetas (:func:`a2net.inference.predict_chain`, with the model's inference options
+    updated by ``inference``) in float64 on the CPU."""
     from tqdm.auto import tqdm
 
+    options = inference_defaults(model, **(inference or {}))
     if device is not None:
         model.to(device)
     model.eval()
@@ -123,7 +160,8 @@ def _batches(
             with torch.no_grad():
                 source = normalize_images(batch["source_image"].to(device))
                 target = normalize_images(batch["target_image"].to(device))
-                chain = [theta.detach().to("cpu", torch.float64) for theta in predict_chain(model, source, target)]
+                chain = predict_chain(model, source, target, **options)
+                chain = [theta.detach().to("cpu", torch.float64) for theta in chain]
             yield batch, chain
             bar.update(batch["source_image"].shape[0])
 
@@ -175,6 +213,7 @@ def evaluate_keypoints(
     device=None,
     num_workers: int = 0,
     progress: bool = True,
+    inference: dict | None = None,
 ) -> dict:
     """PCK of keypoint transfer on PF-WILLOW or PF-PASCAL (docs/design.md §8).
 
@@ -193,6 +232,9 @@ def evaluate_keypoints(
         device: move the model there first; default where it is.
         num_workers: ``DataLoader`` workers reading the images.
         progress: show a tqdm bar on stderr.
+        inference: ``{"iterations", "symmetric", "refine"}`` (any of them) for
+            :func:`a2net.inference.predict_chain`; the others are the model's
+            (:func:`a2net.inference.inference_defaults`), as in :func:`a2net.align`.
     Returns:
         the summary dict of this module (``metrics`` ``PCK@<alpha>``), plus ``alphas``,
         ``reference_kind`` (``"keypoints"``, ``"bbox"``, ``"image"`` or ``"mixed"``),
@@ -203,7 +245,7 @@ def evaluate_keypoints(
     names = [_pck_name(a) for a in alphas]
     records = []
     for batch, chain in _batches(
-        model, dataset, image_size, batch_size, device, num_workers, progress, f"keypoints {mode}"
+        model, dataset, image_size, batch_size, device, num_workers, progress, f"keypoints {mode}", inference
     ):
         moved = transfer_points(chain, batch["target_keypoints"], batch["target_size"], batch["source_size"])
         truth = batch["source_keypoints"].to(torch.float64)
@@ -249,6 +291,7 @@ def evaluate_tss(
     device=None,
     num_workers: int = 0,
     progress: bool = True,
+    inference: dict | None = None,
 ) -> dict:
     """Flow PCK on TSS over the foreground (docs/design.md §8), per subset (FG3DCar, JODS, PASCAL).
 
@@ -267,7 +310,9 @@ def evaluate_tss(
     mode = mode_of(model)
     names = [_pck_name(a) for a in alphas]
     records = []
-    for batch, chain in _batches(model, dataset, image_size, batch_size, device, num_workers, progress, f"TSS {mode}"):
+    for batch, chain in _batches(
+        model, dataset, image_size, batch_size, device, num_workers, progress, f"TSS {mode}", inference
+    ):
         for i in range(len(batch["flow"])):
             target_size = _size_pair(batch["target_size"][i])
             flow = metrics.theta_to_flow(_slice(chain, i), target_size, batch["source_size"][i : i + 1])
@@ -305,6 +350,7 @@ def evaluate_caltech(
     device=None,
     num_workers: int = 0,
     progress: bool = True,
+    inference: dict | None = None,
 ) -> dict:
     """Label-transfer accuracy, IoU and localisation error on Caltech-101 (docs/design.md §8).
 
@@ -322,7 +368,7 @@ def evaluate_caltech(
     mode = mode_of(model)
     records = []
     for batch, chain in _batches(
-        model, dataset, image_size, batch_size, device, num_workers, progress, f"Caltech-101 {mode}"
+        model, dataset, image_size, batch_size, device, num_workers, progress, f"Caltech-101 {mode}", inference
     ):
         for i in range(len(batch["source_mask"])):
             pair = _slice(chain, i)
@@ -391,6 +437,7 @@ def evaluate_synthetic(
     grid_size: int = 20,
     geometric_model: str | None = None,
     n_pairs: int = 100,
+    inference: dict | None = None,
 ) -> dict:
     """PCK on held-out synthetic pairs with a known transformation, next to the identity baseline.
 
@@ -412,14 +459,15 @@ def evaluate_synthetic(
             input are resized to it (bilinear, antialiased) for the model only.
     Returns:
         the summary dict (``metrics`` ``PCK@<alpha>``, ``per_class`` per photo), plus ``alphas``,
-        ``reference_kind`` ``"image"``, ``grid_size``, ``pair_model`` (the kind of the true thetas)
-        and ``baseline``: ``{"identity": {"PCK@<alpha>": ...}}``.
+        ``reference_kind`` ``"image"``, ``grid_size``, ``pair_model`` (the kind of the true thetas),
+        ``inference`` (the options used) and ``baseline``: ``{"identity": {"PCK@<alpha>": ...}}``.
     """
     from tqdm.auto import tqdm
 
     alphas = _check_alphas(alphas)
     batch_size = _check_batch_size(batch_size)
     mode = mode_of(model)
+    options = inference_defaults(model, **(inference or {}))
     names = [_pck_name(a) for a in alphas]
     if device is not None:
         model.to(device)
@@ -442,6 +490,7 @@ def evaluate_synthetic(
                     model,
                     normalize_images(source.to(run_on), size=resize),
                     normalize_images(target.to(run_on), size=resize),
+                    **options,
                 )
             chain = [t.detach().to("cpu", torch.float64) for t in chain]
             theta = theta.to(torch.float64)
@@ -467,9 +516,230 @@ def evaluate_synthetic(
         reference_description=REFERENCE_DESCRIPTIONS["image"],
         grid_size=grid_size,
         pair_model="+".join(sorted(kinds)) or None,
+        inference=options,
         baseline={"identity": {n: _mean([r[n] for r in baseline]) for n in names}},
     )
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# Real photos with a known answer: the stereo pair, each photo aligned onto itself
+
+
+def _align_chain(model: nn.Module, source: torch.Tensor, target: torch.Tensor, size, options: dict):
+    """``(chain, seconds)`` of one pair of ``(3, H, W)`` images in [0, 1], as :func:`a2net.align`
+    computes it (both resized to the network input ``size``; thetas float32 on the CPU)."""
+    import time
+
+    run_on = model_device(model)
+    start = time.perf_counter()
+    with torch.no_grad():
+        src = normalize_images(source[None].to(run_on), size=size)
+        tgt = normalize_images(target[None].to(run_on), size=size)
+        chain = [theta.detach().float().cpu() for theta in predict_chain(model, src, tgt, **options)]
+    return chain, time.perf_counter() - start
+
+
+def evaluate_stereo(
+    model: nn.Module,
+    n_points: int | None = STEREO_POINTS,
+    alphas=STEREO_ALPHAS,
+    image_size=None,
+    device=None,
+    inference: dict | None = None,
+) -> dict:
+    """The bundled stereo pair (:func:`a2net.benchmarks.stereo_pair`: right view = target, left
+    view = source) against its disparity ground truth (docs/design.md §8).
+
+    The target points are mapped through the predicted chain into the source view and compared
+    with their true matches: mean error in pixels of the source view, and PCK with ``L = max(H,
+    W)`` of the source view (741 px). The identity (no alignment) is scored the same way.
+
+    Args:
+        model: :class:`a2net.A2Net` or :class:`a2net.TwoStageAligner`.
+        n_points: correspondences scored (a fixed sample; None: all of them).
+        alphas: PCK tolerances, fractions of ``L``.
+        image_size: network input ``(H, W)``; default the model's.
+        device: move the model there first; default where it is.
+        inference: as in :func:`evaluate_keypoints`.
+    Returns:
+        ``{"mode", "mean_error", "PCK@<alpha>"..., "identity": {"mean_error", "PCK@<alpha>"...},
+        "points", "reference_length", "seconds" (the alignment), "theta" (the chain as lists),
+        "inference"}``.
+    """
+    alphas = _check_alphas(alphas)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    options = inference_defaults(model, **(inference or {}))
+    pair = stereo_pair(n_points)
+    chain, seconds = _align_chain(model, pair["source"], pair["target"], input_size(model, image_size), options)
+    source_size, target_size = tuple(pair["source"].shape[1:]), tuple(pair["target"].shape[1:])
+    moved = transfer_points(chain, pair["target_points"][None], target_size, source_size)[0]
+    length = max(source_size)
+
+    def score(points: torch.Tensor) -> dict:
+        error = torch.linalg.vector_norm(points - pair["source_points"], dim=0)
+        pcks = {_pck_name(a): float((error <= a * length).double().mean()) for a in alphas}
+        return {"mean_error": float(error.mean()), **pcks}
+
+    return {
+        "mode": mode_of(model),
+        **score(moved),
+        "identity": score(pair["target_points"]),
+        "points": int(pair["source_points"].shape[1]),
+        "reference_length": length,
+        "seconds": seconds,
+        "theta": [theta[0].tolist() for theta in chain],
+        "inference": options,
+    }
+
+
+def evaluate_self_alignment(
+    model: nn.Module,
+    names: Sequence[str] | None = None,
+    grid_size: int = SELF_ALIGNMENT_GRID,
+    image_size=None,
+    device=None,
+    inference: dict | None = None,
+) -> dict:
+    """Align every bundled photo onto itself: the answer is the identity (docs/design.md §8).
+
+    The measure is :func:`a2net.metrics.self_alignment_displacement`: how far a ``grid_size`` x
+    ``grid_size`` grid on ``[-1, 1]^2`` moves, in percent of the photo's diagonal.
+
+    Args:
+        model: :class:`a2net.A2Net` or :class:`a2net.TwoStageAligner`.
+        names: bundled photo names (default: every bundled photo, training and held-out,
+            :func:`a2net.synthetic.bundled_photos` ``("all")``).
+        grid_size: points per side of the grid.
+        image_size, device, inference: as in :func:`evaluate_stereo`.
+    Returns:
+        ``{"mode", "photos": {name: {"mean", "max"}}, "mean" (over photos), "max",
+        "worst": name of the largest mean, "worst_mean", "goal"`` (:data:`SELF_ALIGNMENT_GOAL`),
+        ``"seconds"`` (mean per alignment), ``"inference"}``; percentages of the diagonal.
+    """
+    from a2net.images import bundled_image
+
+    if device is not None:
+        model.to(device)
+    model.eval()
+    options = inference_defaults(model, **(inference or {}))
+    size = input_size(model, image_size)
+    names = list(synthetic.bundled_photos("all") if names is None else names)
+    photos, seconds = {}, []
+    for name in names:
+        image = bundled_image(name)
+        chain, elapsed = _align_chain(model, image, image, size, options)
+        seconds.append(elapsed)
+        moved = metrics.self_alignment_displacement(chain, tuple(image.shape[1:]), grid_size)[0]
+        photos[name] = {"mean": float(moved.mean()), "max": float(moved.max())}
+    worst = max(photos, key=lambda n: photos[n]["mean"])
+    return {
+        "mode": mode_of(model),
+        "photos": photos,
+        "mean": _mean([p["mean"] for p in photos.values()]),
+        "max": max(p["max"] for p in photos.values()),
+        "worst": worst,
+        "worst_mean": photos[worst]["mean"],
+        "goal": SELF_ALIGNMENT_GOAL,
+        "grid_size": grid_size,
+        "seconds": _mean(seconds),
+        "inference": options,
+    }
+
+
+def evaluate_stereo_demo(
+    model: nn.Module,
+    pairs=None,
+    n_pairs: int = 200,
+    alphas=None,
+    image_size=None,
+    batch_size: int = 8,
+    device=None,
+    progress: bool = False,
+    inference: dict | None = None,
+) -> dict:
+    """The real-photo checks of ``a2net eval --benchmark stereo-demo`` and ``a2net demo``:
+    :func:`evaluate_stereo`, :func:`evaluate_self_alignment` and :func:`evaluate_synthetic` on
+    the held-out pairs of the bundled photos (``pairs``, or ``n_pairs`` of them).
+
+    Args:
+        alphas: PCK tolerances of the stereo pair and of the synthetic pairs (default
+            :data:`STEREO_ALPHAS` and :data:`KEYPOINT_ALPHAS`).
+        other arguments: as :func:`evaluate_synthetic`.
+    Returns:
+        ``{"stereo", "self_alignment", "synthetic"}``: the three results, each with its
+        ``seconds`` (the synthetic one's: the whole evaluation).
+    """
+    import time
+
+    if device is not None:
+        model.to(device)
+    common = dict(image_size=image_size, inference=inference)
+    stereo = evaluate_stereo(model, alphas=alphas or STEREO_ALPHAS, **common)
+    selfs = evaluate_self_alignment(model, **common)
+    start = time.perf_counter()
+    synthetic_result = evaluate_synthetic(
+        model,
+        pairs,
+        alphas=alphas or KEYPOINT_ALPHAS,
+        batch_size=batch_size,
+        progress=progress,
+        n_pairs=n_pairs,
+        **common,
+    )
+    synthetic_result["seconds"] = time.perf_counter() - start
+    return {"stereo": stereo, "self_alignment": selfs, "synthetic": synthetic_result}
+
+
+def format_stereo_demo(report: dict) -> str:
+    """The tables of the real-photo checks: ``report["stereo"]`` and ``report["self_alignment"]``
+    (``{mode: result}`` of :func:`evaluate_stereo` and :func:`evaluate_self_alignment`) and the
+    synthetic table of ``report["modes"]`` (:func:`format_results`)."""
+    stereo, selfs = report["stereo"], report["self_alignment"]
+    first = next(iter(stereo.values()))
+    names = [k for k in first if k.startswith("PCK@")]
+    label = max(21, *(len(m) + 2 for m in stereo))
+    lines = [
+        f"the stereo pair motorcycle, right view -> left view ({first['points']} points of known disparity; error in "
+        f"px of the left view, PCK L = {first['reference_length']} px; aligned in "
+        + ", ".join(f"{r['seconds'] * 1e3:.0f} ms" for r in stereo.values())
+        + "):",
+        f"{'mode':<{label}}{'points':>7}{'error px':>10}" + "".join(f"{n:>10}" for n in names),
+    ]
+    rows = [(mode, r) for mode, r in stereo.items()] + [("identity (baseline)", first["identity"])]
+    for mode, r in rows:
+        lines.append(
+            f"{mode:<{label}}{first['points']:>7}{r['mean_error']:>10.1f}" + "".join(_cell(r[n], 10) for n in names)
+        )
+    one = next(iter(selfs.values()))
+    goal = one["goal"]
+    lines += [
+        "",
+        f"each bundled photo aligned onto itself (the answer: the identity): how far a {one['grid_size']}x"
+        f"{one['grid_size']} grid moves, in % of the image diagonal (goal: a mean <= {goal:g}% for every photo):",
+    ]
+    photo_width = max(20, *(len(n) + 2 for n in one["photos"]))
+    lines.append(f"{'photo':<{photo_width}}" + "".join(f"{m + ' mean/max':>22}" for m in selfs))
+    for name in one["photos"]:
+        cells = "".join(
+            f"{r['photos'][name]['mean']:>14.2f} / {r['photos'][name]['max']:<5.2f}" for r in selfs.values()
+        )
+        lines.append(f"{name:<{photo_width}}{cells}")
+    lines.append(
+        f"{'all ' + str(len(one['photos'])) + ' photos':<{photo_width}}"
+        + "".join(f"{r['mean']:>14.2f} / {r['max']:<5.2f}" for r in selfs.values())
+    )
+    for mode, r in selfs.items():
+        verdict = "goal met" if r["worst_mean"] <= goal else "goal NOT met"
+        lines.append(
+            f"{mode}: worst photo {r['worst']} at {r['worst_mean']:.2f}% mean: {verdict} ({r['seconds'] * 1e3:.0f} ms "
+            "per photo)"
+        )
+    title = report.get("synthetic_title") or "held-out synthetic pairs of the bundled photos"
+    lines += ["", format_results({"benchmark": "synthetic", "title": title, "modes": report["modes"]})]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 # --------------------------------------------------------------------------------------------

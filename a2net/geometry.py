@@ -44,13 +44,16 @@ __all__ = [
     "THETA_SIZE",
     "TransformedGridLoss",
     "affine_grid",
+    "compose_affine",
     "compose_points",
     "identity_theta",
+    "invert_affine",
     "mirror_pad",
     "normalized_to_pixels",
     "pixels_to_normalized",
     "polygon_to_mask",
     "random_affine_theta",
+    "random_near_identity_theta",
     "random_tps_theta",
     "synthetic_pair",
     "tps_grid",
@@ -322,6 +325,38 @@ def identity_theta(kind: str, batch_size: int = 1, device=None, dtype=None) -> t
     return torch.tensor(values, device=device, dtype=dtype).repeat(batch_size, 1)
 
 
+def compose_affine(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """``outer o inner`` of affine thetas: points go through ``inner`` first (docs/design.md §5).
+
+    Args:
+        outer, inner: ``(B, 6)`` or ``(B, 2, 3)`` affine thetas, same dtype and device.
+    Returns:
+        ``(B, 6)``: ``x -> outer(inner(x))``.
+    """
+    _, a = _flatten_theta(outer, name="outer", kinds=("affine",))
+    _, b = _flatten_theta(inner, name="inner", kinds=("affine",))
+    check_same("outer", a, "inner", b)
+    check_dim("inner", b, 0, a.shape[0], "batch size (that of outer)")
+    a, b = a.reshape(-1, 2, 3), b.reshape(-1, 2, 3)
+    linear = torch.matmul(a[:, :, :2], b[:, :, :2])
+    shift = torch.matmul(a[:, :, :2], b[:, :, 2:]) + a[:, :, 2:]
+    return torch.cat((linear, shift), dim=2).reshape(-1, 6)
+
+
+def invert_affine(theta: torch.Tensor) -> torch.Tensor:
+    """The inverse of affine thetas (source -> target when ``theta`` maps target -> source).
+
+    Args:
+        theta: ``(B, 6)`` or ``(B, 2, 3)`` with invertible 2x2 parts.
+    Returns:
+        ``(B, 6)``.
+    """
+    _, flat = _flatten_theta(theta, kinds=("affine",))
+    m = flat.reshape(-1, 2, 3)
+    linear = torch.linalg.inv(m[:, :, :2])
+    return torch.cat((linear, -torch.matmul(linear, m[:, :, 2:])), dim=2).reshape(-1, 6)
+
+
 # --------------------------------------------------------------------------------------------
 # Pixel coordinates of keypoint files
 
@@ -527,6 +562,49 @@ def random_affine_theta(
     s = 1 + u[:, 1:5] * scale
     t = u[:, 5:7] * translation
     theta = torch.stack((s[:, 0] * cos, -s[:, 1] * sin, t[:, 0], s[:, 2] * sin, s[:, 3] * cos, t[:, 1]), dim=1)
+    return _cast(theta, device, dtype)
+
+
+def random_near_identity_theta(
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    *,
+    rotation: float = math.pi / 18,
+    scale: float = 0.15,
+    translation: float = 0.15,
+    shear: float = 0.05,
+    device=None,
+    dtype=None,
+) -> torch.Tensor:
+    """Random small affine thetas, like the viewpoint change between two photos of one scene.
+
+    A similarity (rotation ``alpha`` uniform in ``[-rotation, rotation]``, isotropic scale
+    ``exp(u log(1 + scale))`` with ``u`` uniform in ``[-1, 1]``, translation uniform in
+    ``[-translation, translation]`` on each axis) whose 2x2 part is then jittered by independent
+    uniform ``[-shear, shear]`` entries (a little anisotropy and shear, as parallax gives). The
+    authors' :func:`random_affine_theta` rarely draws such pairs; with them the network learns the
+    identity and small corrections precisely, which composed inference passes rely on
+    (docs/design.md §6).
+
+    Args:
+        batch_size: number of thetas B.
+        generator: optional ``torch.Generator`` (draws in float64 on its device, then cast).
+        rotation: largest rotation angle in radians (default pi/18, 10 degrees).
+        scale: largest relative scale change (default 0.15).
+        translation: largest translation (default 0.15, normalised units).
+        shear: largest jitter of each 2x2 entry (default 0.05).
+        device, dtype: of the result (as in :func:`random_affine_theta`).
+    Returns:
+        ``(B, 6)`` affine thetas.
+    """
+    _check_count("batch_size", batch_size, 0)
+    u = _uniform((batch_size, 8), generator, device)
+    alpha = u[:, 0] * rotation
+    s = torch.exp(u[:, 1] * math.log1p(scale))
+    cos, sin = s * torch.cos(alpha), s * torch.sin(alpha)
+    j = u[:, 2:6] * shear
+    t = u[:, 6:8] * translation
+    theta = torch.stack((cos + j[:, 0], -sin + j[:, 1], t[:, 0], sin + j[:, 2], cos + j[:, 3], t[:, 1]), dim=1)
     return _cast(theta, device, dtype)
 
 

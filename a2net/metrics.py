@@ -1,6 +1,7 @@
 """Evaluation metrics of semantic alignment (docs/design.md §8): keypoint PCK (PF-WILLOW, PF-PASCAL),
 dense flow PCK (TSS), the mask metrics of Caltech-101 (label transfer accuracy, IoU, localisation
-error), and the PCK of held-out synthetic pairs (:func:`synthetic_pck`).
+error), the PCK of held-out synthetic pairs (:func:`synthetic_pck`) and the displacement of a photo
+aligned onto itself (:func:`self_alignment_displacement`).
 
 Conventions:
 
@@ -22,6 +23,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -46,6 +48,7 @@ __all__ = [
     "mask_iou",
     "pck",
     "reference_length",
+    "self_alignment_displacement",
     "synthetic_pck",
     "theta_to_flow",
 ]
@@ -461,3 +464,36 @@ def synthetic_pck(
     # padding; here every grid point counts.
     distance = torch.linalg.vector_norm(moved - truth, dim=1)
     return (distance <= alpha * max(size)).double().mean(1)
+
+
+# --------------------------------------------------------------------------------------------
+# A photo aligned onto itself
+
+
+def self_alignment_displacement(chain, image_size, grid_size: int = 7) -> torch.Tensor:
+    """How far the predicted transformation(s) of a photo aligned onto itself move a grid of
+    points, in percent of the image diagonal (0 for the right answer, the identity).
+
+    A ``grid_size`` x ``grid_size`` grid of target points on ``[-1, 1]^2`` (the image corners
+    included) is mapped through ``chain``; each point's displacement is measured in pixels of the
+    ``(H, W)`` photo.
+
+    Args:
+        chain: ``(B, P)`` thetas, or a chain of them in :func:`a2net.geometry.compose_points`
+            order (``[theta_tps, theta_affine]`` for affine+TPS).
+        image_size: ``(H, W)`` of the photo, or an int.
+        grid_size: points per side (>= 2).
+    Returns:
+        ``(B, grid_size**2)`` float64 percentages.
+    """
+    chain = list(chain) if isinstance(chain, (list, tuple)) else [chain]
+    chain = [_flatten_theta(t, name="chain")[1].detach().double().cpu() for t in chain]
+    if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 2:
+        raise ValueError(f"grid_size: expected an int >= 2, got {grid_size!r}")
+    h, w = as_size("image_size", image_size)
+    axis = _axis(grid_size, "cpu", torch.float64)
+    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+    points = torch.stack((xs.flatten(), ys.flatten())).unsqueeze(0).expand(chain[0].shape[0], -1, -1)
+    moved = normalized_to_pixels(compose_points(chain, points), (h, w))
+    shift = moved - normalized_to_pixels(points, (h, w))
+    return torch.linalg.vector_norm(shift, dim=1) * 100 / math.hypot(h, w)

@@ -295,6 +295,7 @@ def evaluate_spair(
     device=None,
     num_workers: int = 0,
     progress: bool = True,
+    inference: dict | None = None,
 ) -> dict:
     """PCK on SPair-71k per pair, per category, per difficulty level and overall.
 
@@ -328,6 +329,7 @@ def evaluate_spair(
         device=device,
         num_workers=num_workers,
         progress=progress,
+        inference=inference,
     )
     names = list(result["metrics"])
     levels = defaultdict(lambda: defaultdict(list))
