@@ -107,7 +107,8 @@ HELDOUT_SEED = 2018
 #: Size the authors resize every training image to before padding and cropping (docs/design.md §6).
 DEFAULT_RESIZE = (480, 640)
 
-_PERMUTATION, _THETA = 0, 1  # stream tags: the epoch order and the per-item draws never share seeds
+# stream tags: the epoch order, the per-item draws and the kind of each item's theta never share seeds
+_PERMUTATION, _THETA, _KIND = 0, 1, 2
 
 
 def stream_seed(seed: int, *keys: int) -> int:
@@ -230,6 +231,12 @@ class SyntheticPairDataset(Dataset):
             bundled demo); off in the paper's recipe. (Coordinates are normalised, so the crop
             need not be resized again: it is sampled at ``output_size`` like a whole image.)
         padding_factor, crop_factor: of :func:`a2net.geometry.synthetic_pair` (0.5 and 9/16).
+        identity_share, near_identity_share: fractions of the items (random affine thetas only)
+            whose theta is the identity (source and target are then the same crop) or a small
+            viewpoint change (:func:`a2net.geometry.random_near_identity_theta`); the others get
+            the authors' random theta (docs/design.md §6). The kind of item ``k`` is drawn from
+            its own stream ``(seed, k)``, so with both at 0 the items are those of a dataset
+            without these options, bit for bit, and the other items keep their draws.
 
     ``len(dataset)`` is the number of items per epoch; any index ``k >= 0`` is valid (indices past
     the end continue into later epochs, with a new image order and new thetas).
@@ -250,8 +257,24 @@ class SyntheticPairDataset(Dataset):
         augment: bool = False,
         padding_factor: float = 0.5,
         crop_factor: float = 9 / 16,
+        identity_share: float = 0.0,
+        near_identity_share: float = 0.0,
     ):
         check_choice("geometric_model", geometric_model, tuple(geometry.THETA_SIZE))
+        for name, share in (("identity_share", identity_share), ("near_identity_share", near_identity_share)):
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+                raise ValueError(f"{name}: expected a number in [0, 1], got {share!r}")
+        if identity_share + near_identity_share > 1:
+            raise ValueError(
+                f"near_identity_share: expected at most 1 - identity_share = {1 - identity_share:g}, "
+                f"got {near_identity_share!r}"
+            )
+        if (identity_share or near_identity_share) and (geometric_model != "affine" or thetas is not None):
+            raise ValueError(
+                "identity_share, near_identity_share: only random affine thetas have them, got geometric_model "
+                f"{geometric_model!r}" + ("" if thetas is None else " with thetas from a CSV")
+            )
+        self.identity_share, self.near_identity_share = float(identity_share), float(near_identity_share)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed: expected an int, got {seed!r}")
         self.geometric_model = geometric_model
@@ -343,14 +366,28 @@ class SyntheticPairDataset(Dataset):
         image = image[:, :, top : top + ch, left : left + cw]
         return image.flip(-1) if u[4] < 0.5 else image
 
+    def _kind(self, index: int) -> str:
+        """``"identity"``, ``"near_identity"`` or ``"random"``: the kind of item ``index``'s theta."""
+        if not (self.identity_share or self.near_identity_share):
+            return "random"
+        u = float(torch.rand(1, generator=_generator(self.seed, _KIND, index), dtype=torch.float64))
+        if u < self.identity_share:
+            return "identity"
+        return "near_identity" if u < self.identity_share + self.near_identity_share else "random"
+
     def __getitem__(self, index: int) -> dict:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
             raise IndexError(f"index: expected an int >= 0, got {index!r}")
         index = int(index)
         i = int(self._order(index // len(self))[index % len(self)])
         generator = _generator(self.seed, _THETA, index)
+        kind = self._kind(index)
         if self.thetas is not None:
             theta = self.thetas[i : i + 1]
+        elif kind == "identity":
+            theta = geometry.identity_theta("affine", 1, dtype=torch.float64)
+        elif kind == "near_identity":
+            theta = geometry.random_near_identity_theta(1, generator, dtype=torch.float64)
         elif self.geometric_model == "affine":
             theta = geometry.random_affine_theta(1, generator, dtype=torch.float64)
         else:

@@ -2,13 +2,19 @@
 
 Adam on the transformed grid loss between the predicted and the true theta of synthetic pairs
 (:mod:`a2net.synthetic`); the backbone is frozen as in the paper (``--fine-tune-backbone`` trains it
-too). Presets (explicit options override them):
+too). For real photo pairs (docs/design.md §6) a share of the pairs can be the identity or a small
+viewpoint change (``identity_share``, ``near_identity_share``), and consistency losses can be
+added (``swap_weight``, ``cycle_weight``, ``self_weight``: :class:`ConsistencyBatch`,
+:func:`consistency_loss`). ``init_from`` starts from another checkpoint's weights. Presets
+(explicit options override them):
 
 * ``paper`` — docs/design.md §7: ResNet-101 with ImageNet weights (required: ``--backbone-weights imagenet``
   downloads torchvision's, or pass a local state_dict), 240x240, batch 32, lr 2e-4 (the authors'
   script), 50 epochs of ``--data`` (PASCAL VOC 2011 images; required), images resized to 480x640.
-* ``demo`` — what trains on 2 CPU cores in at most 30 minutes and ships as the embedded model
-  (:data:`a2net.checkpoint.DEFAULT_CHECKPOINT`): see :data:`PRESETS` and the README.
+* ``demo`` — the CPU recipe of the embedded model (:data:`a2net.checkpoint.DEFAULT_CHECKPOINT`):
+  the small backbone trained with the head on the bundled photos, with identity and
+  near-identity pairs and the consistency losses; see :data:`PRESETS`, docs/design.md §7 and the
+  README (the shipped model's exact history).
 
 Output directory::
 
@@ -31,7 +37,8 @@ reaches the same weights as an uninterrupted run, bit for bit. Launched by ``tor
 several processes, training uses DistributedDataParallel, each rank taking its share of every
 step's global batch (``--batch-size`` is per process), one GPU per process (NCCL) or gloo on CPU;
 the BatchNorm statistics are those of the global batch, so N processes compute what one process
-with the N-fold batch computes.
+with the N-fold batch computes. The consistency losses run inside the module DDP (and
+``torch.compile``) wraps, so they work there too.
 
 The options of ``a2net train`` (:mod:`a2net.cli`) are the keys of :data:`DEFAULTS`;
 :func:`resolve_options` combines them with a preset and, when resuming, with the stored run.
@@ -47,16 +54,28 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from a2net import checkpoint as ckpt
 from a2net import geometry
 from a2net.errors import InputError, InputNotFoundError, UsageError
 from a2net.fileio import atomic_write, check_output_dir
 from a2net.images import check_image_file
+from a2net.inference import network_features, regress
 from a2net.model import build_model, normalize_images
 from a2net.synthetic import DEFAULT_RESIZE, StepBatchSampler, SyntheticPairDataset, collate_pairs, list_images
 
-__all__ = ["DEFAULTS", "LR_SCHEDULES", "PRESETS", "learning_rate", "resolve_options", "train"]
+__all__ = [
+    "CONSISTENCY_WEIGHTS",
+    "ConsistencyBatch",
+    "DEFAULTS",
+    "LR_SCHEDULES",
+    "PRESETS",
+    "consistency_loss",
+    "learning_rate",
+    "resolve_options",
+    "train",
+]
 
 #: Presets of ``--preset``; every key is an option of ``a2net train`` (dashes as underscores).
 PRESETS: dict[str, dict] = {
@@ -74,6 +93,13 @@ PRESETS: dict[str, dict] = {
         "epochs": None,
         "data": "bundled:training",
         "augment": True,
+        # real photo pairs: the identity and small viewpoint changes besides the large random warps,
+        # and the consistency of the two directions and of each image with itself (docs/design.md §6)
+        "identity_share": 0.1,
+        "near_identity_share": 0.3,
+        "swap_weight": 1.0,
+        "cycle_weight": 0.5,
+        "self_weight": 1.0,
         "checkpoint_every": 250,
     },
     "paper": {
@@ -113,6 +139,12 @@ DEFAULTS = {
     "fine_tune_backbone": False,
     "use_oac": True,
     "use_attention": True,
+    "identity_share": 0.0,
+    "near_identity_share": 0.0,
+    "swap_weight": 0.0,
+    "cycle_weight": 0.0,
+    "self_weight": 0.0,
+    "init_from": None,
     "output_dir": "runs/a2net",
 }
 #: Options that define the run: a resumed run takes them from the checkpoint.
@@ -133,9 +165,84 @@ RUN_KEYS = (
     "fine_tune_backbone",
     "use_oac",
     "use_attention",
+    "identity_share",
+    "near_identity_share",
+    "swap_weight",
+    "cycle_weight",
+    "self_weight",
+    "init_from",
 )
 METRICS_FILE = "metrics.jsonl"
 LR_SCHEDULES = ("constant", "cosine")
+#: The weights of the consistency losses (:func:`consistency_loss`).
+CONSISTENCY_WEIGHTS = ("swap_weight", "cycle_weight", "self_weight")
+
+
+class ConsistencyBatch(nn.Module):
+    """The thetas the consistency losses need, in one forward (what DistributedDataParallel and
+    ``torch.compile`` wrap, so that DDP's gradient hooks and the compiled graph see all of it).
+
+    Each image goes through the backbone once (source and target in one batch); the regression
+    head then sees, in one batch (one set of BatchNorm statistics), the pairs ``(A, B)``, then
+    ``(B, A)`` if ``swap``, then ``(A, A)`` and ``(B, B)`` if ``self_pairs``.
+
+    Shape: ``forward(source (B, 3, H, W), target (B, 3, H, W))`` -> ``(k B, P)`` with ``k = 1 +
+    swap + 2 self_pairs``, in that order.
+    """
+
+    def __init__(self, model: nn.Module, swap: bool, self_pairs: bool):
+        super().__init__()
+        self.model, self.swap, self.self_pairs = model, bool(swap), bool(self_pairs)
+
+    def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        n = source.shape[0]
+        features = network_features(self.model, torch.cat((source, target)))
+        fs, ft = features[:n], features[n:]
+        sources, targets = [fs], [ft]
+        if self.swap:
+            sources.append(ft)
+            targets.append(fs)
+        if self.self_pairs:
+            sources += [fs, ft]
+            targets += [fs, ft]
+        return regress(self.model, torch.cat(sources), torch.cat(targets))
+
+
+def consistency_loss(thetas: torch.Tensor, theta_true: torch.Tensor, options: dict, loss_fn) -> torch.Tensor:
+    """The training loss with the consistency terms (docs/design.md §6), from the thetas of
+    :class:`ConsistencyBatch` (built with ``swap = swap_weight or cycle_weight`` and
+    ``self_pairs = self_weight``):
+
+    * ``loss_fn(theta(A, B), truth)``, the paper's loss;
+    * swap: ``swap_weight * loss_fn(theta(B, A), truth^-1)``;
+    * cycle: ``cycle_weight * loss_fn(theta(A, B) o theta(B, A), identity)`` (a target point of
+      ``(B, A)`` goes into ``B``'s frame and back);
+    * self: ``self_weight * loss_fn(theta(X, X), identity)`` for ``X`` in ``A, B``.
+
+    Args:
+        thetas: ``(k B, P)`` float thetas of :class:`ConsistencyBatch`.
+        theta_true: ``(B, P)`` the truth of ``(source, target)``.
+        options: the run's options (the weights).
+        loss_fn: the transformed grid loss (:class:`a2net.geometry.TransformedGridLoss`).
+    Returns:
+        0-D weighted sum.
+    """
+    swap, cycle, self_weight = (options[k] for k in CONSISTENCY_WEIGHTS)
+    n = theta_true.shape[0]
+    loss = loss_fn(thetas[:n], theta_true)
+    rest = thetas[n:]
+    if swap or cycle:
+        swapped, rest = rest[:n], rest[n:]
+        if swap:
+            loss = loss + swap * loss_fn(swapped, geometry.invert_affine(theta_true))
+        if cycle:
+            identity = geometry.identity_theta("affine", n, device=swapped.device, dtype=swapped.dtype)
+            loss = loss + cycle * loss_fn(geometry.compose_affine(thetas[:n], swapped), identity)
+    if self_weight:
+        kind = "affine" if thetas.shape[1] == 6 else "tps"
+        identity = geometry.identity_theta(kind, 2 * n, device=rest.device, dtype=rest.dtype)
+        loss = loss + self_weight * loss_fn(rest, identity)
+    return loss
 
 
 def learning_rate(options: dict, step: int, max_steps: int) -> float:
@@ -171,6 +278,8 @@ def resolve_options(args, stored: dict | None) -> dict:
     if preset is not None:
         options.update(PRESETS[preset])
     if stored is not None:
+        # a run saved before an option existed ran with its default
+        stored = dict(stored, options={**DEFAULTS, **stored["options"]})
         for key in ("max_steps", "epochs", "checkpoint_every"):
             options[key] = stored["options"][key]
     options.update(explicit)
@@ -217,6 +326,23 @@ def _check(options: dict) -> None:
         raise UsageError(f"--lr-schedule: expected one of {list(LR_SCHEDULES)}, got {options['lr_schedule']!r}")
     if options["max_steps"] is None and options["epochs"] is None:
         raise UsageError("--max-steps/--epochs: expected one of them")
+    for key in ("identity_share", "near_identity_share", *CONSISTENCY_WEIGHTS):
+        value = options[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise UsageError(f"--{key.replace('_', '-')}: expected a number >= 0, got {value!r}")
+    shares = options["identity_share"] + options["near_identity_share"]
+    if shares > 1:
+        raise UsageError(
+            f"--identity-share, --near-identity-share: expected a sum <= 1 (fractions of the pairs), got {shares:g}"
+        )
+    affine_only = [k for k in ("identity_share", "near_identity_share", "swap_weight", "cycle_weight") if options[k]]
+    if affine_only and options["geometric_model"] != "affine":
+        raise UsageError(
+            f"--{affine_only[0].replace('_', '-')}: needs affine thetas (the identity pairs are affine; the swap "
+            f"and cycle losses invert and compose thetas), got --geometric-model {options['geometric_model']}"
+        )
+    if (options["identity_share"] or options["near_identity_share"]) and options["thetas"] is not None:
+        raise UsageError("--identity-share, --near-identity-share: the pairs' thetas come from --thetas, got both")
 
 
 def _check_data(data) -> None:
@@ -290,6 +416,22 @@ def _clear_run(output_dir: Path, overwrite: bool, log) -> None:
         if (output_dir / name).exists():
             os.replace(output_dir / name, aside / name.lstrip("."))
     log(f"--overwrite: moved the previous run in {output_dir} ({found}) to {aside}")
+
+
+def _init_weights(model: nn.Module, path) -> None:
+    """Load the weights of the checkpoint ``path`` (``--init-from``) into ``model``; its config
+    must be the run's."""
+    try:
+        start = ckpt.load_model(path)
+    except InputNotFoundError as err:
+        raise InputNotFoundError(f"--init-from: {err}") from None
+    if start.config != model.config:
+        differ = sorted(k for k in {**start.config, **model.config} if start.config.get(k) != model.config.get(k))
+        raise UsageError(
+            f"--init-from: the checkpoint's model differs from this run's in {differ}: "
+            + ", ".join(f"{k} {start.config.get(k)!r} vs {model.config.get(k)!r}" for k in differ)
+        )
+    model.load_state_dict(start.state_dict())
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -420,7 +562,7 @@ def train(
     if resume:
         stored = _stored_run(output_dir)
         options = dict(
-            stored["options"],
+            {**DEFAULTS, **stored["options"]},  # a run saved before an option existed ran with its default
             max_steps=options["max_steps"],
             epochs=options["epochs"],
             checkpoint_every=options["checkpoint_every"],
@@ -458,6 +600,8 @@ def train(
         seed=options["seed"],
         thetas=options["thetas"],
         augment=options["augment"],
+        identity_share=options["identity_share"],
+        near_identity_share=options["near_identity_share"],
     )
     max_steps = options["max_steps"]
     if max_steps is None:
@@ -477,6 +621,8 @@ def train(
         "use_attention": options["use_attention"],
     }
     model = build_model(config, backbone_seed=options["backbone_seed"], backbone_weights=options["backbone_weights"])
+    if options["init_from"] is not None and stored is None:
+        _init_weights(model, options["init_from"])
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=options["lr"])
@@ -489,11 +635,16 @@ def train(
         for key, value in group.items():
             if isinstance(value, torch.Tensor) and key != "step":
                 group[key] = value.to(device)
+    consistency = any(options[k] for k in CONSISTENCY_WEIGHTS)
     net = model
+    if consistency:
+        net = ConsistencyBatch(
+            model, swap=options["swap_weight"] or options["cycle_weight"], self_pairs=options["self_weight"]
+        )
     if world > 1:
         _sync_batch_norm(model, device)
         device_ids = [device.index] if device.type == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
     if compile:
         net = torch.compile(net)
     loss_fn = geometry.TransformedGridLoss(options["geometric_model"])
@@ -520,6 +671,7 @@ def train(
             f"training {options['geometric_model']} A2Net ({options['backbone']}, {options['image_size']}px, batch "
             f"{options['batch_size']}x{world}, lr {options['lr']}) on {len(dataset)} images of {options['data']} "
             f"-> {output_dir}: steps {step + 1}..{max_steps} on {device}"
+            + (f", starting from the weights of {options['init_from']}" if options["init_from"] and not stored else "")
         )
     bar = tqdm(total=max_steps, initial=step, disable=not progress or rank != 0, dynamic_ncols=True, unit="step")
     start = time.perf_counter()
@@ -535,7 +687,10 @@ def train(
                 group["lr"] = learning_rate(options, step, max_steps)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 theta = net(source, target)
-            loss = loss_fn(theta.float(), theta_true)
+            if consistency:
+                loss = consistency_loss(theta.float(), theta_true, options, loss_fn)
+            else:
+                loss = loss_fn(theta.float(), theta_true)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,7 +1,8 @@
 """Training with several processes (`torchrun --nproc_per_node 2 -m a2net train ...`, gloo on CPU):
 the ranks hold identical parameters after the steps, the result is that of one process with the
 same global batch, only rank 0 writes the checkpoint and the metrics, and `--resume` continues a
-distributed run."""
+distributed run. The runs use the demo preset's options: identity and near-identity pairs and the
+consistency losses, computed in the one forward DistributedDataParallel wraps."""
 
 import argparse
 import copy
@@ -20,9 +21,11 @@ from tests.test_benchmarks import write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-# Per process: 2 pairs a step, 112 px; the demo's small backbone, trained with the head (BatchNorm
-# layers in training mode: the statistics must be those of the global batch).
-TINY = ["--backbone", "small_cnn", "--fine-tune-backbone", "--image-size", "112", "--resize", "96", "128"]
+# Per process: 2 pairs a step, 112 px; the demo preset (its small backbone trained with the head:
+# BatchNorm layers in training mode, whose statistics must be those of the global batch; its share of
+# identity pairs and its consistency losses), at a constant learning rate so that a run resumed with
+# a longer --max-steps follows the uninterrupted one.
+TINY = ["--preset", "demo", "--image-size", "112", "--resize", "96", "128", "--lr-schedule", "constant"]
 TINY += ["--lr", "1e-4", "--threads", "1", "--no-progress", "--seed", "5"]
 
 # `python -m a2net train ...` in a torchrun process (runpy: the module's own entry point), recording
@@ -94,6 +97,8 @@ def test_two_processes_match_one_with_the_global_batch_and_resume(tmp_path, monk
     assert first.count("done: step 2") == 1 and "batch 2x2" in first  # rank 0 alone reports
     assert sorted(p.name for p in run.iterdir()) == ["last", "metrics.jsonl"]  # rank 0 alone writes
     assert [r["step"] for r in steps(run)] == [1, 2]
+    options = ckpt.read_state(run / "last")["options"]
+    assert options["identity_share"] > 0 and all(options[k] > 0 for k in train.CONSISTENCY_WEIGHTS)
     assert_same_ranks(tmp_path / "first")
 
     resumed = torchrun(tmp_path / "resumed", "--output-dir", run, "--resume", "--max-steps", "3")
