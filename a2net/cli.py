@@ -53,7 +53,18 @@ GEOMETRIC_MODEL_CHOICES = ("affine", "tps")  # a2net.model.GEOMETRIC_MODELS
 MODE_CHOICES = ("affine", "tps", "affine+tps")  # a2net.inference.MODES
 PRESET_CHOICES = ("demo", "paper")  # a2net.train.PRESETS
 LR_SCHEDULE_CHOICES = ("constant", "cosine")  # a2net.train.LR_SCHEDULES
-BENCHMARK_CHOICES = ("pf-willow", "pf-pascal", "spair", "tss", "caltech", "synthetic")  # a2net.evaluate.BENCHMARKS
+BENCHMARK_CHOICES = (  # a2net.evaluate.BENCHMARKS
+    "pf-willow",
+    "pf-pascal",
+    "spair",
+    "tss",
+    "caltech",
+    "synthetic",
+    "stereo-demo",
+)
+#: Held-out synthetic pairs scored by default: by ``eval --benchmark synthetic``, and by ``demo``
+#: and ``eval --benchmark stereo-demo``.
+SYNTHETIC_PAIRS, DEMO_PAIRS = 100, 200
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,6 +95,8 @@ def _bounded(kind, low, high=None, strict=False):
 _positive_int = _bounded(int, 1)
 _non_negative_int = _bounded(int, 0)
 _positive_float = _bounded(float, 0, strict=True)
+_non_negative_float = _bounded(float, 0)
+_fraction = _bounded(float, 0, 1)
 _pair_count = _bounded(int, 1, MAX_PAIRS)
 
 
@@ -117,6 +130,42 @@ def _input_size(aligner, size) -> tuple[int, int] | None:
         raise UsageError(f"--image-size: {str(err).removeprefix('image_size: ')}") from None
 
 
+def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--iterations``, ``--symmetric``, ``--refine``: the inference options (a2net.inference)."""
+    parser.add_argument(
+        "--iterations",
+        type=_positive_int,
+        default=None,
+        help="forward passes of the affine model, each composed with the last (default: the model's)",
+    )
+    parser.add_argument(
+        "--symmetric",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average the estimates of both directions in each pass (default: the model's)",
+    )
+    parser.add_argument(
+        "--refine",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refine the affine theta on the grey levels, for two views of one scene (default: the model's)",
+    )
+
+
+def _inference_options(args: argparse.Namespace, aligners) -> dict:
+    """The inference options given on the command line; a usage error when no aligner has an
+    affine stage for them."""
+    from a2net.inference import mode_of
+
+    given = {k: getattr(args, k) for k in ("iterations", "symmetric", "refine") if getattr(args, k) is not None}
+    if given and all(mode_of(aligner) == "tps" for aligner in aligners):
+        raise UsageError(
+            f"--{next(iter(given))}: an option of the affine model (or of the affine stage of affine+TPS); "
+            "the model given is a TPS model"
+        )
+    return given
+
+
 def _figure_path(name: str, path: str) -> Path:
     """An alignment figure's path, checked before any work (format, writable folder, matplotlib)."""
     from a2net.errors import require_extra
@@ -133,86 +182,88 @@ def _figure_path(name: str, path: str) -> Path:
 
 
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="demo/alignment.png", help="the alignment figure (default: %(default)s)")
+    parser.add_argument("--out", default="demo/alignment.png", help="the stereo pair's figure (default: %(default)s)")
     parser.add_argument(
         "--pairs",
         type=_pair_count,
-        default=200,
+        default=DEMO_PAIRS,
         help=f"held-out synthetic pairs scored, 1..{MAX_PAIRS} (default: %(default)s)",
     )
-    parser.add_argument(
-        "--index", type=_non_negative_int, default=3, help="which scored pair the figure shows (default: %(default)s)"
-    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    # Batches of 8 small images: a second thread gains little, and on a busy machine its
+    # synchronisation costs several times the work (measured: 95 s with 2 threads, 28 s with 1).
+    parser.add_argument("--threads", type=_positive_int, default=1, help="CPU threads (default: %(default)s)")
+
+
+#: Correspondences of the stereo pair drawn in the demo's figure.
+FIGURE_POINTS = 12
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    """Align held-out bundled photos with the embedded trained model; figure and PCK."""
+    """The embedded trained model on bundled photos with a known answer: the stereo pair against
+    its disparity map, every photo aligned onto itself, held-out synthetic pairs; the stereo
+    pair's figure."""
     from a2net.errors import require_extra
 
-    if not 0 <= args.index < args.pairs:
-        raise UsageError(f"--index: expected 0 <= index < --pairs ({args.pairs}), got {args.index}")
     out = _figure_path("--out", args.out)
     require_extra("skimage.data", "the demo (scikit-image's bundled photos)")
 
     import torch
 
-    from a2net import geometry, synthetic
     from a2net.alignment import align, save_alignment_figure
+    from a2net.benchmarks import stereo_pair
     from a2net.checkpoint import DEFAULT_CHECKPOINT, load_default_model
-    from a2net.evaluate import evaluate_synthetic, format_results
+    from a2net.evaluate import evaluate_stereo_demo, format_stereo_demo
+    from a2net.inference import inference_defaults, mode_of
     from a2net.ops import backend
 
+    torch.set_num_threads(args.threads)
     device = _device(args.device)
     model = load_default_model(map_location=device)
     state = getattr(model, "checkpoint_state", {})
+    history = state.get("history") or f"trained {state.get('step', '?')} steps by `a2net train --preset demo`"
     print(
         f"embedded model: {DEFAULT_CHECKPOINT.name} ({model.geometric_model}, backbone "
-        f"{model.config['backbone']}, {model.image_size[0]}x{model.image_size[1]} input, trained "
-        f"{state.get('step', '?')} steps by `a2net train --preset demo`) on {device}, backend {backend()}"
+        f"{model.config['backbone']}, {model.image_size[0]}x{model.image_size[1]} input; {history}) on {device}, "
+        f"backend {backend()}, {torch.get_num_threads()} thread(s)"
     )
-
-    # 1. PCK on held-out synthetic pairs (photos never seen in training, known transformations).
-    start = time.perf_counter()
-    report = evaluate_synthetic(model, n_pairs=args.pairs, device=device, progress=False)
+    options = inference_defaults(model)
     print(
-        f"\nheld-out synthetic pairs of the bundled photos ({args.pairs} pairs, {time.perf_counter() - start:.1f} s):"
+        "inference (the model's defaults; --iterations/--symmetric/--refine of eval and align change them): "
+        + ", ".join(f"{k} {v}" for k, v in options.items())
     )
-    print(format_results({"benchmark": "synthetic", "modes": {report["mode"]: report}}))
 
-    # 2. One held-out pair as a figure: the true transformation's keypoints vs the predicted ones.
-    # Pair k of heldout_synthetic_pairs is item k of this stream: only that one is built.
-    pairs = synthetic.SyntheticPairDataset(
-        "bundled:heldout",
-        model.geometric_model,
-        model.image_size,
-        resize=synthetic.matched_resize(model.image_size),
-        seed=synthetic.HELDOUT_SEED,
-    )
-    pair = pairs[args.index]
-    source, target, theta = pair["source"], pair["target"], pair["theta"]
-    h, w = target.shape[1:]
-    axis = torch.linspace(-0.7, 0.7, 4, dtype=torch.float64)
-    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
-    grid = torch.stack((xs.flatten(), ys.flatten()))[None]
-    size = torch.tensor([[h, w]])
-    target_points = geometry.normalized_to_pixels(grid, size)[0]
-    source_points = geometry.normalized_to_pixels(geometry.transform_points(theta[None].double(), grid), size)[0]
     start = time.perf_counter()
+    checks = evaluate_stereo_demo(model, n_pairs=args.pairs, device=device)
+    mode = mode_of(model)
+    synthetic = checks["synthetic"]
+    report = {
+        "stereo": {mode: checks["stereo"]},
+        "self_alignment": {mode: checks["self_alignment"]},
+        "modes": {mode: synthetic},
+        "synthetic_title": f"held-out synthetic pairs of the bundled photos ({synthetic['pairs']} pairs, "
+        f"{synthetic['seconds']:.1f} s):",
+    }
+    print()
+    print(format_stereo_demo(report))
+    print(f"(the three checks: {time.perf_counter() - start:.1f} s)")
+
+    # The stereo pair as a figure, with a few of its known correspondences.
+    pair = stereo_pair(FIGURE_POINTS)
     result = align(
-        source, target, model=model, source_points=source_points.float(), target_points=target_points.float()
+        pair["source"],
+        pair["target"],
+        model=model,
+        source_points=pair["source_points"].float(),
+        target_points=pair["target_points"].float(),
     )
-    elapsed = time.perf_counter() - start
-    save_alignment_figure(result, out)
+    written = save_alignment_figure(result, out)
     errors = result.transfer_errors()
-    inside = ~torch.isnan(errors)  # keypoints whose true source position lies inside the image
-    identity = torch.linalg.vector_norm(source_points - target_points, dim=0)[inside]
+    identity = torch.linalg.vector_norm(pair["source_points"] - pair["target_points"], dim=0)
     print(
-        f"\npair {args.index} ({pair['name']}): aligned in {elapsed * 1e3:.0f} ms; keypoint "
-        f"error {errors[inside].mean():.1f} px mean over {int(inside.sum())} points inside the source "
-        f"(without alignment: {identity.mean():.1f} px)"
+        f"\nfigure: {written} (the stereo pair: source = left view, target = right view; {FIGURE_POINTS} of its "
+        f"correspondences, error {float(errors.mean()):.1f} px mean, without alignment {float(identity.mean()):.1f} px)"
     )
-    print(f"figure: {out}")
     return 0
 
 
@@ -226,7 +277,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         choices=PRESET_CHOICES,
         default=None,
-        help="defaults of a recipe: 'demo' (2 CPU cores, <= 30 min) or 'paper' (docs/design.md §7)",
+        help="defaults of a recipe: 'demo' (the embedded model's, on CPU) or 'paper' (docs/design.md §7)",
     )
     p.add_argument("--geometric-model", choices=GEOMETRIC_MODEL_CHOICES, default=None)
     p.add_argument("--backbone", choices=BACKBONE_CHOICES, default=None)
@@ -290,6 +341,42 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="random crop + flip of each image (demo preset: on)",
     )
+    p.add_argument(
+        "--identity-share",
+        type=_fraction,
+        default=None,
+        help="fraction of the pairs whose theta is the identity (affine; demo preset: 0.1; else 0)",
+    )
+    p.add_argument(
+        "--near-identity-share",
+        type=_fraction,
+        default=None,
+        help="fraction of the pairs with a small viewpoint change (affine; demo preset: 0.3; else 0)",
+    )
+    p.add_argument(
+        "--swap-weight",
+        type=_non_negative_float,
+        default=None,
+        help="weight of the loss of each pair swapped, against the inverse theta (affine; demo preset: 1; else 0)",
+    )
+    p.add_argument(
+        "--cycle-weight",
+        type=_non_negative_float,
+        default=None,
+        help="weight of the loss theta(A,B) o theta(B,A) = identity (affine; demo preset: 0.5; else 0)",
+    )
+    p.add_argument(
+        "--self-weight",
+        type=_non_negative_float,
+        default=None,
+        help="weight of the loss theta(A,A) = identity, each image against itself (demo preset: 1; else 0)",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="CHECKPOINT",
+        help="start from the weights of this checkpoint (folder or .safetensors; the same model config)",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed of the data stream (0)")
     p.add_argument("--output-dir", default=None, help="where metrics.jsonl and last/ go (runs/a2net)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="save last/ every N steps")
@@ -349,7 +436,7 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the benchmark's folder (for synthetic: a folder of images; default the held-out bundled photos)",
     )
-    parser.add_argument("--output", required=True, help="results JSON to write")
+    parser.add_argument("--output", default=None, help="results JSON to write (required, except for stereo-demo)")
     parser.add_argument(
         "--checkpoint", default=None, help="checkpoint folder or model.safetensors (default: the embedded demo model)"
     )
@@ -386,7 +473,11 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="network input size (default: the model's)",
     )
     parser.add_argument(
-        "--pairs", type=_pair_count, default=100, help=f"synthetic: number of held-out pairs, 1..{MAX_PAIRS}"
+        "--pairs",
+        type=_pair_count,
+        default=None,
+        help=f"synthetic, stereo-demo: number of held-out pairs, 1..{MAX_PAIRS} (default {SYNTHETIC_PAIRS}, "
+        f"stereo-demo {DEMO_PAIRS})",
     )
     parser.add_argument(
         "--pair-model",
@@ -394,6 +485,7 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("affine", "tps"),
         help="synthetic: kind of the pairs' random thetas (default: tps for a TPS model, else affine)",
     )
+    _add_inference_arguments(parser)
     parser.add_argument("--batch-size", type=_positive_int, default=8)
     parser.add_argument(
         "--num-workers", type=_non_negative_int, default=0, help="DataLoader workers reading the images"
@@ -440,11 +532,12 @@ def _eval_dataset(args: argparse.Namespace, aligners: dict):
     from a2net.evaluate import default_pair_model
     from a2net.inference import input_size
 
-    if args.benchmark == "synthetic":
+    if args.benchmark in ("synthetic", "stereo-demo"):
         size = input_size(next(iter(aligners.values())), args.image_size and tuple(args.image_size))
         pair_model = args.pair_model or default_pair_model(list(aligners.values())[-1])
         images = "bundled:heldout" if args.data is None else args.data
-        pairs = synthetic.heldout_synthetic_pairs(pair_model, n_pairs=args.pairs, image_size=size, images=images)
+        n_pairs = args.pairs or (SYNTHETIC_PAIRS if args.benchmark == "synthetic" else DEMO_PAIRS)
+        pairs = synthetic.heldout_synthetic_pairs(pair_model, n_pairs=n_pairs, image_size=size, images=images)
         where = "held-out bundled photos" if args.data is None else str(args.data)
         return pairs, f"synthetic {pair_model} pairs of the {where}"
     if args.benchmark == "pf-willow":
@@ -465,15 +558,24 @@ def _eval_dataset(args: argparse.Namespace, aligners: dict):
 
 def _run_eval(args: argparse.Namespace) -> int:
     """``a2net eval``: evaluate, print the tables, write the JSON report."""
-    if args.data is None and args.benchmark != "synthetic":
+    if args.benchmark == "stereo-demo":
+        if args.data is not None:
+            raise UsageError(f"--data: --benchmark stereo-demo uses the bundled photos only, got {args.data!r}")
+        from a2net.errors import require_extra
+
+        require_extra("skimage.data", "--benchmark stereo-demo (scikit-image's bundled photos)")
+    elif args.data is None and args.benchmark != "synthetic":
         raise UsageError(f"--data: required for --benchmark {args.benchmark} (the dataset's folder)")
+    if args.output is None and args.benchmark != "stereo-demo":
+        raise UsageError(f"--output: required for --benchmark {args.benchmark} (the results JSON to write)")
     if args.benchmark == "spair" and args.split not in ("test", "val", "trn"):
         raise UsageError(f"--split: expected test, val or trn (SPair-71k's splits), got {args.split!r}")
     if args.benchmark == "pf-pascal" and args.split == "trn":
         raise UsageError("--split: expected test, val, train or all (PF-PASCAL's splits), got 'trn'")
     from a2net.fileio import check_output_path
 
-    check_output_path("--output", args.output)
+    if args.output is not None:
+        check_output_path("--output", args.output)
 
     import datetime
 
@@ -486,26 +588,30 @@ def _run_eval(args: argparse.Namespace) -> int:
         TSS_ALPHAS,
         evaluate_caltech,
         evaluate_keypoints,
+        evaluate_stereo_demo,
         evaluate_synthetic,
         evaluate_tss,
         format_results,
+        format_stereo_demo,
     )
     from a2net.fileio import write_json
-    from a2net.inference import input_size
+    from a2net.inference import DEFAULT_INFERENCE, inference_defaults, input_size
 
     device = _device(args.device)
     aligners, checkpoints = _eval_aligners(args, device)
     image_size = None
     for aligner in aligners.values():  # too small for the encoder: an error before any image is read
         image_size = _input_size(aligner, args.image_size)
+    inference = _inference_options(args, aligners.values())
     dataset, title = _eval_dataset(args, aligners)
     common = dict(
         image_size=image_size,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         progress=not args.no_progress,
+        inference=inference,
     )
-    results = {}
+    results, real = {}, {"stereo": {}, "self_alignment": {}}
     for mode, aligner in aligners.items():
         if args.benchmark in ("pf-willow", "pf-pascal"):
             results[mode] = evaluate_keypoints(aligner, dataset, alphas=args.alphas or KEYPOINT_ALPHAS, **common)
@@ -517,6 +623,11 @@ def _run_eval(args: argparse.Namespace) -> int:
             results[mode] = evaluate_tss(aligner, dataset, alphas=args.alphas or TSS_ALPHAS, **common)
         elif args.benchmark == "caltech":
             results[mode] = evaluate_caltech(aligner, dataset, **common)
+        elif args.benchmark == "stereo-demo":
+            common.pop("num_workers", None)
+            checks = evaluate_stereo_demo(aligner, dataset, alphas=args.alphas, **common)
+            results[mode] = checks["synthetic"]
+            real["stereo"][mode], real["self_alignment"][mode] = checks["stereo"], checks["self_alignment"]
         else:
             common.pop("num_workers", None)
             results[mode] = evaluate_synthetic(aligner, dataset, alphas=args.alphas or KEYPOINT_ALPHAS, **common)
@@ -540,6 +651,10 @@ def _run_eval(args: argparse.Namespace) -> int:
         "per_class": args.benchmark in ("pf-pascal", "spair", "tss"),
         "modes": results,
     }
+    report["inference"] = {  # what each mode ran with (a TPS model always makes one plain pass)
+        mode: DEFAULT_INFERENCE if mode == "tps" else inference_defaults(aligner, **inference)
+        for mode, aligner in aligners.items()
+    }
     for key in ("reference_kind", "reference_description", "alphas", "pair_model", "grid_size"):
         if key in first:
             report[key] = first[key]
@@ -550,10 +665,14 @@ def _run_eval(args: argparse.Namespace) -> int:
 
         report["transfer"] = first["transfer"]
         print(format_results(report) + "\n\n" + format_spair(report))
+    elif args.benchmark == "stereo-demo":
+        report.update(real, title=f"the stereo pair, the bundled photos aligned onto themselves and {title}")
+        print(format_stereo_demo({**report, "synthetic_title": f"{title}: {first['pairs']} pairs"}))
     else:
         print(format_results(report))
-    written = write_json(args.output, report)
-    print(f"wrote {written}")
+    if args.output is not None:
+        written = write_json(args.output, report)
+        print(f"wrote {written}")
     return 0
 
 
@@ -636,6 +755,7 @@ def _add_align_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"also write the warped source alone ({', '.join(s.lstrip('.') for s in IMAGE_FORMATS)})",
     )
+    _add_inference_arguments(parser)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
@@ -671,6 +791,7 @@ def _run_align(args: argparse.Namespace) -> int:
         geometric_model=args.geometric_model,
         device=_device(args.device),
     )
+    inference = _inference_options(args, [aligner])
     source, target = as_image(args.source, "source"), as_image(args.target, "target")
     image_size = _input_size(aligner, args.image_size)
     result = align(
@@ -680,6 +801,7 @@ def _run_align(args: argparse.Namespace) -> int:
         image_size=image_size,
         source_points=args.source_points,
         target_points=args.target_points,
+        **inference,
     )
     thetas = (
         {"affine": result.chain[-1], "tps": result.chain[0]}
@@ -748,6 +870,7 @@ def _run_align_pairs(args: argparse.Namespace) -> int:
         num_workers=workers,
         figures=args.figures,
         progress=not args.no_progress,
+        inference=_inference_options(args, [aligner]),
     )
     print(
         f"{summary['pairs']} pairs: {summary['aligned']} aligned, {summary['failed']} failed, "
@@ -866,7 +989,11 @@ def _run_convert_official(args: argparse.Namespace) -> int:
 
 #: command -> (help, adds its options, runs it)
 _COMMANDS = {
-    "demo": ("align held-out bundled photos with the embedded trained model", _add_demo_arguments, _run_demo),
+    "demo": (
+        "check the embedded trained model on bundled photos with a known answer (stereo, self, synthetic)",
+        _add_demo_arguments,
+        _run_demo,
+    ),
     "train": ("train A2Net on synthetic pairs (self-supervised)", _add_train_arguments, _run_train),
     "eval": ("evaluate a model on a benchmark or on held-out synthetic pairs", _add_eval_arguments, _run_eval),
     "align": (

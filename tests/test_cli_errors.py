@@ -109,6 +109,7 @@ def files(tmp_path_factory):
 
     good = save_tiny_checkpoint(root / "good", "affine")
     f["good"] = good
+    f["tps"] = save_tiny_checkpoint(root / "tps", "tps")
     for name in ("bitflip", "truncated_ckpt", "garbage_state", "empty_state", "nan_weights"):
         (root / name).mkdir()
         for file in good.iterdir():
@@ -209,6 +210,27 @@ def test_align_and_eval_errors(files, tmp_path):
             "--output",
         ),
         "eval_batch_size_0": (willow + ["--data", f["willow"], "--output", out / "w.json", "--batch-size", "0"], 2),
+        "eval_no_output": (willow + ["--data", f["willow"]], 2, "--output", "required", "pf-willow"),
+        "eval_iterations_0": (
+            willow + ["--data", f["willow"], "--output", out / "w.json", "--iterations", "0"],
+            2,
+            "--iterations",
+            "'0'",
+        ),
+        "eval_tps_refine": (
+            willow[:-1] + [f["tps"], "--data", f["willow"], "--output", out / "w.json", "--refine"],
+            2,
+            "--refine",
+            "TPS",
+        ),
+        "stereo_demo_data": (
+            ["eval", "--benchmark", "stereo-demo", "--data", f["willow"], "--output", out / "w.json"],
+            2,
+            "--data",
+            "bundled",
+        ),
+        "align_iterations_x": (align + ["--iterations", "two"], 2, "--iterations", "'two'"),
+        "align_tps_symmetric": (align[:-1] + [f["tps"], "--symmetric"], 2, "--symmetric", "TPS"),
         "eval_pairs_0": (
             ["eval", "--benchmark", "synthetic", "--output", out / "w.json", "--pairs", "0"],
             2,
@@ -217,7 +239,7 @@ def test_align_and_eval_errors(files, tmp_path):
         # convert-official
         "convert_missing": (["convert-official", f["root"] / "none.pth.tar", out / "conv"], 1, "none.pth.tar"),
         "convert_dst_file": (["convert-official", f["root"] / "none.pth.tar", f["a_file"]], 2, "dst", "is a file"),
-        "demo_index": (["demo", "--index", "100000", "--out", out / "demo.png"], 2, "--index", "100000"),
+        "demo_threads_0": (["demo", "--threads", "0", "--out", out / "demo.png"], 2, "--threads", "'0'"),
         "demo_pairs": (["demo", "--pairs", "100000", "--out", out / "demo.png"], 2, "--pairs", "1000"),
         "bad_device": (align[:5] + ["--device", "tpu", "--checkpoint", f["good"]], 2, "--device", "tpu"),
     }
@@ -284,6 +306,33 @@ def test_train_errors_and_run_directories(files, tmp_path):
         (TRAIN + ["--output-dir", never, "--max-steps", "2", "--data", f["empty_folder"]], 1, "--data", "no .jpg"),
         (TRAIN + ["--output-dir", never, "--max-steps", "2", "--data", f["non_images"]], 1, "a.jpg", "not an image"),
         (TRAIN + ["--output-dir", never, "--max-steps", "2", "--data", f["root"] / "nope"], 1, "--data", "nope"),
+        (TRAIN + ["--output-dir", never, "--identity-share", "1.5"], 2, "--identity-share", "'1.5'"),
+        (TRAIN + ["--output-dir", never, "--swap-weight", "-1"], 2, "--swap-weight", "'-1'"),
+        (
+            TRAIN
+            + ["--output-dir", never, "--max-steps", "2", "--identity-share", "0.6", "--near-identity-share", "0.6"],
+            2,
+            "--near-identity-share",
+            "sum <= 1",
+        ),
+        (
+            TRAIN + ["--output-dir", never, "--max-steps", "2", "--geometric-model", "tps", "--cycle-weight", "1"],
+            2,
+            "--cycle-weight",
+            "affine",
+        ),
+        (
+            TRAIN + ["--output-dir", never, "--max-steps", "2", "--init-from", f["root"] / "nope"],
+            1,
+            "--init-from",
+            "nope",
+        ),
+        (
+            TRAIN + ["--output-dir", never, "--max-steps", "2", "--init-from", f["good"], "--image-size", "128"],
+            2,
+            "--init-from",
+            "image_size",
+        ),
         (TRAIN + ["--output-dir", f["a_file"], "--max-steps", "2"], 2, "--output-dir", "is a file"),
         (TRAIN + ["--output-dir", never, "--resume"], 1, "--resume", "no checkpoint", "without --resume"),
         # a run, then the same directory again: refused; resumed; overwritten
