@@ -1,6 +1,7 @@
 """Checkpoints: save, load and rebuild A2Net models, crash-safe.
 
-A checkpoint is a directory::
+A checkpoint is a directory (or, written by :func:`save_model_file`, its ``model.safetensors``
+alone, as the embedded demo model)::
 
     model.safetensors   the weights (safetensors); its header metadata also holds the state below,
                         so the file alone is a complete model (the embedded demo is one such file)
@@ -24,7 +25,7 @@ The fsynced writes are those of :mod:`a2net.fileio`.
 
 **Integrity.** The safetensors metadata holds the SHA-256 of the weights; loading recomputes it,
 so a flipped bit anywhere in the file is reported as corruption (files saved before the
-checksum existed, such as the embedded demo, are checked without it). Loading also refuses
+checksum existed are checked without it). Loading also refuses
 non-finite weights, tensors whose shapes differ from those the stored config builds, and a
 ``state.json`` that is not the JSON this module writes, each time naming the file
 (:class:`a2net.errors.InputError`; a missing checkpoint is :class:`a2net.errors.InputNotFoundError`).
@@ -42,7 +43,7 @@ import torch
 from torch import nn
 
 from a2net.errors import InputError, InputNotFoundError
-from a2net.fileio import fsync_dir, write_synced
+from a2net.fileio import atomic_write, fsync_dir, write_synced
 from a2net.model import BACKBONES, backbone_sha256, build_model
 
 __all__ = [
@@ -55,11 +56,13 @@ __all__ = [
     "read_state",
     "resolve_checkpoint",
     "save_checkpoint",
+    "save_model_file",
 ]
 
 #: ``state.json["format"]`` of this library's checkpoints.
 FORMAT = "a2net-checkpoint-1"
-#: The embedded demo checkpoint (affine, trained by ``a2net train --preset demo``), one file.
+#: The embedded demo checkpoint (affine, trained by ``a2net train``'s demo recipe), one file; its
+#: state names its inference options (``"inference"``) and how it was trained (``"history"``).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "demo_affine.safetensors"
 MODEL_FILE, STATE_FILE, OPTIMIZER_FILE = "model.safetensors", "state.json", "optimizer.pt"
 _METADATA_KEY = "a2net_state"
@@ -133,6 +136,58 @@ def save_checkpoint(
     Returns:
         the directory.
     """
+    text, blob = _model_file(model, step, extra, store_backbone)
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    old = directory.with_name(f".{directory.name}.old")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    write_synced(tmp / MODEL_FILE, lambda f: f.write(blob))
+    if optimizer is not None:
+        write_synced(tmp / OPTIMIZER_FILE, lambda f: torch.save(optimizer.state_dict(), f))
+    write_synced(tmp / STATE_FILE, lambda f: f.write(text.encode()))
+    fsync_dir(tmp)
+    if old.exists() and directory.exists():
+        shutil.rmtree(old)  # a leftover of an earlier crash after the swap
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    fsync_dir(directory.parent)
+    if old.exists():
+        shutil.rmtree(old)
+    return directory
+
+
+def save_model_file(
+    path, model: nn.Module, step: int = 0, extra: dict | None = None, store_backbone: bool | None = None
+) -> Path:
+    """Write ``model`` as one self-contained ``.safetensors`` file (weights, their SHA-256 and the
+    state in its metadata: what :func:`load_model` reads, like :data:`DEFAULT_CHECKPOINT`),
+    atomically.
+
+    Args:
+        path: the file (``.safetensors``, not ``model.safetensors``: that name is a checkpoint
+            directory's); its folder is created.
+        model, step, extra, store_backbone: as in :func:`save_checkpoint`. ``extra`` may hold
+            ``"inference"`` (the options :func:`a2net.inference.inference_defaults` reads) and
+            ``"history"`` (one line on how the model was trained, which ``a2net demo`` prints).
+    Returns:
+        the path.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors" or path.name == MODEL_FILE:
+        raise ValueError(f"path: expected a .safetensors file not named {MODEL_FILE}, got {str(path)!r}")
+    _, blob = _model_file(model, step, extra, store_backbone)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, blob)
+    return path
+
+
+def _model_file(model: nn.Module, step: int, extra: dict | None, store_backbone: bool | None) -> tuple[str, bytes]:
+    """``(state.json text, model.safetensors bytes)`` of ``model``, checked before anything is written."""
     from safetensors.torch import save as safetensors_save
 
     model = _unwrap(model)
@@ -160,30 +215,9 @@ def save_checkpoint(
     }
     text = json.dumps(state, indent=2, sort_keys=False)
     json.loads(text)  # fail here, before anything is written, if extra is not JSON
-
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    old = directory.with_name(f".{directory.name}.old")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     weights = _head_state(model, skip_backbone=not backbone["stored"])
     blob = safetensors_save(weights, metadata={_METADATA_KEY: text, _CHECKSUM_KEY: _weights_sha256(weights)})
-    write_synced(tmp / MODEL_FILE, lambda f: f.write(blob))
-    if optimizer is not None:
-        write_synced(tmp / OPTIMIZER_FILE, lambda f: torch.save(optimizer.state_dict(), f))
-    write_synced(tmp / STATE_FILE, lambda f: f.write(text.encode()))
-    fsync_dir(tmp)
-    if old.exists() and directory.exists():
-        shutil.rmtree(old)  # a leftover of an earlier crash after the swap
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    fsync_dir(directory.parent)
-    if old.exists():
-        shutil.rmtree(old)
-    return directory
+    return text, blob
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -168,9 +168,34 @@ def test_default_checkpoint(monkeypatch, tmp_path):
         assert model.config["backbone"] == "small_cnn" and not model.training
         assert ckpt.DEFAULT_CHECKPOINT.stat().st_size < 8 * 2**20
         assert model.checkpoint_state["preset"] == "demo"
+        # the SHA-256 of its tensors, its inference options and history, no path of the machine it was trained on
+        from safetensors import safe_open
+
+        with safe_open(str(ckpt.DEFAULT_CHECKPOINT), framework="pt") as f:
+            assert len(f.metadata()["a2net_sha256"]) == 64
+        state = model.checkpoint_state
+        assert state["inference"] == {"iterations": 2, "symmetric": True, "refine": False} and state["history"]
+        assert not [v for v in state["options"].values() if isinstance(v, str) and v.startswith(("/", "~"))]
     monkeypatch.setattr(ckpt, "DEFAULT_CHECKPOINT", tmp_path / "missing.safetensors")
     with pytest.raises(FileNotFoundError, match="a2net train --preset demo"):
         ckpt.load_default_model()
+
+
+def test_save_model_file_writes_one_self_contained_file(tmp_path):
+    model, _ = _trained()
+    extra = {"inference": {"iterations": 2, "symmetric": True, "refine": False}, "history": "two steps"}
+    path = ckpt.save_model_file(tmp_path / "models" / "small.safetensors", model, step=2, extra=extra)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["small.safetensors"]  # no temporary file left
+    loaded = ckpt.load_model(path)
+    _assert_same_weights(loaded, model)
+    assert loaded.checkpoint_state["step"] == 2 and loaded.checkpoint_state["history"] == "two steps"
+    data = bytearray(path.read_bytes())
+    data[-7] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="SHA-256"):
+        ckpt.load_model(path)
+    with pytest.raises(ValueError, match="model.safetensors"):
+        ckpt.save_model_file(tmp_path / "model.safetensors", model)
 
 
 def test_corrupted_checkpoints_are_named_and_refused(tmp_path):
@@ -198,7 +223,7 @@ def test_corrupted_checkpoints_are_named_and_refused(tmp_path):
     (truncated / "model.safetensors").write_bytes(data[: len(data) // 3])
     with pytest.raises(InputError, match=r"truncated/model.safetensors' is corrupted or truncated"):
         ckpt.load_model(truncated)
-    # non-finite weights (a file without a checksum, as the embedded demo, is still checked for them)
+    # non-finite weights (a file without a checksum, saved before it existed, is still checked for them)
     with torch.no_grad():
         model.FeatureRegression.linear.bias[1] = float("inf")
     nan = ckpt.save_checkpoint(tmp_path / "nan", model, step=4)
