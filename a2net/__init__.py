@@ -8,10 +8,12 @@ The library:
   backbones and ``build_model``;
 * :mod:`a2net.geometry` — affine/TPS grids, point transforms, warping, polygons, synthetic pairs, loss;
 * :mod:`a2net.synthetic` — the training pairs (synthetic pairs of any images, the bundled photos);
-* :mod:`a2net.benchmarks` — the evaluation benchmarks (PF-WILLOW, PF-PASCAL, TSS, Caltech-101);
-* :mod:`a2net.metrics` — PCK, flow PCK, mask metrics, the PCK of synthetic pairs;
+* :mod:`a2net.benchmarks` — the evaluation benchmarks (PF-WILLOW, PF-PASCAL, TSS, Caltech-101, the
+  bundled stereo pair);
+* :mod:`a2net.metrics` — PCK, flow PCK, mask metrics, the PCK of synthetic pairs, self-alignment;
 * :mod:`a2net.checkpoint` — save and load models; :mod:`a2net.official` — the authors' checkpoints;
-* :mod:`a2net.inference` — running an aligner on images and keypoints; :mod:`a2net.images`,
+* :mod:`a2net.inference` — running an aligner on images and keypoints, with its inference options
+  (composed passes, the symmetric estimate, photometric refinement); :mod:`a2net.images`,
   :mod:`a2net.fileio` — reading images, writing files crash-safely;
 * :mod:`a2net.errors` — the exceptions raised for a caller's mistake (bad files, NaN inputs,
   corrupted checkpoints, missing optional dependencies) and the command line's exit codes.

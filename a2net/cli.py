@@ -191,7 +191,8 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     # Batches of 8 small images: a second thread gains little, and on a busy machine its
-    # synchronisation costs several times the work (measured: 95 s with 2 threads, 28 s with 1).
+    # synchronisation costs several times the work (2-core machine at load 3-4: 37 s with 2 threads,
+    # 6.6 s with 1).
     parser.add_argument("--threads", type=_positive_int, default=1, help="CPU threads (default: %(default)s)")
 
 
