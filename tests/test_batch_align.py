@@ -93,6 +93,26 @@ def test_two_stage_records_both_thetas(tmp_path, model_dir):
     torch.testing.assert_close(torch.tensor(record["theta"]["tps"]), single.theta[1], atol=1e-5, rtol=0)
 
 
+def test_inference_options_are_those_of_align_and_recorded(tmp_path, model_dir):
+    pairs = make_pairs(tmp_path, n=2, broken=False)
+    model = load_model(model_dir).eval()
+    options = {"iterations": 2, "symmetric": True}
+    out = tmp_path / "out"
+    batch.align_pairs(pairs, out, model, num_workers=0, progress=False, inference=options)
+    record = lines(out)[0]
+    single = align(tmp_path / record["source"], tmp_path / record["target"], model=model, **options)
+    torch.testing.assert_close(torch.tensor(record["theta"]["affine"]), single.theta, atol=1e-5, rtol=0)
+    run = json.loads((out / batch.RUN_FILE).read_text())
+    assert run["inference"] == {"iterations": 2, "symmetric": True, "refine": False}
+    with pytest.raises(ValueError, match="inference options"):  # the model's defaults: one plain pass
+        batch.align_pairs(pairs, out, model, num_workers=0, progress=False)
+    # a record written before the options existed stands for one plain pass
+    del run["inference"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / batch.RUN_FILE).write_text(json.dumps(run))
+    assert batch.align_pairs(pairs, tmp_path / "old", model, num_workers=0, progress=False)["aligned"] == 2
+
+
 def test_rerun_skips_done_pairs_retries_failed_ones_and_repairs_a_cut_line(tmp_path, model_dir):
     pairs = make_pairs(tmp_path)
     model = load_model(model_dir).eval()
