@@ -130,6 +130,17 @@ def _input_size(aligner, size) -> tuple[int, int] | None:
         raise UsageError(f"--image-size: {str(err).removeprefix('image_size: ')}") from None
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser, two_stage: str, size_help: str) -> None:
+    """``--checkpoint``, ``--affine-checkpoint``/``--tps-checkpoint`` and ``--image-size H W``:
+    which trained model a command runs, and at what input size."""
+    parser.add_argument(
+        "--checkpoint", default=None, help="checkpoint folder or model.safetensors (default: the embedded demo model)"
+    )
+    parser.add_argument("--affine-checkpoint", default=None, help=f"with --tps-checkpoint: {two_stage}")
+    parser.add_argument("--tps-checkpoint", default=None, help=f"with --affine-checkpoint: {two_stage}")
+    parser.add_argument("--image-size", type=_positive_int, nargs=2, default=None, metavar=("H", "W"), help=size_help)
+
+
 def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """``--iterations``, ``--symmetric``, ``--refine``: the inference options (a2net.inference)."""
     parser.add_argument(
@@ -438,13 +449,7 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="the benchmark's folder (for synthetic: a folder of images; default the held-out bundled photos)",
     )
     parser.add_argument("--output", default=None, help="results JSON to write (required, except for stereo-demo)")
-    parser.add_argument(
-        "--checkpoint", default=None, help="checkpoint folder or model.safetensors (default: the embedded demo model)"
-    )
-    parser.add_argument(
-        "--affine-checkpoint", default=None, help="with --tps-checkpoint: evaluate affine, TPS and affine+TPS"
-    )
-    parser.add_argument("--tps-checkpoint", default=None, help="with --affine-checkpoint")
+    _add_model_arguments(parser, "evaluate affine, TPS and affine+TPS", "network input size (default: the model's)")
     parser.add_argument(
         "--alphas",
         type=_positive_float,
@@ -464,14 +469,6 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("bbox", "image", "keypoints"),
         help="PF-PASCAL and SPair-71k PCK reference length (default: object bounding box; SPair-71k measures it "
         "in the target image)",
-    )
-    parser.add_argument(
-        "--image-size",
-        type=_positive_int,
-        nargs=2,
-        default=None,
-        metavar=("H", "W"),
-        help="network input size (default: the model's)",
     )
     parser.add_argument(
         "--pairs",
@@ -718,24 +715,12 @@ def _add_align_arguments(parser: argparse.ArgumentParser) -> None:
     )
     pairs.add_argument("--figures", action="store_true", help="with --pairs: one alignment figure per pair")
     pairs.add_argument("--no-progress", action="store_true", help="with --pairs: no progress bar")
-    parser.add_argument(
-        "--checkpoint", default=None, help="checkpoint folder or model.safetensors (default: the embedded demo model)"
-    )
-    parser.add_argument("--affine-checkpoint", default=None, help="with --tps-checkpoint: affine+TPS alignment")
-    parser.add_argument("--tps-checkpoint", default=None, help="with --affine-checkpoint: affine+TPS alignment")
+    _add_model_arguments(parser, "affine+TPS alignment", "network input size (default: the model's)")
     parser.add_argument(
         "--geometric-model",
         default=None,
         choices=MODE_CHOICES,
         help="check that the model is of this kind (affine, tps or affine+tps)",
-    )
-    parser.add_argument(
-        "--image-size",
-        type=_positive_int,
-        nargs=2,
-        default=None,
-        metavar=("H", "W"),
-        help="network input size (default: the model's)",
     )
     parser.add_argument(
         "--source-points",
@@ -891,19 +876,7 @@ def _run_align_pairs(args: argparse.Namespace) -> int:
 
 def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the program to write (FILE.pt2, torch.export.save)")
-    parser.add_argument(
-        "--checkpoint", default=None, help="checkpoint folder or model.safetensors (default: the embedded demo model)"
-    )
-    parser.add_argument("--affine-checkpoint", default=None, help="with --tps-checkpoint: export affine+TPS")
-    parser.add_argument("--tps-checkpoint", default=None, help="with --affine-checkpoint: export affine+TPS")
-    parser.add_argument(
-        "--image-size",
-        type=_positive_int,
-        nargs=2,
-        default=None,
-        metavar=("H", "W"),
-        help="the program's input size (default: the model's)",
-    )
+    _add_model_arguments(parser, "export affine+TPS", "the program's input size (default: the model's)")
     parser.add_argument(
         "--device",
         default="cpu",
