@@ -31,7 +31,7 @@ Usage (needs a CUDA device; refuses otherwise)::
 
     PYTHONPATH=. python perf/autotune.py                    # the paper's shapes
     PYTHONPATH=. python perf/autotune.py --hw 15 30 --dtypes bf16 --dry-run
-    PYTHONPATH=. python perf/autotune.py --table /tmp/t.json   # another table (A2NET_TUNED_CONFIGS)
+    PYTHONPATH=. python perf/autotune.py --table my_table.json   # another table (A2NET_TUNED_CONFIGS)
 """
 
 from __future__ import annotations

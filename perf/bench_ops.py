@@ -29,7 +29,7 @@ Usage::
 
     PYTHONPATH=. python perf/bench_ops.py                      # CUDA, the full grid
     python perf/bench_ops.py --device cpu                     # the CPU path (reference vs authors)
-    python perf/bench_ops.py --device cpu --quick --csv /tmp/x.csv
+    python perf/bench_ops.py --device cpu --quick --csv ops.csv
     python perf/bench_ops.py --ops offset_aware_correlation --batch 32 --hw 15 30 --dtypes bf16
 
 Rows go to ``perf/results/results.csv`` (``--csv`` elsewhere, ``--no-csv`` nowhere), one per
