@@ -50,11 +50,12 @@ def _spec(
     }
 
 
-def _strides(prefix: str, dims: str, unit: str | None = None) -> dict:
-    """Stride arguments ``stride_<prefix><dim>``: ``"i32"``, except 1 (a unit stride) for the dim
-    ``unit`` (default the last one; ``""`` for none)."""
+def _strides(prefix: str, dims: str, unit: str | None = None, aligned: bool = False) -> dict:
+    """Stride arguments ``stride_<prefix><dim>``: ``"i32"`` (``"i32:16"``, a multiple of 16, where
+    ``aligned``), except 1 (a unit stride) for the dim ``unit`` (default the last one; ``""`` for none)."""
     unit = dims[-1] if unit is None else unit
-    return {f"stride_{prefix}{d}": 1 if d == unit else "i32" for d in dims}
+    kind = "i32:16" if aligned else "i32"
+    return {f"stride_{prefix}{d}": 1 if d == unit else kind for d in dims}
 
 
 def _configs(kernel, all_configs: bool) -> list:
@@ -290,10 +291,7 @@ def _weight_types(ty: str, acc: str, padded: bool) -> dict:
         "p_sched": "*i32",
         "p_partial": acc,
         **{name: "i32" for name in ("O", "Hs", "Ws", "Ht", "Wt")},
-        "stride_gb": "i32:16",
-        "stride_go": "i32:16",
-        "stride_gy": "i32:16",
-        "stride_gx": 1,
+        **_strides("g", "boyx", aligned=True),
         "stride_cb": strides,
         "stride_cs": strides,
         "stride_cy": strides,
@@ -548,10 +546,7 @@ def correlation_oac_specs(all_configs: bool = False, arch: int = 90) -> list[dic
                 "p_partial": acc,
                 **dims,
                 **maps,
-                "stride_gb": "i32:16",
-                "stride_go": "i32:16",
-                "stride_gy": "i32:16",
-                "stride_gx": 1,
+                **_strides("g", "boyx", aligned=True),
                 "stride_pc": "i32:16",
             }
             weight_flags = {"NORM_FEAT": True, **features, "BLOCK_O": weight.block_o, "BX": weight.bx}
