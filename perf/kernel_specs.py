@@ -50,6 +50,32 @@ def _spec(
     }
 
 
+def _config_specs(
+    label: str,
+    kernel,
+    types: dict,
+    constexprs: dict,
+    all_configs: bool,
+    contraction: bool = False,
+    configs: list | None = None,
+) -> list[dict]:
+    """The specs of an autotuned kernel's configs (``configs``, default :func:`_configs`), named
+    ``<label>,cfg<i>]`` (``label``: ``"<kernel>[<tags>"``), each with the config's constexprs over
+    ``constexprs``."""
+    return [
+        _spec(
+            f"{label},cfg{i}]",
+            kernel.fn,
+            types,
+            {**constexprs, **cfg.kwargs},
+            cfg.num_warps,
+            cfg.num_stages,
+            contraction=contraction,
+        )
+        for i, cfg in enumerate(_configs(kernel, all_configs) if configs is None else configs)
+    ]
+
+
 def _strides(prefix: str, dims: str, unit: str | None = None, aligned: bool = False) -> dict:
     """Stride arguments ``stride_<prefix><dim>``: ``"i32"`` (``"i32:16"``, a multiple of 16, where
     ``aligned``), except 1 (a unit stride) for the dim ``unit`` (default the last one; ``""`` for none)."""
@@ -131,18 +157,15 @@ def correlation_specs(all_configs: bool = False) -> list[dict]:
             for mode in dict.fromkeys(modes):
                 flags = {"NORM_FEAT": True, "RELU": True, "MATCH": mode, "BLOCK_S": block_s, "EVEN_C": True}
                 configs = _default_first(k.correlation_fwd_kernel, {**probe, "BLOCK_S": block_s}, all_configs)
-                for i, cfg in enumerate(configs):
-                    specs.append(
-                        _spec(
-                            f"correlation_fwd[{tag},{mode},cfg{i}]",
-                            k.correlation_fwd_kernel.fn,
-                            fwd_types,
-                            {**flags, **cfg.kwargs, **dot},
-                            cfg.num_warps,
-                            cfg.num_stages,
-                            contraction=True,
-                        )
-                    )
+                specs += _config_specs(
+                    f"correlation_fwd[{tag},{mode}",
+                    k.correlation_fwd_kernel,
+                    fwd_types,
+                    {**flags, **dot},
+                    all_configs,
+                    contraction=True,
+                    configs=configs,
+                )
             if "scaled" in modes:
                 specs.append(
                     _spec(
@@ -223,18 +246,15 @@ def correlation_specs(all_configs: bool = False) -> list[dict]:
                 "n_dot": "i32",
                 **_strides("y", "bcn"),
             }
-            for i, cfg in enumerate(_default_first(k.correlation_bwd_features_kernel, probe, all_configs)):
-                specs.append(
-                    _spec(
-                        f"correlation_bwd_features[{tag},cfg{i}]",
-                        k.correlation_bwd_features_kernel.fn,
-                        bwd_types,
-                        {"NORM_FEAT": True, **cfg.kwargs, **dot},
-                        cfg.num_warps,
-                        cfg.num_stages,
-                        contraction=True,
-                    )
-                )
+            specs += _config_specs(
+                f"correlation_bwd_features[{tag}",
+                k.correlation_bwd_features_kernel,
+                bwd_types,
+                {"NORM_FEAT": True, **dot},
+                all_configs,
+                contraction=True,
+                configs=_default_first(k.correlation_bwd_features_kernel, probe, all_configs),
+            )
     return specs
 
 
@@ -345,34 +365,21 @@ def offset_aware_correlation_specs(all_configs: bool = False) -> list[dict]:
                     {},
                 ),
             ):
-                for i, cfg in enumerate(_configs(kernel, all_configs)):
-                    specs.append(
-                        _spec(
-                            f"{name}[{tag},cfg{i}]",
-                            kernel.fn,
-                            kernel_types,
-                            {**flags, **kernel_flags, **cfg.kwargs},
-                            cfg.num_warps,
-                            cfg.num_stages,
-                            contraction=True,
-                        )
-                    )
+                specs += _config_specs(
+                    f"{name}[{tag}", kernel, kernel_types, {**flags, **kernel_flags}, all_configs, contraction=True
+                )
             for layout, align in (("contiguous", types["align"]), ("padded", 16 // dtype.itemsize)):
                 padded = layout == "padded"
                 weight = k.weight_tiling(size, size, OAC_CHANNELS, dtype, padded)
                 flags = {"CORR_PADDED": padded, "ALIGN": align, **dots, "BLOCK_O": weight.block_o}
-                for i, cfg in enumerate(_configs(k.offset_aware_correlation_bwd_weight_kernel, all_configs)):
-                    specs.append(
-                        _spec(
-                            f"offset_aware_correlation_bwd_weight[{tag},{layout},cfg{i}]",
-                            k.offset_aware_correlation_bwd_weight_kernel.fn,
-                            _weight_types(ty, acc, padded),
-                            {**flags, "BX": weight.bx, "RT": weight.rt, **cfg.kwargs},
-                            cfg.num_warps,
-                            cfg.num_stages,
-                            contraction=padded,
-                        )
-                    )
+                specs += _config_specs(
+                    f"offset_aware_correlation_bwd_weight[{tag},{layout}",
+                    k.offset_aware_correlation_bwd_weight_kernel,
+                    _weight_types(ty, acc, padded),
+                    {**flags, "BX": weight.bx, "RT": weight.rt},
+                    all_configs,
+                    contraction=padded,
+                )
             specs.append(_reduce_spec(f"offset_weight_reduce[{tag}]", acc, ty, weight.bx))
             bias_types = {
                 "p_grad": ty,
@@ -382,29 +389,21 @@ def offset_aware_correlation_specs(all_configs: bool = False) -> list[dict]:
                 **_strides("g", "bot"),
                 "stride_dn": "i32",
             }
-            for i, cfg in enumerate(_configs(k.offset_aware_correlation_bwd_bias_kernel, all_configs)):
-                specs.append(
-                    _spec(
-                        f"offset_aware_correlation_bwd_bias[{tag},cfg{i}]",
-                        k.offset_aware_correlation_bwd_bias_kernel.fn,
-                        bias_types,
-                        cfg.kwargs,
-                        cfg.num_warps,
-                        cfg.num_stages,
-                    )
-                )
+            specs += _config_specs(
+                f"offset_aware_correlation_bwd_bias[{tag}",
+                k.offset_aware_correlation_bwd_bias_kernel,
+                bias_types,
+                {},
+                all_configs,
+            )
             reduce_types = {"p_partial": acc, "p_out": ty, "N": "i32", "n_split": "i32", "stride_pn": "i32"}
-            for i, cfg in enumerate(_configs(k.offset_aware_correlation_bwd_reduce_kernel, all_configs)):
-                specs.append(
-                    _spec(
-                        f"offset_aware_correlation_bwd_reduce[{tag},cfg{i}]",
-                        k.offset_aware_correlation_bwd_reduce_kernel.fn,
-                        reduce_types,
-                        cfg.kwargs,
-                        cfg.num_warps,
-                        cfg.num_stages,
-                    )
-                )
+            specs += _config_specs(
+                f"offset_aware_correlation_bwd_reduce[{tag}",
+                k.offset_aware_correlation_bwd_reduce_kernel,
+                reduce_types,
+                {},
+                all_configs,
+            )
     return specs
 
 
@@ -438,17 +437,7 @@ def attention_pool_specs(all_configs: bool = False) -> list[dict]:
         ]
         for shape in ("C128-H9", "C1024-H60"):
             for name, kernel, types, flags in kernels:
-                for i, cfg in enumerate(_configs(kernel, all_configs)):
-                    specs.append(
-                        _spec(
-                            f"{name}[{TRITON_DTYPE[dtype]},{shape},cfg{i}]",
-                            kernel.fn,
-                            types,
-                            {**flags, **cfg.kwargs},
-                            cfg.num_warps,
-                            cfg.num_stages,
-                        )
-                    )  #
+                specs += _config_specs(f"{name}[{TRITON_DTYPE[dtype]},{shape}", kernel, types, flags, all_configs)
     return specs
 
 
@@ -499,18 +488,14 @@ def correlation_oac_specs(all_configs: bool = False, arch: int = 90) -> list[dic
             for mode, saving in (("", save), (",inference", False)) if save else (("", False),):
                 tiling = k.forward_tiling(size, size, OAC_CHANNELS, dtype, saving, arch)
                 flags = {"NORM_FEAT": True, "HAS_BIAS": True, "SAVE": saving, **features, **tiling.kwargs()}
-                for i, cfg in enumerate(_configs(k.correlation_oac_fwd_kernel, all_configs)):
-                    specs.append(
-                        _spec(
-                            f"correlation_oac_fwd[{tag}{mode},cfg{i}]",
-                            k.correlation_oac_fwd_kernel.fn,
-                            fwd_types,
-                            {**flags, **dot, **oac_dot, **cfg.kwargs},
-                            cfg.num_warps,
-                            cfg.num_stages,
-                            contraction=True,
-                        )
-                    )
+                specs += _config_specs(
+                    f"correlation_oac_fwd[{tag}{mode}",
+                    k.correlation_oac_fwd_kernel,
+                    fwd_types,
+                    {**flags, **dot, **oac_dot},
+                    all_configs,
+                    contraction=True,
+                )
             if save:
                 weight = oac.weight_tiling(size, size, OAC_CHANNELS, dtype)
                 saved = {
@@ -523,18 +508,14 @@ def correlation_oac_specs(all_configs: bool = False, arch: int = 90) -> list[dic
                     "BX": weight.bx,
                     "RT": weight.rt,
                 }
-                for i, cfg in enumerate(_configs(oac.offset_aware_correlation_bwd_weight_kernel, all_configs)):
-                    specs.append(
-                        _spec(
-                            f"offset_aware_correlation_bwd_weight[{tag},saved,cfg{i}]",
-                            oac.offset_aware_correlation_bwd_weight_kernel.fn,
-                            _weight_types(ty, acc, True),
-                            {**saved, **cfg.kwargs},
-                            cfg.num_warps,
-                            cfg.num_stages,
-                            contraction=True,
-                        )
-                    )
+                specs += _config_specs(
+                    f"offset_aware_correlation_bwd_weight[{tag},saved",
+                    oac.offset_aware_correlation_bwd_weight_kernel,
+                    _weight_types(ty, acc, True),
+                    {**saved},
+                    all_configs,
+                    contraction=True,
+                )
                 specs.append(_reduce_spec(f"offset_weight_reduce[{tag},saved]", acc, ty, weight.bx))
             weight = k.weight_tiling(OAC_CHANNELS)
             weight_types = {
@@ -550,18 +531,14 @@ def correlation_oac_specs(all_configs: bool = False, arch: int = 90) -> list[dic
                 "stride_pc": "i32:16",
             }
             weight_flags = {"NORM_FEAT": True, **features, "BLOCK_O": weight.block_o, "BX": weight.bx}
-            for i, cfg in enumerate(_configs(k.correlation_oac_bwd_weight_kernel, all_configs)):
-                specs.append(
-                    _spec(
-                        f"correlation_oac_bwd_weight[{tag},cfg{i}]",
-                        k.correlation_oac_bwd_weight_kernel.fn,
-                        weight_types,
-                        {**weight_flags, **dot, **cfg.kwargs},
-                        cfg.num_warps,
-                        cfg.num_stages,
-                        contraction=True,
-                    )
-                )
+            specs += _config_specs(
+                f"correlation_oac_bwd_weight[{tag}",
+                k.correlation_oac_bwd_weight_kernel,
+                weight_types,
+                {**weight_flags, **dot},
+                all_configs,
+                contraction=True,
+            )
             specs.append(_reduce_spec(f"offset_weight_reduce[{tag},recompute]", acc, ty, weight.bx))
             corr_tiling = oac.oac_tiling(size, size, OAC_CHANNELS)
             corr_types = {
@@ -576,18 +553,14 @@ def correlation_oac_specs(all_configs: bool = False, arch: int = 90) -> list[dic
                 "stride_gt": "i32:16",
             }
             corr_flags = {"NORM_FEAT": True, "HAS_BIAS": True, **features, **corr_tiling.kwargs()}
-            for i, cfg in enumerate(_configs(k.correlation_oac_bwd_corr_kernel, all_configs)):
-                specs.append(
-                    _spec(
-                        f"correlation_oac_bwd_corr[{tag},cfg{i}]",
-                        k.correlation_oac_bwd_corr_kernel.fn,
-                        corr_types,
-                        {**corr_flags, **dot, **cfg.kwargs},
-                        cfg.num_warps,
-                        cfg.num_stages,
-                        contraction=True,
-                    )
-                )
+            specs += _config_specs(
+                f"correlation_oac_bwd_corr[{tag}",
+                k.correlation_oac_bwd_corr_kernel,
+                corr_types,
+                {**corr_flags, **dot},
+                all_configs,
+                contraction=True,
+            )
     return specs
 
 
