@@ -141,8 +141,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser, two_stage: str, size_h
     parser.add_argument("--image-size", type=_positive_int, nargs=2, default=None, metavar=("H", "W"), help=size_help)
 
 
-def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--iterations``, ``--symmetric``, ``--refine``: the inference options (a2net.inference)."""
+def _add_inference_arguments(parser: argparse.ArgumentParser, refine: bool = True) -> None:
+    """``--iterations``, ``--symmetric`` and (``refine``) ``--refine``: the inference options
+    (a2net.inference)."""
     parser.add_argument(
         "--iterations",
         type=_positive_int,
@@ -155,6 +156,8 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="average the estimates of both directions in each pass (default: the model's)",
     )
+    if not refine:
+        return
     parser.add_argument(
         "--refine",
         action=argparse.BooleanOptionalAction,
@@ -168,7 +171,7 @@ def _inference_options(args: argparse.Namespace, aligners) -> dict:
     affine stage for them."""
     from a2net.inference import mode_of
 
-    given = {k: getattr(args, k) for k in ("iterations", "symmetric", "refine") if getattr(args, k) is not None}
+    given = {k: v for k in ("iterations", "symmetric", "refine") if (v := getattr(args, k, None)) is not None}
     if given and all(mode_of(aligner) == "tps" for aligner in aligners):
         raise UsageError(
             f"--{next(iter(given))}: an option of the affine model (or of the affine stage of affine+TPS); "
@@ -882,6 +885,7 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
         default="cpu",
         help="cpu (default: the PyTorch reference, aten ops only) or cuda (the Triton kernels as a2net custom ops)",
     )
+    _add_inference_arguments(parser, refine=False)
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -891,12 +895,13 @@ def _run_export(args: argparse.Namespace) -> int:
     out = check_output_path("--out", args.out, (".pt2",))
     device = _device(args.device)
 
-    from a2net.export import export_aligner, graph_ops
+    from a2net.export import export_aligner, graph_ops, program_info
     from a2net.inference import input_size, load_aligner, mode_of
 
     aligner = load_aligner(args.checkpoint, args.affine_checkpoint, args.tps_checkpoint, device=device)
     size = _input_size(aligner, args.image_size) or input_size(aligner)
-    program = export_aligner(aligner, out, image_size=size, device=device)
+    options = _inference_options(args, [aligner])
+    program = export_aligner(aligner, out, image_size=size, device=device, **options)
     ops = graph_ops(program)
     custom = sorted(op for op in ops if op.startswith("a2net."))
     mode = mode_of(aligner)
@@ -909,6 +914,13 @@ def _run_export(args: argparse.Namespace) -> int:
     print(
         f"inputs: source, target: (B, 3, {size[0]}, {size[1]}) float32 RGB in [0, 1] on {device}, any B >= 1 "
         f"(ImageNet normalisation inside); output: {output}, target -> source"
+    )
+    inference = program_info(out)["inference"]
+    passes = inference["iterations"]
+    print(
+        f"inference: {f'{passes} composed passes' if passes > 1 else 'one pass'}"
+        + (", each the symmetric estimate" if inference["symmetric"] else "")
+        + " (--iterations / --symmetric; refinement is not exported: apply a2net.inference.refine_affine)"
     )
     print(
         f"graph: {sum(ops.values())} op calls; a2net custom ops: "

@@ -1,6 +1,8 @@
 """`a2net export`: a torch.export program that a fresh process loads with PyTorch alone and that
-gives the eager model's theta (within 1e-5, two batch sizes, affine and affine+TPS); the graph
-holds aten ops on the CPU path and the a2net custom ops on the Triton path; `a2net export`."""
+gives the eager model's theta (within 1e-5, two batch sizes, affine and affine+TPS, one plain pass
+and composed symmetric passes); the inference options it holds (given, else the checkpoint's; never
+the refinement) and says it holds; the graph holds aten ops on the CPU path and the a2net custom
+ops on the Triton path; `a2net export`."""
 
 import json
 import subprocess
@@ -12,7 +14,8 @@ import torch
 
 from a2net import TwoStageAligner, cli
 from a2net.checkpoint import load_model
-from a2net.export import export_aligner, graph_ops
+from a2net.export import export_aligner, graph_ops, program_info
+from a2net.inference import predict_chain
 from a2net.model import normalize_images
 from tests.test_cli_errors import assert_error, run_cases
 from tests.test_evaluate import save_tiny_checkpoint
@@ -73,12 +76,33 @@ def test_cpu_programs_match_the_eager_models_in_a_fresh_process(tmp_path, checkp
         program.module()(torch.rand(1, 3, 128, 112), torch.rand(1, 3, 128, 112))
     aligner = TwoStageAligner(model, load_model(checkpoints[1])).eval()
     export_aligner(aligner, tmp_path / "two.pt2")
+    # the inference options traced in: two composed passes, each the symmetric estimate
+    export_aligner(model, tmp_path / "affine-2s.pt2", iterations=2, symmetric=True)
+    export_aligner(aligner, tmp_path / "two-2s.pt2", iterations=2, symmetric=True)
+    assert program_info(tmp_path / "two-2s.pt2") == {
+        "mode": "affine+tps",
+        "image_size": list(SIZE),
+        "inference": {"iterations": 2, "symmetric": True},
+    }
     jobs = [
         (tmp_path / "affine.pt2", [images(1, 0), images(5, 1)]),
         (tmp_path / "two.pt2", [images(2, 2), images(3, 3)]),
+        (tmp_path / "affine-2s.pt2", [images(1, 5), images(3, 6)]),
+        (tmp_path / "two-2s.pt2", [images(2, 7)]),
     ]
-    (affine, two), printed = run_exported(tmp_path, jobs)
+    (affine, two, affine_2s, two_2s), printed = run_exported(tmp_path, jobs)
     assert "a2net imported: False" in printed
+    for (source, target), theta in zip(jobs[2][1], affine_2s, strict=True):
+        with torch.no_grad():
+            [eager] = predict_chain(model, normalize_images(source), normalize_images(target), 2, symmetric=True)
+            plain = model(normalize_images(source), normalize_images(target))
+        torch.testing.assert_close(theta, eager, atol=1e-5, rtol=0)
+        assert (theta - plain).abs().max() > 1e-4  # the passes are in the graph, not one plain pass
+    [(source, target)], [(theta_affine, theta_tps)] = jobs[3][1], two_2s
+    with torch.no_grad():
+        eager_tps, eager_affine = predict_chain(aligner, normalize_images(source), normalize_images(target), 2, True)
+    torch.testing.assert_close(theta_affine, eager_affine, atol=1e-5, rtol=0)
+    torch.testing.assert_close(theta_tps, eager_tps, atol=1e-5, rtol=0)
     for (source, target), theta in zip(jobs[0][1], affine, strict=True):
         with torch.no_grad():
             eager = model(normalize_images(source), normalize_images(target))
@@ -89,6 +113,25 @@ def test_cpu_programs_match_the_eager_models_in_a_fresh_process(tmp_path, checkp
             eager_affine, eager_tps = aligner(normalize_images(source), normalize_images(target))
         torch.testing.assert_close(theta_affine, eager_affine, atol=1e-5, rtol=0)
         torch.testing.assert_close(theta_tps, eager_tps, atol=1e-5, rtol=0)
+
+
+def test_exported_options_default_to_the_checkpoints(tmp_path, checkpoints):
+    """Options not given come from the checkpoint (as ``a2net align`` takes them), the refinement
+    is never exported, a TPS model makes one plain pass, and bad options are refused."""
+    model = load_model(checkpoints[0]).eval()
+    model.checkpoint_state = {"inference": {"iterations": 3, "symmetric": True, "refine": True}}
+    export_aligner(model, tmp_path / "stored.pt2")
+    assert program_info(tmp_path / "stored.pt2")["inference"] == {"iterations": 3, "symmetric": True}
+    export_aligner(model, tmp_path / "given.pt2", symmetric=False)
+    assert program_info(tmp_path / "given.pt2")["inference"] == {"iterations": 3, "symmetric": False}
+    export_aligner(load_model(checkpoints[1]), tmp_path / "tps.pt2", iterations=4)
+    assert program_info(tmp_path / "tps.pt2") == {
+        "mode": "tps",
+        "image_size": list(SIZE),
+        "inference": {"iterations": 1, "symmetric": False},
+    }
+    with pytest.raises(ValueError, match="iterations: expected an int >= 1, got 0"):
+        export_aligner(model, iterations=0)
 
 
 def test_triton_path_keeps_the_custom_ops(tmp_path, checkpoints, monkeypatch):
@@ -115,6 +158,11 @@ def test_export_command(tmp_path, checkpoints, capsys):
     printed = capsys.readouterr().out
     assert "inputs: source, target: (B, 3, 112, 112) float32 RGB in [0, 1] on cpu" in printed
     assert "a2net custom ops: none" in printed and out.is_file()
+    assert "inference: one pass (" in printed  # the tiny checkpoint names no options: the paper's one pass
+    argv = ["export", "--checkpoint", str(checkpoints[0]), "--out", str(out), "--iterations", "2", "--symmetric"]
+    assert cli.main(argv) == 0
+    assert "inference: 2 composed passes, each the symmetric estimate" in capsys.readouterr().out
+    assert program_info(out)["inference"] == {"iterations": 2, "symmetric": True}  # replaced atomically
     assert not [p for p in out.parent.iterdir() if p.name != "affine.pt2"]  # written atomically, no temp file
     cases = [
         (["export", "--out", tmp_path / "x.onnx"], 2, "--out", ".pt2"),
@@ -122,6 +170,9 @@ def test_export_command(tmp_path, checkpoints, capsys):
         (["export", "--out", tmp_path / "x.pt2", "--image-size", "64", "64"], 2, "--image-size", "7x7"),
         (["export", "--out", tmp_path / "x.pt2", "--checkpoint", tmp_path / "none"], 1, "no checkpoint"),
         (["export", "--out", tmp_path / "x.pt2", "--affine-checkpoint", checkpoints[0]], 1, "tps_checkpoint"),
+        (["export", "--out", tmp_path / "x.pt2", "--checkpoint", checkpoints[1], "--iterations", "2"], 2, "TPS model"),
+        (["export", "--out", tmp_path / "x.pt2", "--iterations", "0"], 2, "--iterations"),
+        (["export", "--out", tmp_path / "x.pt2", "--refine"], 2, "--refine"),
     ]
     if torch.cuda.is_available():
         cases.pop(1)

@@ -1,5 +1,5 @@
-"""perf/: the CPU benchmark end to end, the results CSV, the plots, the tuned-config table
-round trip, the autotuner's config checker, and gpu_check.sh's plumbing.
+"""perf/: the CPU benchmark end to end, the results CSV, the plots, the export benchmark, the
+tuned-config table round trip, the autotuner's config checker, and gpu_check.sh's plumbing.
 
 The benchmarks write to temporary CSVs (``--csv``), never to the committed
 perf/results/results.csv; the tuned table goes to a temporary path read back through
@@ -303,6 +303,24 @@ def test_bench_model_cpu_rows(tmp_path, monkeypatch):
     assert "pairs/s=" in step["note"] and "head share=" in step["note"]
     with pytest.raises(SystemExit, match="CUDA"):
         bench_model.main(["--device", "cpu", "--providers", "triton", "--no-csv"])
+
+
+def test_bench_export_times_a_program_that_gives_the_eager_theta(tmp_path, capsys):
+    from tests.test_evaluate import save_tiny_checkpoint
+
+    bench_export = _load("bench_export")
+    checkpoint = save_tiny_checkpoint(tmp_path / "affine", "affine")
+    threads = torch.get_num_threads()
+    try:
+        argv = ["--checkpoint", str(checkpoint), "--batch", "2", "--threads", "1", "--reps", "1"]
+        assert bench_export.main([*argv, "--iterations", "2", "--symmetric"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert "2 passes, symmetric; CPU, 1 threads, median of 1 interleaved calls" in printed
+    batch, eager, exported, ratio, difference = printed.strip().splitlines()[-1].split()
+    assert batch == "2" and float(eager) > 0 and float(exported) > 0 and ratio.endswith("x")
+    assert float(difference) <= 1e-5  # the program computes the eager chain
 
 
 # ----------------------------------------------------------------------------------------------
