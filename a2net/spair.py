@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import Dataset
 
 from a2net._validation import check_choice
+from a2net.benchmarks import PASCAL_CLASSES
 from a2net.errors import InputError, InputNotFoundError
 from a2net.evaluate import KEYPOINT_ALPHAS, evaluate_keypoints
 from a2net.images import load_image
@@ -57,27 +58,8 @@ __all__ = [
     "format_spair",
 ]
 
-#: The 18 categories of SPair-71k (PASCAL VOC's 20 without dining table and sofa).
-SPAIR_CATEGORIES = (
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "train",
-    "tvmonitor",
-)  #
+#: The 18 categories of SPair-71k: PASCAL VOC's 20, in their order, without dining table and sofa.
+SPAIR_CATEGORIES = tuple(name for name in PASCAL_CLASSES if name not in ("diningtable", "sofa"))
 #: The splits, as the dataset names its folders and layout files.
 SPAIR_SPLITS = ("trn", "val", "test")
 #: PCK reference lengths: the target object box (the benchmark's standard), the target image,
