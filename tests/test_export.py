@@ -145,11 +145,17 @@ def test_triton_path_keeps_the_custom_ops(tmp_path, checkpoints, monkeypatch):
     assert ops["a2net.correlation_oac.default"] == 1 and ops["a2net.attention_pool.default"] == 1
     node = next(n for n in program.graph.nodes if str(n.target) == "a2net.correlation_oac.default")
     assert node.args[-1] is False  # save_correlation: nothing kept for a backward pass
+    # two composed symmetric passes: one call of each op per pass (both directions in one batch)
+    ops = graph_ops(export_aligner(model, tmp_path / "triton-2s.pt2", iterations=2, symmetric=True))
+    assert ops["a2net.correlation_oac.default"] == 2 and ops["a2net.attention_pool.default"] == 2
     source, target = images(2, 4)
-    [[theta]], _ = run_exported(tmp_path, [(tmp_path / "triton.pt2", [(source, target)])], register_ops=True)
+    jobs = [(tmp_path / "triton.pt2", [(source, target)]), (tmp_path / "triton-2s.pt2", [(source, target)])]
+    [[theta], [theta_2s]], _ = run_exported(tmp_path, jobs, register_ops=True)
     with torch.no_grad():
         eager = model(normalize_images(source), normalize_images(target))
+        [eager_2s] = predict_chain(model, normalize_images(source), normalize_images(target), 2, symmetric=True)
     torch.testing.assert_close(theta, eager, atol=1e-5, rtol=0)
+    torch.testing.assert_close(theta_2s, eager_2s, atol=1e-5, rtol=0)
 
 
 def test_export_command(tmp_path, checkpoints, capsys):
