@@ -87,7 +87,7 @@ stage() {
 #    tests marked `network` (a wheel installed next to a package from the index) are left to CI:
 #    a GPU machine may have no network.
 if grep -q A2NET_TEST_DEVICE tests/helpers.py tests/conftest.py 2>/dev/null; then
-    XDIST=$("$PY" -c 'import xdist' 2>/dev/null && echo "-n 4")
+    XDIST=$("$PY" -c 'import xdist' 2>/dev/null && echo "-n 8")  # the first run is bound by Triton compiling on the CPU
     stage "tests (cuda)" "$(budget 100)" "$RES/tests.log" \
         env A2NET_TEST_DEVICE=cuda A2NET_AUTOTUNE=0 \
         "$PY" -m pytest -q $XDIST -p no:cacheprovider -m "not network" --junitxml="$RES/tests.xml" tests
