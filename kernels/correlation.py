@@ -576,7 +576,7 @@ def match_mode(normalize_matches: bool, S: int, C: int, dtype: torch.dtype, inpu
     return ("partials", "final") if recompute_matches(C, dtype, input_precision) else ("scaled",)
 
 
-def _prep(x: torch.Tensor, normalize: bool, copy: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+def feature_prep(x: torch.Tensor, normalize: bool, copy: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Inverse norms (B, N) (with ``normalize``) and channels-last rows (B, N, C) (with ``copy``) of
     ``x`` (B, C, N), in one pass."""
     B, C, N = x.shape
@@ -602,7 +602,7 @@ def _prep(x: torch.Tensor, normalize: bool, copy: bool, eps: float) -> tuple[tor
 
 def correlation_inverse_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """``1 / sqrt(sum_c x^2 + eps)`` of a ``(B, C, N)`` tensor (any strides) -> ``(B, N)``."""
-    inv, _ = _prep(x, True, False, eps)
+    inv, _ = feature_prep(x, True, False, eps)
     return inv
 
 
@@ -657,7 +657,7 @@ def correlation_fwd(
         rows = channels_last_rows(x)
         inv = None
         if normalize_features or rows is None:
-            inv, copy = _prep(x.reshape(x.shape[0], C, -1), normalize_features, rows is None, eps)
+            inv, copy = feature_prep(x.reshape(x.shape[0], C, -1), normalize_features, rows is None, eps)
             rows = copy if rows is None else rows
         maps.append((rows, inv))
     (src, inv_s), (tgt, inv_t) = maps

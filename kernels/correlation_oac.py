@@ -71,7 +71,7 @@ import triton.language as tl
 from a2net.kernels._common import dot_options, dtype_name
 from a2net.kernels._memory import accumulation_dtype, empty
 from a2net.kernels._tuning import INTERPRET, autotune, launch
-from a2net.kernels.correlation import correlation_bwd_features, correlation_inverse_norm
+from a2net.kernels.correlation import correlation_bwd_features, correlation_inverse_norm, feature_prep
 from a2net.kernels.offset_aware_correlation import (
     Tiling,
     channels_last_grad,
@@ -673,6 +673,22 @@ def _inverse_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return correlation_inverse_norm(x.reshape(b, c, h * w), eps)
 
 
+def _channels_last_and_norms(x: torch.Tensor, normalize: bool, eps: float) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(inverse norms (B, H*W) or None, x channels-last)`` of a map ``(B, C, H, W)``: a map
+    that is not channels-last is copied in the pass that computes its norms (one read instead of
+    two); one whose ``(H, W)`` do not collapse is copied first."""
+    b, c, h, w = x.shape
+    if x.stride(1) != 1 and c > 1:
+        try:
+            flat = x.view(b, c, h * w)
+        except RuntimeError:  # (H, W) do not collapse: a separate copy, then the norms
+            x = channels_last(x)
+        else:
+            inv, rows = feature_prep(flat, normalize, True, eps)
+            return inv, rows.view(b, h, w, c).permute(0, 3, 1, 2)
+    return (_inverse_norm(x, eps) if normalize else None), x
+
+
 def _check_feature_sizes(source: torch.Tensor, target: torch.Tensor) -> None:
     """Feature offsets inside one batch element are 32-bit unless a map passes 2^31 elements."""
     for name, x in (("source", source), ("target", target)):
@@ -699,7 +715,7 @@ def correlation_oac_fwd(
     Args:
         source ``(B, C, Hs, Ws)``, target ``(B, C, Ht, Wt)``, weight ``(O, Hs+Ht-1, Ws+Wt-1)``,
         bias ``(O,)`` or None: any strides, one dtype; validated by the caller. Maps that are not
-        channels-last are copied to channels-last first.
+        channels-last are copied to channels-last first, in the pass that computes their norms.
         save_correlation: keep ``relu(c)`` for the weight gradient (honoured only where
             :func:`saves_correlation` allows).
     Returns:
@@ -724,9 +740,9 @@ def correlation_oac_fwd(
             inv_tgt = source.new_zeros((b, ht * wt), dtype=acc_dtype)
         return out, inv_src, inv_tgt, inv_match.zero_(), corr.zero_()
     _check_feature_sizes(source, target)
+    (norm_src, src), (norm_tgt, tgt) = (_channels_last_and_norms(x, normalize_features, eps) for x in (source, target))
     if normalize_features:
-        inv_src, inv_tgt = _inverse_norm(source, eps), _inverse_norm(target, eps)
-    src, tgt = channels_last(source), channels_last(target)
+        inv_src, inv_tgt = norm_src, norm_tgt
     if save:
         corr[..., wt:].zero_()  # the padding columns: never read as data, never left as NaN
     tiling = forward_tiling(ws, wt, o, source.dtype, save, device_arch(dev))

@@ -114,15 +114,21 @@ def torch_copy(name: str, hbm_bytes: float) -> dict:
 
 
 def _copies(b: int, c: int, s: int, t: int, e: int, channels_last: bool) -> list[dict]:
-    """The inverse feature norms (the correlation's prep kernel) and the channels-last copies."""
+    """The forward's one pass over each map (the correlation's prep kernel): the inverse feature
+    norms, and the channels-last copy of a map handed over NCHW, written in the same pass."""
     out = []
     for n in (s, t):
-        hbm = b * c * n * e + b * n * 4
+        copy = 0 if channels_last else b * c * n * e
+        hbm = b * c * n * e + copy + b * n * 4
         progs = b * triton.cdiv(n, corr_kernels.NORM_BLOCK_N)
         out.append(launch("correlation_fwd_prep_kernel", 2 * b * c * n, 2 * b * c * n, hbm, hbm, progs, tensor=False))
-        if not channels_last:
-            out.append(torch_copy("channels_last_copy", 2 * b * c * n * e))
     return out
+
+
+def _backward_copies(b: int, c: int, s: int, t: int, e: int, channels_last: bool) -> list[dict]:
+    """A backward kernel that reads the feature maps gets channels-last copies of NCHW ones
+    (PyTorch copies, made by its launcher)."""
+    return [] if channels_last else [torch_copy("channels_last_copy", 2 * b * c * (s + t) * e)]
 
 
 def _padded_weight(o: int, sizes: tuple, tiling, e: int) -> dict:
@@ -245,6 +251,7 @@ def fused_costs(pass_: str, shape: dict, dtype: str, need: dict) -> list[dict]:
             tiling = fused.weight_tiling(o)
             tiles = ht * triton.cdiv(wt, tiling.bx)
             recompute = {"c": c, "c_pad": c_pad, "feature_hbm": _feature_reads(b, c, s, t, e, tiles)}
+            out += _backward_copies(b, c, s, t, e, need["channels_last"])
             out += _weight_grad(b, o, sizes, e, tiling, 1, recompute, 0)
     if need["bias"]:
         out += _bias_grad(b, o, t, e)
@@ -258,6 +265,7 @@ def fused_costs(pass_: str, shape: dict, dtype: str, need: dict) -> list[dict]:
         p_flops, p_l2 = _transpose_flops(tiling, sizes, o_pad, kc)
         programs = b * tiles
         flops = programs * (n_sb * 2 * n_t * m_s * c_pad + p_flops)
+        out += _backward_copies(b, c, s, t, e, need["channels_last"])
         out.append(torch_copy("channels_last_grad", b * o * t * e + b * t * o_pad * e))
         out.append(_padded_weight(o, sizes, tiling, e))
         hbm = _feature_reads(b, c, s, t, e, tiles) + b * s * t * e + b * t * o_pad * e + 2 * b * o * t * e

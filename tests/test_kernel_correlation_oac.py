@@ -362,6 +362,34 @@ def test_channels_last_maps_are_read_in_place():
     assert copied.stride(1) == 1 and torch.equal(copied, x)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "strided", "transposed", "channels_last"])
+def test_maps_are_copied_in_the_norm_pass(triton_backend, layout):
+    """The forward's one pass over each map: an NCHW map (or a strided one whose (H, W) collapse)
+    comes back channels-last from the kernel that computes its norms; a transposed NCHW map (no
+    collapse) is copied first; a channels-last map is read in place. Odd sizes, NaN-poisoned
+    buffers, float64 reference; then the whole op on such maps."""
+    b, c, h, w = 3, 7, 5, 6
+    gen = torch.Generator(DEVICE).manual_seed(11)
+    base = torch.randn(b, 2 * c, h, 2 * w, generator=gen)
+    x = {
+        "nchw": base[:, :c, :, :w].contiguous(),
+        "strided": base[:, ::2, :, ::2],
+        "transposed": base[:, :c, :, :h].contiguous().transpose(2, 3)[:, :, :w],
+        "channels_last": base[:, :c, :, :w].contiguous(memory_format=torch.channels_last),
+    }[layout]
+    inv, rows = kernel_module._channels_last_and_norms(x, True, 1e-6)
+    assert rows.stride(1) == 1 and torch.equal(rows, x)
+    assert (rows is x) == (layout == "channels_last")
+    expected = (x.double().pow(2).sum(1) + 1e-6).rsqrt().reshape(b, -1)
+    torch.testing.assert_close(inv.double(), expected, rtol=1e-6, atol=0)
+    none, rows = kernel_module._channels_last_and_norms(x, False, 1e-6)
+    assert none is None and torch.equal(rows, x)
+    o = 16
+    weight = torch.randn(o, 2 * x.shape[2] - 1, 2 * x.shape[3] - 1, generator=gen) / x.shape[2]
+    out = correlation_oac(x, x.flip(0), weight, None, input_precision="ieee")
+    assert_close_to_reference(out, unfused_reference(x, x.flip(0), weight, None), torch.float32, "output")
+
+
 def test_expanded_grad(triton_backend):
     """``out.sum()`` sends a stride-0 gradient."""
     source, target, weight, bias, _ = make_inputs(2, (3, 4, 2, 5), 6, 16, torch.float32, seed=8)

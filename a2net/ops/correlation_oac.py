@@ -187,7 +187,9 @@ def correlation_oac(
     contracts them at once: nothing of size ``(Hs*Ws) * (Ht*Wt)`` is written, except ``relu(c)``
     for the weight gradient at maps of at most 32x32 positions (when ``weight`` requires grad) and
     the backward's ``dcorr`` when ``source`` or ``target`` requires grad. The weight gradient is
-    deterministic. Maps that are not channels-last are copied to channels-last first.
+    deterministic. Maps that are not channels-last are copied to channels-last first (in the
+    forward, in the pass that computes their norms; the backward copies them again where it reads
+    them): hand channels-last maps to save the copies.
 
     Args:
         source: ``(B, C, Hs, Ws)`` source feature map (fp32, fp16 or bf16 on the Triton path).
