@@ -895,7 +895,7 @@ def _run_export(args: argparse.Namespace) -> int:
     out = check_output_path("--out", args.out, (".pt2",))
     device = _device(args.device)
 
-    from a2net.export import export_aligner, graph_ops, program_info
+    from a2net.export import export_aligner, exported_options, graph_ops
     from a2net.inference import input_size, load_aligner, mode_of
 
     aligner = load_aligner(args.checkpoint, args.affine_checkpoint, args.tps_checkpoint, device=device)
@@ -915,7 +915,7 @@ def _run_export(args: argparse.Namespace) -> int:
         f"inputs: source, target: (B, 3, {size[0]}, {size[1]}) float32 RGB in [0, 1] on {device}, any B >= 1 "
         f"(ImageNet normalisation inside); output: {output}, target -> source"
     )
-    inference = program_info(out)["inference"]
+    inference = exported_options(aligner, **options)
     passes = inference["iterations"]
     print(
         f"inference: {f'{passes} composed passes' if passes > 1 else 'one pass'}"

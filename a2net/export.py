@@ -53,7 +53,7 @@ from a2net.fileio import atomic_write
 from a2net.inference import inference_defaults, input_size, mode_of, predict_chain
 from a2net.model import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["INFO_FILE", "ExportedAligner", "export_aligner", "graph_ops", "program_info"]
+__all__ = ["INFO_FILE", "ExportedAligner", "export_aligner", "exported_options", "graph_ops", "program_info"]
 
 #: The extra file of a ``.pt2`` that says what the program computes: ``{"mode", "image_size",
 #: "inference": {"iterations", "symmetric"}}``.
@@ -118,7 +118,7 @@ def export_aligner(
         a2net.errors.InputError: an option of the wrong type or range.
     """
     size = input_size(aligner, image_size)
-    options = _exported_options(aligner, iterations, symmetric)
+    options = exported_options(aligner, iterations, symmetric)
     if device is None:
         param = next(aligner.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
@@ -145,9 +145,10 @@ def graph_ops(program: torch.export.ExportedProgram) -> Counter:
     return Counter(str(node.target) for node in program.graph.nodes if node.op == "call_function")
 
 
-def _exported_options(aligner: nn.Module, iterations, symmetric) -> dict:
-    """``{"iterations", "symmetric"}`` traced into the program: one plain pass for a TPS model,
-    else those given over the checkpoint's (the refinement is never exported)."""
+def exported_options(aligner: nn.Module, iterations: int | None = None, symmetric: bool | None = None) -> dict:
+    """``{"iterations", "symmetric"}`` that :func:`export_aligner` traces into the program: one
+    plain pass for a TPS model, else those given (not None) over the checkpoint's
+    (:func:`a2net.inference.inference_defaults`; the refinement is never exported)."""
     if mode_of(aligner) == "tps":
         return {"iterations": 1, "symmetric": False}
     options = inference_defaults(aligner, iterations, symmetric, refine=False)
