@@ -107,8 +107,9 @@ def from_pil(image, name: str = "image") -> torch.Tensor:
     return to_tensor(_decode(image, name), name)
 
 
-def load_image(path) -> torch.Tensor:
-    """Read an image file (jpg/png/...) as ``(3, H, W)`` float32 in [0, 1].
+def load_image(path, name: str = "image") -> torch.Tensor:
+    """Read an image file (jpg/png/...) as ``(3, H, W)`` float32 in [0, 1]; ``name`` (e.g.
+    ``"source"``) opens every error message.
 
     Raises:
         a2net.errors.InputNotFoundError: no such file.
@@ -118,22 +119,22 @@ def load_image(path) -> torch.Tensor:
     """
     path = Path(path)
     if not path.is_file():
-        raise InputNotFoundError(f"image: no such file {str(path)!r}")
+        raise InputNotFoundError(f"{name}: no such file {str(path)!r}")
     from PIL import Image, UnidentifiedImageError  # installed with torchvision
 
     where = repr(str(path))
     try:
         with Image.open(path) as image:
             image.load()  # decode now: a truncated file fails here, inside this error handling
-            return from_pil(image, f"image {where}")
+            return from_pil(image, f"{name} {where}")
     except InputError:
         raise
     except UnidentifiedImageError:
         raise InputError(
-            f"image: {where} is not an image file (expected JPEG, PNG or another format PIL reads)"
+            f"{name}: {where} is not an image file (expected JPEG, PNG or another format PIL reads)"
         ) from None
     except Exception as err:  # PIL reports a bad stream as OSError, SyntaxError, zlib.error, ...
-        raise InputError(f"image: {where} is truncated or corrupted ({type(err).__name__}: {err})") from None
+        raise InputError(f"{name}: {where} is truncated or corrupted ({type(err).__name__}: {err})") from None
 
 
 def check_image_file(path) -> tuple[int, int]:

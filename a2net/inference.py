@@ -512,7 +512,7 @@ def as_image(image, name: str = "image") -> torch.Tensor:
     uint8 tensors and arrays are divided by 255 (uint16 arrays and 16-bit files by 65535); float
     ones must be finite and in [0, 1], else :class:`a2net.errors.InputError` (see :mod:`a2net.images`)."""
     if isinstance(image, (str, os.PathLike)):
-        return load_image(image)
+        return load_image(image, name)
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"{name}: expected a (3, H, W) tensor, got shape {tuple(image.shape)}")

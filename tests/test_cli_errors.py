@@ -164,8 +164,8 @@ def test_align_and_eval_errors(files, tmp_path):
         "figure_under_file": (align[:3] + ["--out", f["a_file"] / "f.png"], 2, "--out", "is a file"),
         "small_image_size": (align + ["--image-size", "64", "64"], 2, "--image-size", "7x7", "(64, 64)"),
         # images
-        "missing_image": (["align", f["missing"], *align[2:]], 1, "missing.png", "no such file"),
-        "not_an_image": (["align", f["not_image"], *align[2:]], 1, "notes.png", "not an image"),
+        "missing_image": (["align", f["missing"], *align[2:]], 1, "source: no such file", "missing.png"),
+        "not_an_image": (["align", f["source"], f["not_image"], *align[3:]], 1, "target:", "notes.png", "not an image"),
         "truncated_jpeg": (["align", f["truncated"], *align[2:]], 1, "truncated.jpg", "truncated or corrupted"),
         "nan_image": (["align", f["nan_image"], *align[2:]], 1, "nan.tif", "NaN"),
         "float_0_255": (["align", f["float255"], *align[2:]], 1, "float255.tif", "[0, 1]", "255"),
