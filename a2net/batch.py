@@ -160,8 +160,8 @@ class PairListDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         row = self.rows[index]
         try:
-            source = load_image(self.base / row["source"])
-            target = load_image(self.base / row["target"])
+            source = load_image(self.base / row["source"], "source")
+            target = load_image(self.base / row["target"], "target")
         except (InputError, OSError) as err:
             return {"index": index, "error": str(err)}
         item = {

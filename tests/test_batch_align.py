@@ -73,8 +73,10 @@ def test_results_are_those_of_align_and_failures_are_recorded(tmp_path, model_di
             moved = torch.tensor(record["transferred_points"], dtype=torch.float64).t()
             torch.testing.assert_close(moved, single.transferred_points, atol=1e-3, rtol=0)
     missing, not_image = records[5:]
-    assert missing["status"] == "error" and "no such file" in missing["error"] and "missing.png" in missing["error"]
-    assert not_image["status"] == "error" and "not an image" in not_image["error"]
+    assert missing["status"] == "error" and missing["error"].startswith("source: no such file")
+    assert "missing.png" in missing["error"]
+    assert not_image["status"] == "error" and not_image["error"].startswith("target:")
+    assert "not an image" in not_image["error"]
     run = json.loads((tmp_path / "out" / batch.RUN_FILE).read_text())
     assert run["mode"] == "affine" and run["image_size"] == [112, 112] and len(run["weights_sha256"]) == 64
 
