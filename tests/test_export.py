@@ -17,6 +17,7 @@ from a2net.checkpoint import load_model
 from a2net.export import export_aligner, graph_ops, program_info
 from a2net.inference import predict_chain
 from a2net.model import normalize_images
+from tests.helpers import DEVICE
 from tests.test_cli_errors import assert_error, run_cases
 from tests.test_evaluate import save_tiny_checkpoint
 
@@ -56,7 +57,7 @@ def run_exported(tmp_path: Path, jobs: list, register_ops: bool = False) -> tupl
 
 def images(batch: int, seed: int):
     generator = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, 3, *SIZE, generator=generator), torch.rand(batch, 3, *SIZE, generator=generator)
+    return tuple(torch.rand(batch, 3, *SIZE, generator=generator, device="cpu") for _ in range(2))
 
 
 @pytest.fixture(scope="module")
@@ -134,12 +135,11 @@ def test_exported_options_default_to_the_checkpoints(tmp_path, checkpoints):
         export_aligner(model, iterations=0)
 
 
-def test_triton_path_keeps_the_custom_ops(tmp_path, checkpoints, monkeypatch):
-    """What a CUDA export holds, seen on CPU with the kernels in the interpreter: the fused
+def test_triton_path_keeps_the_custom_ops(tmp_path, checkpoints, triton_backend):
+    """What a CUDA export holds (on CPU seen with the kernels in the interpreter): the fused
     correlation+OAC and the attention pooling stay as a2net custom ops (no correlation tiles kept
     for a backward pass); the file loads once ``a2net.ops`` registers them."""
-    monkeypatch.setenv("A2NET_BACKEND", "triton")
-    model = load_model(checkpoints[0]).eval()
+    model = load_model(checkpoints[0]).eval().to(DEVICE)
     program = export_aligner(model, tmp_path / "triton.pt2")
     ops = graph_ops(program)
     assert ops["a2net.correlation_oac.default"] == 1 and ops["a2net.attention_pool.default"] == 1
@@ -148,7 +148,7 @@ def test_triton_path_keeps_the_custom_ops(tmp_path, checkpoints, monkeypatch):
     # two composed symmetric passes: one call of each op per pass (both directions in one batch)
     ops = graph_ops(export_aligner(model, tmp_path / "triton-2s.pt2", iterations=2, symmetric=True))
     assert ops["a2net.correlation_oac.default"] == 2 and ops["a2net.attention_pool.default"] == 2
-    source, target = images(2, 4)
+    source, target = (x.to(DEVICE) for x in images(2, 4))
     jobs = [(tmp_path / "triton.pt2", [(source, target)]), (tmp_path / "triton-2s.pt2", [(source, target)])]
     [[theta], [theta_2s]], _ = run_exported(tmp_path, jobs, register_ops=True)
     with torch.no_grad():
