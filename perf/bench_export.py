@@ -41,15 +41,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from a2net.export import export_aligner, program_info
+    from a2net.export import export_aligner, exported_options
     from a2net.inference import load_aligner, predict_chain
     from a2net.model import normalize_images
 
     model = load_aligner(args.checkpoint, None, None).eval()
+    options = exported_options(model, args.iterations, args.symmetric)  # what the program runs
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.pt2"
         export_aligner(model, path, iterations=args.iterations, symmetric=args.symmetric)
-        options = program_info(path)["inference"]
         program = torch.export.load(path).module()
 
     def eager(source, target):
